@@ -1,0 +1,289 @@
+"""The simulated model, driven by Trace's real OptoPrime through litellm (nothing mocked)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from opto import trace
+from opto.optimizers import OptoPrime
+import pytest
+
+from trace_optuna.llm import LLM
+from trace_optuna.llm import simulated
+
+MODEL = "simulated/feedback-follower"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_simulation() -> None:
+    simulated.reset_simulated_model()
+
+
+@trace.bundle()
+def combine(*values: Any) -> str:
+    """Joins the values into one text."""
+    return " | ".join(str(value) for value in values)
+
+
+@trace.bundle(trainable=True)
+def shout(text):
+    """Turns the text into a greeting."""
+    return "Hello " + text.upper()
+
+
+def optimizer_step(
+    parameters: list[trace.Node], feedback: str, output: trace.Node | None = None, **options: Any
+) -> tuple[OptoPrime, str]:
+    """One real OptoPrime step with the simulated model; returns the optimizer and the answer."""
+    llm = LLM(MODEL, **options)
+    optimizer = OptoPrime(parameters, llm=llm)
+    if output is None:
+        output = combine(*parameters)
+    optimizer.zero_feedback()
+    optimizer.backward(output, feedback)
+    optimizer.step()
+    calls = llm.take_calls()
+    assert len(calls) == 1 and calls[0].error is None
+    return optimizer, calls[0].response or ""
+
+
+def number(value: float, name: str) -> trace.Node:
+    return trace.node(value, name=name, trainable=True)
+
+
+@pytest.mark.parametrize(
+    ("feedback", "moves_up"),
+    [
+        ("The count is too small.", True),
+        ("Please increase it.", True),
+        ("It should be larger.", True),
+        ("We need more.", True),
+        ("The result should be higher.", True),
+        ("The count is too large.", False),
+        ("Make it smaller.", False),
+        ("Decrease it.", False),
+        ("Use less.", False),
+        ("It should be lower.", False),
+    ],
+)
+def test_number_moves_in_the_direction_the_feedback_says(feedback: str, moves_up: bool) -> None:
+    count = number(10, "count")
+    optimizer_step([count], feedback)
+    assert (count.data > 10) if moves_up else (count.data < 10)
+    assert isinstance(count.data, int)
+
+
+def test_by_n_sets_the_step() -> None:
+    count = number(10, "count")
+    optimizer_step([count], "Increase count by 3.")
+    assert count.data == 13
+
+
+def test_float_moves_by_a_fraction_of_its_value() -> None:
+    rate = number(0.5, "rate")
+    optimizer_step([rate], "The rate is too large.")
+    assert 0.0 < rate.data < 0.5
+    assert isinstance(rate.data, float)
+
+
+def test_only_the_named_number_moves() -> None:
+    max_words, min_words = number(10, "max_words"), number(10, "min_words")
+    optimizer_step([max_words, min_words], "max_words should be smaller.")
+    assert max_words.data < 10
+    assert min_words.data == 10
+
+
+def test_all_numbers_move_when_none_is_named() -> None:
+    width, height = number(10, "width"), number(20, "height")
+    optimizer_step([width, height], "The box is too small.")
+    assert width.data > 10 and height.data > 20
+
+
+def text(value: str, name: str) -> trace.Node:
+    return trace.node(value, name=name, trainable=True)
+
+
+def test_mention_appends_a_sentence_to_the_named_string() -> None:
+    greeting, instructions = text("Hi.", "greeting"), text("Be brief.", "instructions")
+    optimizer_step([greeting, instructions], 'Mention "order number" in the instructions.')
+    assert instructions.data == "Be brief. Always mention order number."
+    assert greeting.data == "Hi."
+
+
+def test_include_without_a_name_targets_the_first_string() -> None:
+    first, second = text("One.", "first"), text("Two.", "second")
+    optimizer_step([first, second], 'The answer should include "tracking link".')
+    assert "tracking link" in first.data
+    assert second.data == "Two."
+
+
+def test_add_appends_the_quoted_sentence_itself() -> None:
+    prompt = text("Be brief.", "prompt")
+    optimizer_step([prompt], 'Add "We are sorry for the delay" to prompt.')
+    assert prompt.data == "Be brief. We are sorry for the delay."
+
+
+def test_remove_deletes_the_quoted_text() -> None:
+    prompt = text("Be brief. Talk about the weather. Be kind.", "prompt")
+    optimizer_step([prompt], 'Remove "Talk about the weather." from prompt.')
+    assert prompt.data == "Be brief. Be kind."
+
+
+def test_replace_edits_a_string() -> None:
+    prompt = text("Sign as Bob.", "prompt")
+    optimizer_step([prompt], 'Replace "Bob" with "Alice".')
+    assert prompt.data == "Sign as Alice."
+
+
+def test_strings_containing_def_are_suggested() -> None:
+    prompt = text("Be brief.", "prompt")
+    _, response = optimizer_step([prompt], 'Add "Use the default tone" to prompt.')
+    # Trace 0.1.3.8 drops str suggestions containing "def" (its black bug); the model still
+    # makes them, and the core works around the bug.
+    assert json.loads(response)["suggestion"] == {
+        prompt.py_name: "Be brief. Use the default tone."
+    }
+
+
+def test_replace_edits_code_and_keeps_the_signature() -> None:
+    shout.parameter._set(shout.parameter._data)  # fresh source for this test
+    original = shout.parameter._data
+    output = shout(trace.node("world"))
+    assert output.data == "Hello WORLD"
+    optimizer_step([shout.parameter], 'In shout, replace "Hello " with "Hi "', output=output)
+    assert shout.parameter.data.startswith("def shout(text):")
+    assert shout(trace.node("world")).data == "Hi WORLD"
+    shout.parameter._set(original)
+
+
+def test_noise_breaks_code_and_the_error_feedback_repairs_it() -> None:
+    original = shout.parameter._data
+    output = shout(trace.node("world"))
+    optimizer_step(
+        [shout.parameter], 'replace "Hello " with "Hey "', output=output, simulated_noise=1.0
+    )
+    assert 'raise RuntimeError("simulated bug")' in shout.parameter.data
+    with pytest.raises(trace.ExecutionError) as caught:
+        shout(trace.node("world"))
+    exception_node = caught.value.exception_node
+    optimizer_step([shout.parameter], str(exception_node.data), output=exception_node)
+    assert "raise" not in shout.parameter.data
+    assert shout(trace.node("world")).data == "Hello WORLD"
+    shout.parameter._set(original)
+
+
+@pytest.mark.parametrize(
+    "feedback",
+    ["The output is perfect.", "Correct!", "Nice work, nothing to say about it."],
+)
+def test_terminate_when_satisfied_or_no_instruction(feedback: str) -> None:
+    count, prompt = number(7, "count"), text("Be brief.", "prompt")
+    optimizer, response = optimizer_step([count, prompt], feedback)
+    assert response == "TERMINATE"
+    assert (count.data, prompt.data) == (7, "Be brief.")
+    assert optimizer.log == []  # OptoPrime logs nothing when the model terminates
+
+
+def test_not_correct_is_not_satisfied() -> None:
+    count = number(7, "count")
+    _, response = optimizer_step([count], "This is not correct: count is too small.")
+    assert response != "TERMINATE"
+    assert count.data > 7
+
+
+def optoprime_messages(feedback: str, value: int = 100) -> list[dict[str, str]]:
+    """The messages a real OptoPrime sends for one number parameter and ``feedback``."""
+    count = number(value, "count")
+    optimizer, _ = optimizer_step([count], feedback)
+    return [
+        {"role": "system", "content": optimizer.log[-1]["system_prompt"]},
+        {"role": "user", "content": optimizer.log[-1]["user_prompt"]},
+    ]
+
+
+def suggested(llm: LLM, messages: list[dict[str, str]]) -> dict[str, Any]:
+    return json.loads(llm.complete(messages))["suggestion"]
+
+
+def test_noise_gives_wrong_suggestions_at_about_the_configured_rate() -> None:
+    messages = optoprime_messages("count is too small.")
+    key = "count" + messages[1]["content"].split("(int) count", 1)[1].split("=", 1)[0]
+    seeds = range(400)
+    wrong = sum(
+        suggested(LLM(MODEL, simulated_noise=0.25, simulated_seed=seed), messages)[key] < 100
+        for seed in seeds
+    )
+    assert 0.17 <= wrong / len(seeds) <= 0.33
+    always_right = [
+        suggested(LLM(MODEL, simulated_seed=seed), messages)[key] > 100 for seed in range(50)
+    ]
+    assert all(always_right)
+
+
+def test_same_seed_same_answers_and_repeated_prompts_differ() -> None:
+    messages = optoprime_messages("count is too small.")
+    first = [LLM(MODEL, simulated_seed=7).complete(messages) for _ in range(5)]
+    assert len(set(first)) > 1  # identical prompts sent again get new samples
+    simulated.reset_simulated_model()
+    again = [LLM(MODEL, simulated_seed=7).complete(messages) for _ in range(5)]
+    assert again == first
+    simulated.reset_simulated_model()
+    other_seed = [LLM(MODEL, simulated_seed=8).complete(messages) for _ in range(5)]
+    assert other_seed != first
+
+
+def test_temperature_zero_makes_steps_fixed() -> None:
+    messages = optoprime_messages("count is too small.")
+    answers = {LLM(MODEL, temperature=0.0).complete(messages) for _ in range(5)}
+    assert len(answers) == 1
+    assert '": 150}' in answers.pop()  # half the value at temperature 0
+
+
+def test_kwargs_reach_the_provider_through_optional_params() -> None:
+    messages = optoprime_messages("count is too small.")
+    llm = LLM(MODEL, simulated_noise=1.0, simulated_latency=0.05)
+    assert all(value < 100 for value in suggested(llm, messages).values())
+    assert llm.take_calls()[0].latency_s >= 0.05
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Hello there",
+        json.dumps({"candidates": [{"x": 1}, {"x": 2}], "task": "cross them over"}),
+        json.dumps({"solution": {"prompt": "Be brief."}, "task": "improve this solution"}),
+        '{"not json',
+        "",
+    ],
+)
+def test_other_prompts_get_a_valid_empty_answer(content: str) -> None:
+    answer = json.loads(LLM(MODEL).complete([{"role": "user", "content": content}]))
+    assert answer["suggestion"] == {}
+    assert isinstance(answer["reasoning"], str)
+
+
+def test_parse_multiline_values_until_the_next_variable_or_section() -> None:
+    prompt = (
+        "#Variables\n(str) notes0=line one\nline two\n(code) __code3:def f(x):\n"
+        '    """Doc."""\n    return x\n(int) n0=4\n\n#Constraints\n(int) n0: n0 > 0\n\n'
+        "#Feedback\nn is too small\n\n================================\n"
+        "Below are some variables and their feedbacks you received in the past.\n"
+    )
+    problem = simulated.parse_optoprime_problem(prompt)
+    assert problem is not None
+    assert [(v.type_name, v.py_name, v.value) for v in problem.variables] == [
+        ("str", "notes0", "line one\nline two"),
+        ("code", "__code3", 'def f(x):\n    """Doc."""\n    return x'),
+        ("int", "n0", 4),
+    ]
+    assert problem.feedback == "n is too small"
+
+
+def test_registration_is_idempotent() -> None:
+    import litellm
+
+    handler = simulated.register_simulated_provider()
+    assert simulated.register_simulated_provider() is handler
+    providers = [item["provider"] for item in litellm.custom_provider_map]
+    assert providers.count("simulated") == 1

@@ -1,0 +1,645 @@
+"""A SIMULATED model for demos, tests and benchmarks. It is not a language model.
+
+``simulated/feedback-follower`` is a litellm custom provider: once
+:func:`register_simulated_provider` has run (``LLM("simulated/...")`` runs it),
+``litellm.completion(model="simulated/feedback-follower", messages=...)`` answers offline, and
+litellm's usage and cost accounting work exactly as for a real model. Token usage is reported as
+about ``len(text) / 4``; the prices registered with litellm are MADE UP ($0.15 per million input
+tokens, $0.60 per million output tokens) so that ``litellm.completion_cost`` returns a number.
+
+What it does: it reads the problem that Trace's ``OptoPrime`` sends (the ``#Variables`` and
+``#Feedback`` sections), follows the small feedback grammar below mechanically, and answers in
+OptoPrime's JSON format ``{"reasoning": ..., "answer": "", "suggestion": {py_name: value}}``.
+
+Feedback grammar (case-insensitive; quoted text is taken literally):
+
+* Numbers (``int``/``float`` variables). "larger", "increase", "higher", "more", "longer",
+  "too small", "too short" move up; "smaller", "decrease", "lower", "less", "shorter",
+  "too large", "too long" move down (the first such word decides). ``by N`` sets the step;
+  otherwise the step is a random fraction (about 25-75% at temperature 1) of the value, at least
+  1 for ints. If a variable's name (its ``py_name`` without the trailing digits, e.g.
+  ``max_words``) appears in the feedback, only named variables move; otherwise all numbers move.
+* Text (``str`` variables). ``mention "X"`` / ``include "X"`` append the sentence
+  ``Always mention X.``; ``add "X"`` appends ``X`` itself as a sentence; ``remove "X"`` deletes
+  ``X``. Nothing is appended when the text already contains ``X``. The target is the variable
+  named in the feedback, else the first ``str`` variable (``remove``: every variable holding X).
+* ``replace "X" with "Y"`` edits the named variables, else every ``str`` or ``(code)`` variable
+  containing ``X``.
+* Code repair. When the feedback names an exception (``RuntimeError``, ``ValueError``, ...) that
+  a ``(code)`` variable raises explicitly, those ``raise`` lines are deleted.
+* If the feedback says the output is correct or perfect, or holds no instruction understood
+  above, the answer is ``TERMINATE`` (OptoPrime then proposes nothing).
+
+Options, passed as completion keyword arguments (litellm hands unknown keyword arguments to a
+custom provider in ``optional_params``)::
+
+    LLM("simulated/feedback-follower", simulated_noise=0.2, simulated_seed=0,
+        simulated_latency=0.0)
+
+* ``simulated_noise``: probability that an answer which would change something is replaced by a
+  wrong or useless one: a number moved the wrong way, an irrelevant sentence appended to a
+  string, or a ``raise RuntimeError("simulated bug")`` inserted as the first body line of a
+  function (so the ``ExecutionError`` path gets exercised). ``TERMINATE`` is never noisy.
+* ``simulated_seed``: the random seed.
+* ``simulated_latency``: seconds to sleep per call (benchmarks use it).
+* ``temperature`` (the usual argument) scales the randomness of step sizes; 0 makes them fixed.
+
+Determinism: each answer draws from a ``random.Random`` seeded by (seed, sha256 of the prompt
+with object addresses like ``0x7f3a...`` blanked, the temperature, how many times this handler
+has seen that seed and prompt), so identical prompts sent repeatedly get different samples
+while a rerun of the same sequence of calls in a fresh process (or after
+:func:`reset_simulated_model`) gives the same answers.
+
+Prompts that are not OptoPrime problems (crossover or "improve this solution" prompts) get a
+valid, empty answer ``{"reasoning": ..., "suggestion": {}}``; it never raises on odd input. To
+teach it a new prompt shape, add a function to ``_ANSWERERS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm  # noqa: E402  (after the environment variable above)
+
+from trace_optuna.exceptions import ConfigurationError  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_logger = logging.getLogger("trace_optuna.llm.simulated")
+
+PROVIDER = "simulated"
+"""The litellm provider name: model strings look like ``simulated/<model>``."""
+
+MODELS = ("feedback-follower",)
+"""The simulated models there are."""
+
+INPUT_COST_PER_TOKEN = 0.15e-6
+"""Made-up price per input token (USD): $0.15 per million."""
+
+OUTPUT_COST_PER_TOKEN = 0.60e-6
+"""Made-up price per output token (USD): $0.60 per million."""
+
+OPTION_PREFIX = "simulated_"
+
+_IRRELEVANT_SENTENCES = (
+    "Talk about the weather.",
+    "Use the default tone.",
+    "Mention our new logo.",
+    "Quote a famous poem.",
+)
+_BUG_LINE = 'raise RuntimeError("simulated bug")'
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatedOptions:
+    """The knobs of the simulated model (see the module docstring).
+
+    Args:
+        noise: Probability in [0, 1] of a wrong or useless suggestion.
+        seed: Random seed.
+        latency: Seconds to sleep per call, >= 0.
+    """
+
+    noise: float = 0.0
+    seed: int = 0
+    latency: float = 0.0
+
+    def __post_init__(self) -> None:
+        if _not_number(self.noise) or not 0.0 <= self.noise <= 1.0:
+            raise ConfigurationError(
+                f"simulated_noise must be a number in [0, 1], got {self.noise!r}."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigurationError(f"simulated_seed must be an int, got {self.seed!r}.")
+        if _not_number(self.latency) or not self.latency >= 0.0:
+            raise ConfigurationError(
+                f"simulated_latency must be a number >= 0 (seconds), got {self.latency!r}."
+            )
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SimulatedOptions:
+        """Read ``simulated_*`` entries from completion keyword arguments.
+
+        Raises:
+            ConfigurationError: On an unknown ``simulated_*`` name or a bad value.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in params.items():
+            if not key.startswith(OPTION_PREFIX):
+                continue
+            name = key[len(OPTION_PREFIX) :]
+            if name not in known:
+                valid = ", ".join(OPTION_PREFIX + n for n in sorted(known))
+                raise ConfigurationError(
+                    f"Unknown simulated model option {key!r}; valid options are {valid}."
+                )
+            values[name] = value
+        return cls(**values)
+
+
+def _not_number(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading OptoPrime's prompt
+
+
+@dataclasses.dataclass
+class Variable:
+    """One entry of OptoPrime's ``#Variables`` section.
+
+    Attributes:
+        type_name: ``int``, ``float``, ``str``, ``code``, or another Python type name.
+        py_name: The key OptoPrime expects in the suggestion (``max_words0``, ``__code1``).
+        value: The value: a number for int/float, else the text as shown.
+    """
+
+    type_name: str
+    py_name: str
+    value: Any
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names by which feedback may refer to this variable, lower case."""
+        names = [self.py_name.lower(), re.sub(r"\d+$", "", self.py_name).lower()]
+        if self.type_name == "code":
+            match = re.search(r"\bdef\s+(\w+)", self.value)
+            if match:
+                names.append(match.group(1).lower())
+        return tuple(name for name in names if name)
+
+    @property
+    def is_number(self) -> bool:
+        return self.type_name in ("int", "float")
+
+    @property
+    def is_text(self) -> bool:
+        return self.type_name in ("str", "code")
+
+
+@dataclasses.dataclass
+class OptoPrimeProblem:
+    """What the simulated model reads from an OptoPrime prompt."""
+
+    variables: list[Variable]
+    feedback: str
+
+
+_SECTION_HEADERS = (
+    "Instruction",
+    "Code",
+    "Documentation",
+    "Variables",
+    "Constraints",
+    "Inputs",
+    "Others",
+    "Outputs",
+    "Feedback",
+)
+_NEXT_SECTION = re.compile(r"\n#(?:" + "|".join(_SECTION_HEADERS) + r")\n")
+_VARIABLE_LINE = re.compile(r"^\((?P<type>\w+)\) (?P<name>\w+)(?P<sep>[=:])(?P<rest>.*)$")
+_PROBLEM_END = "\n================================"
+
+
+def parse_optoprime_problem(prompt: str) -> OptoPrimeProblem | None:
+    """Read the variables and the feedback of an OptoPrime problem instance.
+
+    Values may span many lines: a value runs until the next ``(type) name=`` line or the next
+    ``#Section`` header.
+
+    Args:
+        prompt: The system and user messages, joined.
+
+    Returns:
+        The problem, or None when the prompt has no ``#Variables`` and ``#Feedback`` sections.
+    """
+    prompt = "\n" + prompt  # so a header on the first line is found like any other
+    start = prompt.rfind("\n#Variables\n")
+    feedback_start = prompt.rfind("\n#Feedback\n")
+    if start < 0 or feedback_start < start:
+        return None
+    body_start = start + len("\n#Variables\n")
+    next_section = _NEXT_SECTION.search(prompt, body_start)
+    body_end = next_section.start() if next_section else feedback_start
+    variables = _parse_variables(prompt[body_start:body_end])
+
+    feedback_body = feedback_start + len("\n#Feedback\n")
+    feedback_end = prompt.find(_PROBLEM_END, feedback_body)
+    feedback = prompt[feedback_body : feedback_end if feedback_end >= 0 else len(prompt)]
+    return OptoPrimeProblem(variables=variables, feedback=feedback.strip())
+
+
+def _parse_variables(block: str) -> list[Variable]:
+    entries: list[tuple[str, str, list[str]]] = []
+    for line in block.split("\n"):
+        match = _VARIABLE_LINE.match(line)
+        is_code = match is not None and match["type"] == "code"
+        if match and (match["sep"] == ":") == is_code:
+            entries.append((match["type"], match["name"], [match["rest"]]))
+        elif entries:
+            entries[-1][2].append(line)
+    variables = []
+    for type_name, py_name, lines in entries:
+        text = "\n".join(lines).rstrip("\n")
+        value: Any = text
+        try:
+            if type_name == "int":
+                value = int(text.strip())
+            elif type_name == "float":
+                value = float(text.strip())
+        except ValueError:
+            type_name = "unparsed"
+        variables.append(Variable(type_name=type_name, py_name=py_name, value=value))
+    return variables
+
+
+# ---------------------------------------------------------------------------------------------
+# Following the feedback
+
+
+@dataclasses.dataclass
+class _Edit:
+    variable: Variable
+    new_value: Any
+    why: str
+
+
+_QUOTED = r'"([^"]+)"'
+_UP_WORDS = r"larger|increase|higher|more|longer|too small|too short"
+_DOWN_WORDS = r"smaller|decrease|lower|less|shorter|too large|too long"
+_DIRECTION = re.compile(rf"\b(?:(?P<up>{_UP_WORDS})|(?P<down>{_DOWN_WORDS}))\b", re.IGNORECASE)
+_BY_STEP = re.compile(r"\bby\s+(\d+(?:\.\d+)?)\b", re.IGNORECASE)
+_SATISFIED = re.compile(r"(?<!not )(?<!n't )\b(?:correct|perfect)\b", re.IGNORECASE)
+_MENTION = re.compile(rf"\b(mention|include|add)\s+{_QUOTED}", re.IGNORECASE)
+_REMOVE = re.compile(rf"\bremove\s+{_QUOTED}", re.IGNORECASE)
+_REPLACE = re.compile(rf"\breplace\s+{_QUOTED}\s+with\s+{_QUOTED}", re.IGNORECASE)
+_ERROR_NAME = re.compile(r"\b(\w*(?:Error|Exception))\b")
+
+
+def _named(variables: list[Variable], feedback: str) -> list[Variable]:
+    """Variables whose name appears in the feedback (outside quotes)."""
+    text = re.sub(_QUOTED, " ", feedback).lower()
+    return [
+        variable
+        for variable in variables
+        if any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text) for name in variable.names)
+    ]
+
+
+def _number_edits(
+    problem: OptoPrimeProblem, rng: random.Random, spread: float, current: dict[str, Any]
+) -> list[_Edit]:
+    numbers = [v for v in problem.variables if v.is_number]
+    unquoted = re.sub(_QUOTED, " ", problem.feedback)
+    direction = _DIRECTION.search(unquoted)
+    if not numbers or direction is None:
+        return []
+    sign = 1 if direction["up"] else -1
+    targets = _named(numbers, problem.feedback) or numbers
+    by_step = _BY_STEP.search(unquoted)
+    edits = []
+    for variable in targets:
+        old = current.get(variable.py_name, variable.value)
+        if by_step:
+            step = float(by_step.group(1))
+        else:
+            fraction = max(0.05, 0.5 + (rng.random() - 0.5) * 0.5 * spread)
+            step = (abs(old) if old != 0 else 1.0) * fraction
+        new = old + sign * step
+        if variable.type_name == "int":
+            new = old + sign * max(1, round(step))
+        edits.append(_Edit(variable, new, f"{direction.group(0)!r} moves {variable.py_name}"))
+    return edits
+
+
+def _text_edits(problem: OptoPrimeProblem, current: dict[str, Any]) -> list[_Edit]:
+    feedback = problem.feedback
+    texts = [v for v in problem.variables if v.is_text]
+    strings = [v for v in texts if v.type_name == "str"]
+    named = _named(texts, feedback)
+    edits: list[_Edit] = []
+
+    def value(variable: Variable) -> str:
+        return current.get(variable.py_name, variable.value)
+
+    def edit(variable: Variable, new_value: str, why: str) -> None:
+        current[variable.py_name] = new_value
+        edits.append(_Edit(variable, new_value, why))
+
+    for match in _REPLACE.finditer(feedback):
+        old, new = match.group(1), match.group(2)
+        for variable in [v for v in (named or texts) if old in value(v)]:
+            edit(variable, value(variable).replace(old, new), f"replace {old!r} with {new!r}")
+    for match in _REMOVE.finditer(feedback):
+        gone = match.group(1)
+        for variable in [v for v in (named or texts) if gone in value(v)]:
+            edit(variable, _tidy(value(variable).replace(gone, "")), f"remove {gone!r}")
+    for match in _MENTION.finditer(feedback):
+        verb, wanted = match.group(1).lower(), match.group(2)
+        targets = [v for v in named if v.type_name == "str"] or strings[:1]
+        for variable in targets:
+            if wanted in value(variable):
+                continue
+            sentence = _sentence(wanted) if verb == "add" else f"Always mention {wanted}."
+            edit(variable, _append(value(variable), sentence), f"{verb} {wanted!r}")
+    for error_name in dict.fromkeys(_ERROR_NAME.findall(feedback)):
+        raise_line = re.compile(rf"^[ \t]*raise\s+{re.escape(error_name)}\b.*\n?", re.MULTILINE)
+        for variable in [v for v in texts if v.type_name == "code"]:
+            if raise_line.search(value(variable)):
+                repaired = raise_line.sub("", value(variable))
+                edit(variable, repaired, f"delete the line raising {error_name}")
+    return edits
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _append(text: str, sentence: str) -> str:
+    return f"{text.rstrip()} {sentence}" if text.strip() else sentence
+
+
+def _tidy(text: str) -> str:
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def _noisy_edit(edit: _Edit, rng: random.Random) -> _Edit:
+    """A wrong or useless version of ``edit`` on the same variable."""
+    variable = edit.variable
+    if variable.is_number:
+        old, right = variable.value, edit.new_value
+        if old > 0 and right > 0:
+            wrong = old * old / right  # as far the wrong way as the right step, in ratio
+        else:
+            wrong = old - (right - old)
+        if variable.type_name == "int":
+            wrong = round(wrong)
+            if wrong == old:
+                wrong = old - (1 if right > old else -1)
+        return _Edit(variable, wrong, f"(noise) moves {variable.py_name} the wrong way")
+    if variable.type_name == "code":
+        return _Edit(variable, _insert_bug(variable.value), "(noise) breaks the function")
+    sentence = rng.choice(_IRRELEVANT_SENTENCES)
+    return _Edit(variable, _append(variable.value, sentence), "(noise) adds an irrelevant line")
+
+
+def _insert_bug(source: str) -> str:
+    """Insert a raise as the first body statement (after the docstring), keeping the signature."""
+    lines = source.split("\n")
+    signature_end = next(
+        (i for i, line in enumerate(lines) if line.rstrip().endswith(":")), len(lines) - 1
+    )
+    body = signature_end + 1
+    indent = "    "
+    if body < len(lines):
+        indent = re.match(r"[ \t]*", lines[body]).group(0) or indent  # type: ignore[union-attr]
+        stripped = lines[body].strip()
+        quote = stripped[:3] if stripped[:3] in ('"""', "'''") else None
+        if quote:
+            end = body
+            if not (len(stripped) >= 6 and stripped.endswith(quote)):
+                end = next((j for j in range(body + 1, len(lines)) if quote in lines[j]), body)
+            body = end + 1
+    lines.insert(body, indent + _BUG_LINE)
+    return "\n".join(lines)
+
+
+def answer_optoprime(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str | None:
+    """Answer an OptoPrime problem, or return None when ``prompt`` is not one.
+
+    Args:
+        prompt: The messages' text, joined.
+        rng: The random source for this call.
+        options: Noise and seed.
+        temperature: The request's temperature, or None (treated as 1).
+
+    Returns:
+        OptoPrime's JSON answer, ``"TERMINATE"``, or None.
+    """
+    problem = parse_optoprime_problem(prompt)
+    if problem is None:
+        return None
+    noisy = rng.random() < options.noise
+    if _SATISFIED.search(problem.feedback):
+        return "TERMINATE"
+    spread = 1.0 if temperature is None else float(temperature)
+    current: dict[str, Any] = {}
+    edits = _text_edits(problem, current) + _number_edits(problem, rng, spread, current)
+    if not edits:
+        return "TERMINATE"
+    if noisy:
+        edits = [_noisy_edit(rng.choice(edits), rng)]
+    suggestion = {edit.variable.py_name: edit.new_value for edit in edits}
+    reasoning = "Following the feedback: " + "; ".join(edit.why for edit in edits) + "."
+    return json.dumps({"reasoning": reasoning, "answer": "", "suggestion": suggestion})
+
+
+def answer_generic(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str:
+    """Answer any prompt with a valid, empty suggestion (the fallback)."""
+    shape = "an unrecognised prompt"
+    if re.search(r'"candidates"\s*:', prompt):
+        shape = "a prompt with candidates"
+    elif re.search(r'"solution"\s*:', prompt):
+        shape = "a prompt with a solution"
+    reasoning = f"The simulated model read {shape}; it has no rule for it and suggests nothing."
+    return json.dumps({"reasoning": reasoning, "answer": "", "suggestion": {}})
+
+
+_ANSWERERS: list[Callable[[str, random.Random, SimulatedOptions, float | None], str | None]] = [
+    answer_optoprime,
+    answer_generic,
+]
+
+
+def respond(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str:
+    """The simulated model's answer to ``prompt``: the first answerer that recognises it."""
+    for answerer in _ANSWERERS:
+        try:
+            answer = answerer(prompt, rng, options, temperature)
+        except Exception:  # the simulation must never crash a run
+            _logger.exception("Simulated answerer %s failed; trying the next.", answerer.__name__)
+            continue
+        if answer is not None:
+            return answer
+    return json.dumps({"reasoning": "No answer.", "answer": "", "suggestion": {}})
+
+
+# ---------------------------------------------------------------------------------------------
+# The litellm provider
+
+
+def _message_text(messages: list[dict[str, Any]]) -> str:
+    parts = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):  # content blocks
+            content = "\n".join(str(block.get("text", "")) for block in content)
+        parts.append("" if content is None else str(content))
+    return "\n".join(parts)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def approximate_tokens(text: str) -> int:
+    """Roughly ``len(text) / 4``, at least 1: the simulated model's token count."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+class SimulatedLLM(litellm.CustomLLM):
+    """The litellm handler behind ``simulated/<model>``; see the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._seen: collections.Counter[tuple[int, str]] = collections.Counter()
+
+    def reset(self) -> None:
+        """Forget how often each prompt was seen, so answers repeat from the start."""
+        with self._lock:
+            self._seen.clear()
+
+    def _answer(
+        self, model: str, messages: list[dict[str, Any]], optional_params: dict[str, Any]
+    ) -> tuple[str, str, SimulatedOptions]:
+        name = model.split("/", 1)[1] if model.startswith(PROVIDER + "/") else model
+        if name not in MODELS:
+            raise ConfigurationError(
+                f"Unknown simulated model {model!r}; known: "
+                + ", ".join(f"{PROVIDER}/{m}" for m in MODELS)
+                + "."
+            )
+        options = SimulatedOptions.from_params(optional_params)
+        prompt = _message_text(messages)
+        # Object reprs in the prompt (``<... object at 0x7f...>``) differ between processes.
+        stable = _ADDRESS.sub(" at 0x0", prompt)
+        digest = hashlib.sha256(stable.encode()).hexdigest()
+        with self._lock:
+            index = self._seen[(options.seed, digest)]
+            self._seen[(options.seed, digest)] += 1
+        temperature = optional_params.get("temperature")
+        rng = random.Random(f"{options.seed}:{digest}:{index}:{temperature}")
+        return prompt, respond(prompt, rng, options, temperature), options
+
+    @staticmethod
+    def _fill(
+        response: litellm.ModelResponse, model: str, prompt: str, content: str
+    ) -> litellm.ModelResponse:
+        response.choices[0].message.content = content  # type: ignore[union-attr]
+        response.choices[0].finish_reason = "stop"
+        response.model = model if model.startswith(PROVIDER + "/") else f"{PROVIDER}/{model}"
+        prompt_tokens = approximate_tokens(prompt)
+        completion_tokens = approximate_tokens(content)
+        response.usage = litellm.Usage(  # type: ignore[attr-defined]
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        return response
+
+    def completion(  # type: ignore[override]
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *args: Any,
+        model_response: litellm.ModelResponse,
+        optional_params: dict[str, Any],
+        **kwargs: Any,
+    ) -> litellm.ModelResponse:
+        """Answer synchronously (litellm calls this for ``litellm.completion``)."""
+        prompt, content, options = self._answer(model, messages, optional_params)
+        if options.latency:
+            time.sleep(options.latency)
+        return self._fill(model_response, model, prompt, content)
+
+    async def acompletion(  # type: ignore[override]
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *args: Any,
+        model_response: litellm.ModelResponse,
+        optional_params: dict[str, Any],
+        **kwargs: Any,
+    ) -> litellm.ModelResponse:
+        """Answer asynchronously (litellm calls this for ``litellm.acompletion``)."""
+        prompt, content, options = self._answer(model, messages, optional_params)
+        if options.latency:
+            await asyncio.sleep(options.latency)
+        return self._fill(model_response, model, prompt, content)
+
+
+_registration_lock = threading.Lock()
+
+
+def register_simulated_provider() -> SimulatedLLM:
+    """Make ``simulated/<model>`` usable in litellm; safe to call any number of times.
+
+    Registers the handler in ``litellm.custom_provider_map`` under the provider name
+    ``simulated`` and the made-up prices with ``litellm.register_model``.
+
+    Returns:
+        The registered handler (the same object on every call).
+
+    Example:
+        >>> handler = register_simulated_provider()
+        >>> handler is register_simulated_provider()
+        True
+    """
+    with _registration_lock:
+        for item in litellm.custom_provider_map:
+            if item["provider"] == PROVIDER:
+                return item["custom_handler"]  # type: ignore[return-value]
+        handler = SimulatedLLM()
+        litellm.custom_provider_map.append({"provider": PROVIDER, "custom_handler": handler})
+        litellm.utils.custom_llm_setup()  # adds the provider to litellm.provider_list
+        litellm.register_model(
+            {
+                f"{PROVIDER}/{name}": {
+                    "litellm_provider": PROVIDER,
+                    "mode": "chat",
+                    "input_cost_per_token": INPUT_COST_PER_TOKEN,
+                    "output_cost_per_token": OUTPUT_COST_PER_TOKEN,
+                    "cache_creation_input_token_cost": 0.0,
+                    "cache_read_input_token_cost": 0.0,
+                    "max_input_tokens": 1_000_000,
+                    "max_output_tokens": 1_000_000,
+                }
+                for name in MODELS
+            }
+        )
+        _logger.debug("Registered the simulated litellm provider %r.", PROVIDER)
+        return handler
+
+
+def reset_simulated_model() -> None:
+    """Restart the simulated model's per-prompt call counters (for reproducible tests)."""
+    register_simulated_provider().reset()
