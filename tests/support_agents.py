@@ -1,0 +1,51 @@
+"""Small Trace agents for the tests (``@trace.bundle`` needs their source in a file)."""
+
+from __future__ import annotations
+
+from opto import trace
+
+import trace_optuna as to
+
+REQUIRED = ("order number", "tracking link")
+
+
+@trace.model
+class Greeter:
+    """A prompt, a number and a trainable method: every kind of parameter the core stores."""
+
+    def __init__(self) -> None:
+        self.greeting = trace.node("Hello.", trainable=True, description="the reply's text")
+        self.excitement = trace.node(1, trainable=True, description="how many '!' to add")
+
+    @trace.bundle(trainable=True)
+    def decorate(self, text, excitement):
+        """Finish the reply."""
+        return text + "!" * excitement
+
+    def reply(self):
+        return self.decorate(self.greeting, self.excitement)
+
+
+class CountingEvaluate:
+    """Scores a Greeter by the required phrases it mentions; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, agent: Greeter) -> to.Evaluation:
+        self.calls += 1
+        out = agent.reply()
+        text = out.data.lower()
+        missing = [phrase for phrase in REQUIRED if phrase not in text]
+        score = (len(REQUIRED) - len(missing)) / len(REQUIRED)
+        if missing:
+            feedback = f'The reply should mention "{missing[0]}". Add "{missing[0]}" to greeting.'
+        else:
+            feedback = "The reply is perfect."
+        return to.Evaluation(
+            score=score, feedback=feedback, output=out, details={"missing": missing}
+        )
+
+
+def make_greeter() -> Greeter:
+    return Greeter()

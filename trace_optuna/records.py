@@ -1,0 +1,314 @@
+"""Every attribute key trace_optuna stores, in one place, and how values are chunked.
+
+Optuna keeps trial and study attributes as ``json.dumps(value)`` in ``Text`` columns. MySQL and
+MariaDB cap those at 65,535 bytes (and in non-strict mode truncate silently, poisoning the whole
+study), so no single attribute value written here exceeds :data:`MAX_ATTR_BYTES` bytes of JSON.
+A longer value is split: the first part stays under its key (so a person still reads the start of
+it), the rest goes to ``<key>:chunk:1``, ``<key>:chunk:2``..., and ``<key>:chunks`` says how many
+parts there are and whether they join into a string or into JSON text.
+
+Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instructions``):
+
+=============================  ===========================================================
+``trace:schema``               int, the layout version of this record
+``trace:strategy``             str, what produced the candidate (``baseline``, ``optoprime``)
+``trace:parents``              list[int], parent trial numbers (empty for the baseline)
+``trace:score``                float, the candidate's score (also the trial's value)
+``trace:feedback``             str, the candidate's feedback from ``evaluate``
+``trace:parent_score``         float | None, the parent's score the step started from
+``trace:parent_feedback``      str | None, the feedback that drove the step
+``trace:improvement``          float | None, score minus parent score
+``trace:changed``              list[str], parameter paths whose value changed
+``trace:diff``                 str, unified diff of every changed parameter against the parent
+``trace:value:<path>``         the new value of a parameter this trial introduced
+``trace:snapshot``             {path: [value hash, trial number holding the value]}
+``trace:snapshot_hash``        str, content hash of the whole candidate snapshot
+``trace:llm``                  {model, calls, prompt_tokens, completion_tokens, cost_usd,
+                               latency_s}
+``trace:llm:<i>:system``       str, the system prompt of LLM call i
+``trace:llm:<i>:user``         str, the user prompt of LLM call i
+``trace:llm:<i>:response``     str, the raw response of LLM call i (or its error)
+``trace:time``                 {evaluate_s, llm_s, total_s}
+``trace:worker``               {host, pid}
+``trace:duplicate_of``         int, the trial that already evaluated this exact candidate
+                               (its score is reused; nothing is evaluated twice)
+``trace:details``              dict, ``Evaluation.details`` of the candidate
+``trace:error``                str, why the trial failed (or why the candidate's code raised)
+``trace:traceback``            str, the traceback of that error
+=============================  ===========================================================
+
+Study user attributes: ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
+optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
+``trace:parameters`` (the agent's parameter paths), ``trace:strategies`` (fixed for the life of
+the study), ``trace:seed``, ``trace:error_score``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+import json
+from typing import TYPE_CHECKING
+from typing import Any
+
+from trace_optuna.exceptions import RecordError
+from trace_optuna.snapshots import value_hash
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+SCHEMA_VERSION = 1
+MAX_ATTR_BYTES = 60_000
+
+PREFIX = "trace:"
+SCHEMA = "trace:schema"
+STRATEGY = "trace:strategy"
+PARENTS = "trace:parents"
+SCORE = "trace:score"
+FEEDBACK = "trace:feedback"
+PARENT_SCORE = "trace:parent_score"
+PARENT_FEEDBACK = "trace:parent_feedback"
+IMPROVEMENT = "trace:improvement"
+CHANGED = "trace:changed"
+DIFF = "trace:diff"
+SNAPSHOT = "trace:snapshot"
+SNAPSHOT_HASH = "trace:snapshot_hash"
+LLM = "trace:llm"
+TIME = "trace:time"
+WORKER = "trace:worker"
+DUPLICATE_OF = "trace:duplicate_of"
+DETAILS = "trace:details"
+ERROR = "trace:error"
+TRACEBACK = "trace:traceback"
+
+STUDY_VERSIONS = "trace:versions"
+STUDY_LLM_SETTINGS = "trace:llm_settings"
+STUDY_PARAMETERS = "trace:parameters"
+STUDY_STRATEGIES = "trace:strategies"
+STUDY_SEED = "trace:seed"
+STUDY_ERROR_SCORE = "trace:error_score"
+
+BASELINE = "baseline"
+
+
+def value_key(path: str) -> str:
+    """The attribute key holding a parameter value introduced by a trial."""
+    return f"trace:value:{path}"
+
+
+def llm_call_key(index: int, part: str) -> str:
+    """The attribute key of one part (``system``, ``user``, ``response``) of LLM call ``index``."""
+    return f"trace:llm:{index}:{part}"
+
+
+def _chunk_key(key: str, index: int) -> str:
+    return f"{key}:chunk:{index}"
+
+
+def _chunks_key(key: str) -> str:
+    return f"{key}:chunks"
+
+
+def encode(key: str, value: Any) -> dict[str, Any]:
+    """Turn one logical attribute into stored attributes, each at most ``MAX_ATTR_BYTES``.
+
+    Args:
+        key: The logical key.
+        value: Any JSON value.
+
+    Returns:
+        ``{stored key: stored value}``; a single item unless the value had to be chunked.
+    """
+    if len(json.dumps(value)) <= MAX_ATTR_BYTES:
+        return {key: value}
+    kind = "str" if isinstance(value, str) else "json"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    parts = _split(text)
+    stored: dict[str, Any] = {key: parts[0]}
+    for index, part in enumerate(parts[1:], start=1):
+        stored[_chunk_key(key, index)] = part
+    stored[_chunks_key(key)] = {"count": len(parts), "kind": kind}
+    return stored
+
+
+def _split(text: str) -> list[str]:
+    """Split text so that ``json.dumps`` of each part is at most ``MAX_ATTR_BYTES`` bytes.
+
+    Optuna stores ``json.dumps(value)`` with ASCII escaping, so a non-ASCII character costs up
+    to 12 bytes (a surrogate pair); the cut is found by measuring, not by counting characters.
+    """
+    parts = []
+    start = 0
+    while start < len(text):
+        length = min(len(text) - start, MAX_ATTR_BYTES - 2)
+        while True:
+            size = len(json.dumps(text[start : start + length]))
+            if size <= MAX_ATTR_BYTES:
+                break
+            length = max(1, length * (MAX_ATTR_BYTES - 2) // size - 1)
+        parts.append(text[start : start + length])
+        start += length
+    return parts
+
+
+def decode(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """Read one logical attribute back, joining chunks.
+
+    Raises:
+        RecordError: If chunks are missing (a write was interrupted) or do not parse.
+    """
+    if key not in attrs:
+        return default
+    meta = attrs.get(_chunks_key(key))
+    if meta is None:
+        return attrs[key]
+    try:
+        count, kind = int(meta["count"]), meta["kind"]
+        text = attrs[key] + "".join(attrs[_chunk_key(key, i)] for i in range(1, count))
+        return text if kind == "str" else json.loads(text)
+    except (KeyError, TypeError, ValueError) as error:
+        raise RecordError(
+            f"Attribute {key!r} is chunked but its chunks are broken: {error!r}"
+        ) from None
+
+
+def write(set_attr: Any, values: Mapping[str, Any]) -> None:
+    """Store logical attributes through ``set_attr(key, value)`` (e.g. ``trial.set_user_attr``).
+
+    The key itself is written last, after its chunks and their marker: a reader that sees the
+    key sees the whole value (and :func:`decode` ignores a marker whose key is not written).
+    """
+    for key, value in values.items():
+        for stored_key, stored_value in reversed(list(encode(key, value).items())):
+            set_attr(stored_key, stored_value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """What one trial holds, decoded. ``study.record(number)`` returns this.
+
+    Attributes:
+        number: The trial number.
+        state: The Optuna state name (``COMPLETE``, ``FAIL``, ``RUNNING``...).
+        value: The trial's value (the candidate's score), or None.
+        strategy: What produced the candidate (``baseline``, ``optoprime``...).
+        parents: Parent trial numbers.
+        snapshot: The full candidate snapshot ``{path: value}`` (values another trial
+            introduced are resolved through the study).
+        changed: Paths whose value differs from the first parent.
+        diff: Unified diff against the first parent.
+        feedback: The candidate's feedback.
+        parent_score: The parent's score.
+        parent_feedback: The feedback that drove the step.
+        improvement: Score minus parent score.
+        llm: Usage summary (model, calls, tokens, cost, latency).
+        llm_calls: Each call's ``system``, ``user`` and ``response`` text.
+        time: Wall times of evaluation and LLM.
+        worker: Host and pid of the process that ran the trial.
+        duplicate_of: The trial whose score was reused because it evaluated the same candidate.
+        details: ``Evaluation.details`` of the candidate.
+        error: Why the trial failed, or why the candidate's code raised.
+        traceback: The traceback of that error.
+        params: The trial's Optuna parameters.
+        schema: The record's layout version.
+    """
+
+    number: int
+    state: str
+    value: float | None
+    strategy: str | None
+    parents: list[int]
+    snapshot: dict[str, Any]
+    changed: list[str]
+    diff: str
+    feedback: str | None
+    parent_score: float | None
+    parent_feedback: str | None
+    improvement: float | None
+    llm: dict[str, Any]
+    llm_calls: list[dict[str, str]]
+    time: dict[str, float]
+    worker: dict[str, Any]
+    duplicate_of: int | None
+    details: dict[str, Any] | None
+    error: str | None
+    traceback: str | None
+    params: dict[str, Any]
+    schema: int
+
+
+def check_schema(attrs: Mapping[str, Any], owner: str) -> int:
+    """Return the schema version of a record, refusing ones newer than this library knows."""
+    schema = attrs.get(SCHEMA, SCHEMA_VERSION)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise RecordError(
+            f"{owner} was written with record schema {schema!r}; this trace_optuna reads up "
+            f"to schema {SCHEMA_VERSION}. Upgrade trace_optuna to read it."
+        )
+    return schema
+
+
+def snapshot_refs(trial: FrozenTrial) -> dict[str, tuple[str, int]]:
+    """``{path: (value hash, trial number holding the value)}`` of a finished trial."""
+    refs = trial.user_attrs.get(SNAPSHOT) or {}
+    return {path: (ref[0], int(ref[1])) for path, ref in refs.items()}
+
+
+def read_value(trial: FrozenTrial, path: str, expected_hash: str) -> Any:
+    """Read the value a trial introduced for ``path``, checking its content hash.
+
+    Raises:
+        RecordError: If the value is missing or does not match its hash (corrupt storage).
+    """
+    key = value_key(path)
+    if key not in trial.user_attrs:
+        raise RecordError(
+            f"Trial#{trial.number} should hold the value of {path!r} but has no {key!r} "
+            "attribute; the study's records are incomplete."
+        )
+    value = decode(trial.user_attrs, key)
+    if value_hash(value) != expected_hash:
+        raise RecordError(
+            f"Trial#{trial.number}'s value of {path!r} does not match its hash "
+            f"{expected_hash}; the stored record is corrupt."
+        )
+    return value
+
+
+def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
+    """Decode a frozen trial into a :class:`TrialRecord` (``snapshot`` resolved by the caller)."""
+    attrs = trial.user_attrs
+    schema = check_schema(attrs, f"Trial#{trial.number}")
+    summary = attrs.get(LLM) or {}
+    calls = [
+        {
+            part: decode(attrs, llm_call_key(index, part), "")
+            for part in ("system", "user", "response")
+        }
+        for index in range(int(summary.get("calls", 0)))
+        if llm_call_key(index, "response") in attrs
+    ]
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        value=trial.value if trial.values is not None and len(trial.values) == 1 else None,
+        strategy=attrs.get(STRATEGY),
+        parents=list(attrs.get(PARENTS) or []),
+        snapshot=snapshot,
+        changed=list(attrs.get(CHANGED) or []),
+        diff=decode(attrs, DIFF, ""),
+        feedback=decode(attrs, FEEDBACK),
+        parent_score=attrs.get(PARENT_SCORE),
+        parent_feedback=decode(attrs, PARENT_FEEDBACK),
+        improvement=attrs.get(IMPROVEMENT),
+        llm=dict(summary),
+        llm_calls=calls,
+        time=dict(attrs.get(TIME) or {}),
+        worker=dict(attrs.get(WORKER) or {}),
+        duplicate_of=attrs.get(DUPLICATE_OF),
+        details=decode(attrs, DETAILS),
+        error=decode(attrs, ERROR),
+        traceback=decode(attrs, TRACEBACK),
+        params=dict(trial.params),
+        schema=schema,
+    )

@@ -1,0 +1,399 @@
+"""One trial = one optimizer step: the objective that Optuna's ``optimize()`` runs.
+
+The flow of one trial::
+
+    TraceObjective(trial)
+      population.refresh()                      read what other trials stored
+      no completed trial yet?  -> baseline      evaluate the unmodified agent
+      else  strategy = trial.suggest_categorical("strategy", names)
+            settings = strategy.suggest_settings(trial)
+            proposal = strategy.propose(context)    e.g. best trial -> OptoPrime -> candidate
+      candidate already evaluated in the study? -> reuse its score, say so
+      else  restore(agent, candidate); evaluate(agent)
+      write every record attribute (records.py), then return the score for Optuna's tell()
+
+Anything that goes wrong inside a trial is stored (``trace:error``, ``trace:traceback``, the raw
+LLM responses) and raised as :class:`~trace_optuna.exceptions.TrialFailed`; ``TraceStudy``
+asks Optuna to catch it, so the trial ends FAIL and the study goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import inspect
+import logging
+import os
+import socket
+import time
+import traceback
+from typing import TYPE_CHECKING
+from typing import Any
+
+from opto.trace.bundle import ExecutionError
+from opto.trace.containers import ParameterContainer
+from opto.trace.nodes import Node
+from optuna.study import StudyDirection
+
+from trace_optuna import records
+from trace_optuna import snapshots
+from trace_optuna.evaluation import Evaluation
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import TraceOptunaError
+from trace_optuna.exceptions import TrialFailed
+from trace_optuna.llm import LLM
+from trace_optuna.population import Population
+from trace_optuna.strategies.base import ParentEvaluation
+from trace_optuna.strategies.base import Proposal
+from trace_optuna.strategies.base import StepContext
+from trace_optuna.strategies.base import resolve
+
+if TYPE_CHECKING:
+    import optuna
+
+_logger = logging.getLogger(__name__)
+
+STRATEGY_PARAM = "strategy"
+
+
+@dataclasses.dataclass
+class _Run:
+    """One run of the agent: an ``Evaluation``, or the error its (LLM-written) code raised."""
+
+    score: float | None
+    feedback: str
+    output: Any
+    details: dict[str, Any] | None = None
+    code_error: str | None = None
+
+
+@dataclasses.dataclass
+class _Live:
+    """The candidate this process evaluated last, while its Trace graph is still usable."""
+
+    number: int
+    snapshot_hash: str
+    run: _Run
+
+
+class TraceObjective:
+    """The Trace optimizer step as an Optuna objective: ``study.optimize(TraceObjective(...))``.
+
+    ``trace_optuna.create_study(...).optimize`` runs exactly this; use it directly to add Trace
+    to an Optuna study you already have. Optimize with ``catch=(trace_optuna.TrialFailed,)`` so
+    a failed step is recorded and the study goes on.
+
+    Args:
+        agent: A function that builds a fresh agent (called once, here), or an agent instance.
+        evaluate: ``evaluate(agent) -> Evaluation``.
+        llm: A litellm model string or a :class:`~trace_optuna.LLM`.
+        strategies: Strategy names or instances; the trial's ``strategy`` parameter picks one.
+        error_score: The score of a candidate whose code raises when run. None (the default)
+            fails such a trial instead; the error is stored as its feedback either way.
+
+    Raises:
+        ConfigurationError: On a wrong ``agent``, ``evaluate`` or ``llm``.
+        SnapshotError: If a parameter's value cannot be stored as JSON (names the path).
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        evaluate: Callable[..., Evaluation],
+        llm: str | LLM,
+        *,
+        strategies: Any = ("optoprime",),
+        error_score: float | None = None,
+    ) -> None:
+        self.make_agent = _agent_factory(agent)
+        self.evaluate = _check_evaluate(evaluate)
+        self.llm = _resolve_llm(llm)
+        self.strategies = {strategy.name: strategy for strategy in resolve(list(strategies))}
+        if error_score is not None and not isinstance(error_score, (int, float)):
+            raise ConfigurationError(f"error_score must be a number or None, got {error_score!r}.")
+        self.error_score = None if error_score is None else float(error_score)
+        self.agent = self.make_agent()
+        self.parameters = snapshots.parameters(self.agent)
+        self.initial_snapshot = snapshots.snapshot(self.agent)
+        self._population: Population | None = None
+        self._population_study: optuna.Study | None = None
+        self._live: _Live | None = None
+
+    @property
+    def strategy_names(self) -> list[str]:
+        """The strategy names, in the order the ``strategy`` parameter offers them."""
+        return list(self.strategies)
+
+    def population(self, study: optuna.Study) -> Population:
+        """The population view of ``study``, kept across trials of this process."""
+        if self._population is None or self._population_study is not study:
+            self._population = Population(study)
+            self._population_study = study
+        self._population.refresh()
+        return self._population
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        attrs: dict[str, Any] = {
+            records.SCHEMA: records.SCHEMA_VERSION,
+            records.WORKER: {"host": socket.gethostname(), "pid": os.getpid()},
+        }
+        timing = {"evaluate_s": 0.0}
+        self.llm.take_calls()  # calls made outside a trial are not this trial's
+        try:
+            score = self._step(trial, attrs, timing)
+        except Exception as error:
+            self._record_failure(trial, attrs, error, timing, started)
+            raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
+        self._finish(trial, attrs, timing, started)
+        return score
+
+    # -- the step -------------------------------------------------------------------------
+
+    def _step(self, trial: optuna.Trial, attrs: dict[str, Any], timing: dict[str, float]) -> float:
+        population = self.population(trial.study)
+        maximize = trial.study.direction == StudyDirection.MAXIMIZE
+
+        def better(a: float, b: float) -> bool:
+            return a > b if maximize else a < b
+
+        if population.best() is None:
+            attrs[records.STRATEGY] = records.BASELINE
+            proposal = Proposal(snapshot=dict(self.initial_snapshot), parents=[])
+        else:
+            name = trial.suggest_categorical(STRATEGY_PARAM, self.strategy_names)
+            strategy = self.strategies[str(name)]
+            attrs[records.STRATEGY] = strategy.name
+            context = StepContext(
+                trial=trial,
+                population=population,
+                agent=self.agent,
+                parameters=self.parameters,
+                llm=self.llm,
+                settings=strategy.suggest_settings(trial),
+                evaluate_parent=lambda number: self._evaluate_parent(population, number, timing),
+                better=better,
+            )
+            proposal = strategy.propose(context)
+        attrs[records.PARENTS] = list(proposal.parents)
+        attrs[records.PARENT_SCORE] = proposal.parent_score
+        attrs[records.PARENT_FEEDBACK] = proposal.parent_feedback
+
+        candidate = proposal.snapshot
+        for path, value in candidate.items():
+            snapshots.check_json_value(path, value)
+        candidate_hash = snapshots.snapshot_hash(candidate)
+        if proposal.parents:
+            parent_snapshot = population.snapshot(proposal.parents[0])
+            attrs[records.CHANGED] = snapshots.changed_paths(parent_snapshot, candidate)
+            attrs[records.DIFF] = snapshots.diff(parent_snapshot, candidate)
+        else:
+            attrs[records.CHANGED] = []
+            attrs[records.DIFF] = ""
+        self._add_snapshot_attrs(trial.number, population, candidate, candidate_hash, attrs)
+
+        duplicate = population.trial_with_snapshot(candidate_hash)
+        if duplicate is not None:
+            # Evaluated before in this study: reuse, so nothing is paid for twice.
+            earlier = population.trial(duplicate)
+            assert earlier.value is not None
+            score = earlier.value
+            attrs[records.DUPLICATE_OF] = duplicate
+            attrs[records.FEEDBACK] = records.decode(earlier.user_attrs, records.FEEDBACK, "")
+        else:
+            run = self._run(candidate, timing)
+            attrs[records.FEEDBACK] = run.feedback
+            attrs[records.DETAILS] = run.details
+            if run.code_error is not None:
+                attrs[records.ERROR] = run.code_error
+                if self.error_score is None:
+                    raise _CandidateCodeFailed(run.code_error)
+                score = self.error_score
+            else:
+                assert run.score is not None
+                score = run.score
+                self._live = _Live(trial.number, candidate_hash, run)
+        attrs[records.SCORE] = score
+        if proposal.parent_score is not None:
+            attrs[records.IMPROVEMENT] = score - proposal.parent_score
+        return score
+
+    def _add_snapshot_attrs(
+        self,
+        number: int,
+        population: Population,
+        candidate: dict[str, Any],
+        candidate_hash: str,
+        attrs: dict[str, Any],
+    ) -> None:
+        # Each distinct value of a parameter is stored once per study: in the trial that
+        # introduced it. Values go in before the reference map, which is written after them.
+        refs = {}
+        for path, value in candidate.items():
+            value_hash = snapshots.value_hash(value)
+            holder = population.holder(path, value_hash)
+            if holder is None:
+                attrs[records.value_key(path)] = value
+                holder = number
+            refs[path] = [value_hash, holder]
+        attrs[records.SNAPSHOT] = refs
+        attrs[records.SNAPSHOT_HASH] = candidate_hash
+
+    def _evaluate_parent(
+        self, population: Population, number: int, timing: dict[str, float]
+    ) -> ParentEvaluation:
+        parent = population.trial(number)
+        if parent.value is None:
+            raise TraceOptunaError(f"Trial#{number} has no score and cannot be a parent.")
+        parent_snapshot = population.snapshot(number)
+        live = self._live
+        if (
+            live is not None
+            and live.number == number
+            and snapshots.snapshot_hash(snapshots.snapshot(self.agent)) == live.snapshot_hash
+        ):
+            run = live.run  # its graph is live: a greedy chain evaluates once per trial
+        else:
+            run = self._run(parent_snapshot, timing)
+        if run.output is None:
+            raise ConfigurationError(
+                "evaluate() returned an Evaluation without output; set output= to the Trace "
+                "node the agent produced, so feedback can flow back to the parameters."
+            )
+        return ParentEvaluation(number, parent_snapshot, parent.value, run.feedback, run.output)
+
+    def _run(self, values: dict[str, Any], timing: dict[str, float]) -> _Run:
+        """Restore ``values`` into the agent and evaluate it."""
+        snapshots.restore(self.agent, values)
+        self._live = None
+        started = time.perf_counter()
+        try:
+            evaluation = self.evaluate(self.agent)
+        except ExecutionError as error:
+            # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
+            # and its exception node the output, so the next step can repair the code.
+            return _Run(
+                score=None,
+                feedback=str(error).strip(),
+                output=error.exception_node,
+                code_error=f"The candidate's code raised: {error.exception_node.data}",
+            )
+        finally:
+            timing["evaluate_s"] += time.perf_counter() - started
+        if not isinstance(evaluation, Evaluation):
+            raise ConfigurationError(
+                f"evaluate() must return trace_optuna.Evaluation, got {type(evaluation).__name__}."
+            )
+        if evaluation.output is not None and not isinstance(evaluation.output, Node):
+            raise ConfigurationError(
+                "Evaluation.output must be the Trace node the agent produced, got "
+                f"{type(evaluation.output).__name__}."
+            )
+        return _Run(evaluation.score, evaluation.feedback, evaluation.output, evaluation.details)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        attrs: dict[str, Any],
+        timing: dict[str, float],
+        started: float,
+    ) -> None:
+        attrs.update(self._llm_attrs())
+        llm_s = attrs[records.LLM]["latency_s"]
+        attrs[records.TIME] = {
+            "evaluate_s": round(timing["evaluate_s"], 6),
+            "llm_s": llm_s,
+            "total_s": round(time.perf_counter() - started, 6),
+        }
+        records.write(trial.set_user_attr, {k: v for k, v in attrs.items() if v is not None})
+
+    def _record_failure(
+        self,
+        trial: optuna.Trial,
+        attrs: dict[str, Any],
+        error: Exception,
+        timing: dict[str, float],
+        started: float,
+    ) -> None:
+        if not isinstance(error, _CandidateCodeFailed):
+            attrs[records.ERROR] = _reason(error)
+            attrs[records.TRACEBACK] = "".join(traceback.format_exception(error))
+        try:
+            self._finish(trial, attrs, timing, started)
+        except Exception:  # the storage itself failing: Optuna still records the FAIL
+            _logger.exception("Trial#%d: could not store the failure record.", trial.number)
+
+    def _llm_attrs(self) -> dict[str, Any]:
+        calls = self.llm.take_calls()
+        cost = [call.cost_usd for call in calls if call.cost_usd is not None]
+        attrs: dict[str, Any] = {
+            records.LLM: {
+                "model": self.llm.model,
+                "calls": len(calls),
+                "prompt_tokens": sum(call.prompt_tokens for call in calls),
+                "completion_tokens": sum(call.completion_tokens for call in calls),
+                "cost_usd": round(sum(cost), 8) if cost else None,
+                "latency_s": round(sum(call.latency_s for call in calls), 6),
+            }
+        }
+        for index, call in enumerate(calls):
+            system = "\n\n".join(m["content"] for m in call.messages if m["role"] == "system")
+            user = "\n\n".join(m["content"] for m in call.messages if m["role"] != "system")
+            response = call.response if call.error is None else f"[error] {call.error}"
+            attrs[records.llm_call_key(index, "system")] = system
+            attrs[records.llm_call_key(index, "user")] = user
+            attrs[records.llm_call_key(index, "response")] = response or ""
+        return attrs
+
+
+class _CandidateCodeFailed(Exception):
+    """The candidate's code raised and the study has no ``error_score``."""
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _agent_factory(agent: Any) -> Callable[[], Any]:
+    if isinstance(agent, (ParameterContainer, dict)):
+        return lambda: agent
+    if callable(agent):
+        return agent
+    raise ConfigurationError(
+        "agent must be a function that builds the agent (recommended: each process calls it "
+        f"once), a trace Module/@trace.model instance, or a dict of parameters; got "
+        f"{type(agent).__name__}."
+    )
+
+
+def _check_evaluate(evaluate: Any) -> Callable[..., Evaluation]:
+    if not callable(evaluate):
+        raise ConfigurationError(
+            f"evaluate must be a function evaluate(agent) -> Evaluation, got "
+            f"{type(evaluate).__name__}."
+        )
+    try:
+        inspect.signature(evaluate).bind(object())
+    except TypeError:
+        raise ConfigurationError(
+            f"evaluate must accept the agent as its one argument: evaluate(agent) -> "
+            f"Evaluation; {getattr(evaluate, '__name__', evaluate)!r} has signature "
+            f"{inspect.signature(evaluate)}."
+        ) from None
+    except ValueError:
+        pass  # builtins without a signature: trust the caller
+    return evaluate
+
+
+def _resolve_llm(llm: Any) -> LLM:
+    if isinstance(llm, LLM):
+        return llm
+    if isinstance(llm, str):
+        return LLM(llm)
+    raise ConfigurationError(
+        "llm must be a litellm model string (e.g. 'openai/gpt-4o-mini', or "
+        f"'simulated/feedback-follower' offline) or a trace_optuna.LLM; got {llm!r}."
+    )

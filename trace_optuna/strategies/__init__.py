@@ -1,0 +1,23 @@
+"""Candidate-generation strategies: the contract and the built-ins."""
+
+from __future__ import annotations
+
+from trace_optuna.strategies.base import ParentEvaluation
+from trace_optuna.strategies.base import Proposal
+from trace_optuna.strategies.base import StepContext
+from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import register
+from trace_optuna.strategies.base import resolve
+from trace_optuna.strategies.optoprime import OptoPrimeStrategy
+from trace_optuna.strategies.optoprime import SafeOptoPrime
+
+__all__ = [
+    "OptoPrimeStrategy",
+    "ParentEvaluation",
+    "Proposal",
+    "SafeOptoPrime",
+    "StepContext",
+    "Strategy",
+    "register",
+    "resolve",
+]

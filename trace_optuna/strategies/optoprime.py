@@ -1,0 +1,211 @@
+"""The greedy step: Trace's OptoPrime proposes a change to the best trial's candidate.
+
+:class:`SafeOptoPrime` is Trace's ``OptoPrime`` with three behaviours of trace-opt 0.1.3.8 fixed
+instead of inherited:
+
+* a string suggestion containing ``def`` (``"Use the default tone"``) was sent through ``black``
+  and silently dropped when it failed to format: suggestions are now taken as written;
+* values were cast with ``type(old)(new)``, so ``bool("False")`` was True and ``list("[3, 4]")``
+  a list of characters: :func:`cast_suggestion` parses them;
+* any LLM error was retried once without ``response_format`` and then lost: the LLM is called
+  once (litellm does the retrying), and a failure raises ``LLMError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from typing import Any
+
+# trace-opt prints "Using LiteLLM as the default LLM backend." on import, unconditionally;
+# that line would end up in every CLI output and log of ours.
+with contextlib.redirect_stdout(io.StringIO()):
+    from opto.optimizers import OptoPrime
+
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import LLMError
+from trace_optuna.strategies.base import ParentEvaluation
+from trace_optuna.strategies.base import Proposal
+from trace_optuna.strategies.base import StepContext
+from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import register
+
+_logger = logging.getLogger(__name__)
+
+
+class SuggestionError(ValueError):
+    """An LLM suggestion cannot be turned into a value of the parameter's type."""
+
+
+def cast_suggestion(current: Any, suggested: Any) -> Any:
+    """Convert an LLM's suggested value to the type of the parameter's current value.
+
+    Args:
+        current: The parameter's current value (its type is kept).
+        suggested: What the LLM wrote (often a string, whatever the type).
+
+    Returns:
+        The suggested value with the current value's type.
+
+    Raises:
+        SuggestionError: If the suggestion does not express a value of that type.
+
+    Example:
+        >>> cast_suggestion(True, "False"), cast_suggestion([1], "[3, 4]"), cast_suggestion(1, "2")
+        (False, [3, 4], 2)
+    """
+    if current is None:
+        return suggested
+    if isinstance(current, str):
+        if isinstance(suggested, str):
+            return suggested
+        return json.dumps(suggested) if isinstance(suggested, (list, dict)) else str(suggested)
+    if isinstance(current, bool):
+        if isinstance(suggested, bool):
+            return suggested
+        if isinstance(suggested, str) and suggested.strip().lower() in ("true", "false"):
+            return suggested.strip().lower() == "true"
+        raise SuggestionError(f"{suggested!r} is not a bool (true or false)")
+    if isinstance(current, (int, float)):
+        number = _number(suggested)
+        return float(number) if isinstance(current, float) else int(round(number))
+    if isinstance(current, (list, dict)):
+        value = suggested
+        if isinstance(suggested, str):
+            try:
+                value = json.loads(suggested)
+            except json.JSONDecodeError as error:
+                raise SuggestionError(f"{suggested[:80]!r} is not JSON: {error}") from None
+        if not isinstance(value, type(current)):
+            raise SuggestionError(f"{suggested!r} is not a {type(current).__name__}")
+        return value
+    raise SuggestionError(f"parameters of type {type(current).__name__} cannot be suggested")
+
+
+def _number(suggested: Any) -> float:
+    if isinstance(suggested, bool):
+        raise SuggestionError(f"{suggested!r} is not a number")
+    if isinstance(suggested, (int, float)):
+        return suggested
+    try:
+        return float(str(suggested).strip())
+    except ValueError:
+        raise SuggestionError(f"{suggested!r} is not a number") from None
+
+
+class SafeOptoPrime(OptoPrime):
+    """Trace's OptoPrime with the suggestion-parsing bugs of trace-opt 0.1.3.8 fixed.
+
+    After :meth:`propose`, ``last_response`` holds the LLM's raw answer and ``rejected`` the
+    suggestions that could not be cast (``{py_name: reason}``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_response: str | None = None
+        self.rejected: dict[str, str] = {}
+
+    def call_llm(
+        self,
+        system_prompt: str,
+        user_prompt: str,
+        verbose: bool | str = False,
+        max_tokens: int = 4096,
+    ) -> str:
+        messages = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": user_prompt},
+        ]
+        response = self.llm(
+            messages=messages,
+            response_format={"type": "json_object"},
+            max_tokens=max_tokens,
+        )
+        content = response.choices[0].message.content
+        self.last_response = content if isinstance(content, str) else ""
+        return self.last_response
+
+    def construct_update_dict(self, suggestion: dict[str, Any]) -> dict[Any, Any]:
+        update = {}
+        self.rejected = {}
+        for node in self.parameters:
+            if not node.trainable or node.py_name not in suggestion:
+                continue
+            try:
+                update[node] = cast_suggestion(node._data, suggestion[node.py_name])
+            except SuggestionError as error:
+                self.rejected[node.py_name] = str(error)
+                _logger.warning("Ignoring the suggestion for %s: %s", node.py_name, error)
+        return update
+
+
+@register
+class OptoPrimeStrategy(Strategy):
+    """One OptoPrime step from the best completed trial (the greedy step).
+
+    Args:
+        memory_size: How many earlier (variables, feedback) pairs OptoPrime shows the LLM.
+        objective: Replaces OptoPrime's default instruction to the LLM, if given.
+    """
+
+    name = "optoprime"
+
+    def __init__(self, memory_size: int = 0, objective: str | None = None) -> None:
+        if not isinstance(memory_size, int) or memory_size < 0:
+            raise ConfigurationError(f"memory_size must be an int >= 0, got {memory_size!r}.")
+        self.memory_size = memory_size
+        self.objective = objective
+
+    def propose(self, context: StepContext) -> Proposal:
+        best = context.population.best()
+        if best is None:
+            raise LLMError("optoprime needs a completed trial to start from; there is none yet.")
+        parent = context.evaluate_parent(best.number)
+        update = optoprime_update(context, parent, self.memory_size, self.objective)
+        candidate = dict(parent.snapshot)
+        candidate.update(update)
+        return Proposal(
+            snapshot=candidate,
+            parents=[parent.number],
+            parent_score=parent.score,
+            parent_feedback=parent.feedback,
+        )
+
+
+def optoprime_update(
+    context: StepContext,
+    parent: ParentEvaluation,
+    memory_size: int = 0,
+    objective: str | None = None,
+    llm: Any = None,
+) -> dict[str, Any]:
+    """Run one OptoPrime proposal from a parent's live run; return ``{path: new value}``.
+
+    The agent's parameters must hold the parent's values (``context.evaluate_parent`` leaves
+    them so).
+
+    Raises:
+        LLMError: If the LLM's answer held no usable suggestion (an explicit ``TERMINATE``
+            is not an error: it returns ``{}``, meaning "no change").
+    """
+    optimizer = SafeOptoPrime(
+        list(context.parameters.values()),
+        llm=llm or context.llm,
+        memory_size=memory_size,
+        objective=objective,
+    )
+    optimizer.zero_feedback()
+    optimizer.backward(parent.output, parent.feedback, retain_graph=True)
+    update = optimizer.propose()
+    response = optimizer.last_response or ""
+    if not update and "TERMINATE" not in response:
+        reason = "; ".join(f"{k}: {v}" for k, v in optimizer.rejected.items())
+        raise LLMError(
+            "The LLM's answer held no usable suggestion for any parameter"
+            + (f" ({reason})." if reason else "."),
+            response=response,
+        )
+    path_of = {id(node): path for path, node in context.parameters.items()}
+    return {path_of[id(node)]: value for node, value in update.items()}

@@ -1,0 +1,320 @@
+"""``TraceStudy``: a real ``optuna.Study`` plus what Trace needs; ``create_study``, ``load_study``.
+
+The Optuna study is exposed as ``study.optuna``; nothing is hidden behind the façade, and the
+stored records are plain Optuna trials that any Optuna tool reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+import importlib.metadata
+import logging
+import platform
+from typing import TYPE_CHECKING
+from typing import Any
+import warnings
+
+import optuna
+from optuna.study import Study
+from optuna.study import StudyDirection
+
+from trace_optuna import records
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import RecordError
+from trace_optuna.exceptions import TrialFailed
+from trace_optuna.population import Population
+from trace_optuna.snapshots import restore
+from trace_optuna.step import TraceObjective
+from trace_optuna.storage import resolve_storage
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+    from trace_optuna.evaluation import Evaluation
+    from trace_optuna.llm import LLM
+    from trace_optuna.records import TrialRecord
+
+_logger = logging.getLogger(__name__)
+
+METRIC_NAME = "score"
+
+
+class TraceStudy:
+    """A Trace optimization stored as an Optuna study. Build one with :func:`create_study`.
+
+    Args:
+        study: The Optuna study holding the trials.
+        objective: The step run for each trial.
+    """
+
+    def __init__(self, study: optuna.Study, objective: TraceObjective) -> None:
+        self._study = study
+        self._objective = objective
+
+    @property
+    def optuna(self) -> Study:
+        """The underlying ``optuna.Study``, for everything Optuna already does."""
+        return self._study
+
+    @property
+    def objective(self) -> TraceObjective:
+        """The objective each trial runs; usable with ``optuna.Study.optimize`` directly."""
+        return self._objective
+
+    @property
+    def study_name(self) -> str:
+        return self._study.study_name
+
+    def optimize(
+        self,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        *,
+        callbacks: Iterable[Callable[[Study, FrozenTrial], None]] | None = None,
+        catch: Iterable[type[Exception]] = (),
+        gc_after_trial: bool = False,
+        show_progress_bar: bool = False,
+        n_jobs: int = 1,
+    ) -> None:
+        """Run ``n_trials`` more optimizer steps through Optuna's ``optimize``.
+
+        A trial whose step fails (``evaluate`` raising, the LLM failing, no usable suggestion)
+        is recorded as FAIL with its reason and the study goes on.
+
+        Args:
+            n_trials: How many trials to add (None with a timeout: until the timeout).
+            timeout: Stop starting new trials after this many seconds.
+            callbacks: Optuna callbacks, called after each trial.
+            catch: More exception types to record as FAIL instead of raising.
+            gc_after_trial: Run the garbage collector after each trial.
+            show_progress_bar: Show Optuna's progress bar.
+            n_jobs: Must be 1. Trace keeps its graph in process-wide state that threads
+                corrupt; run several processes against one storage instead.
+
+        Raises:
+            ConfigurationError: If ``n_jobs`` is not 1.
+        """
+        if n_jobs != 1:
+            raise ConfigurationError(
+                f"n_jobs={n_jobs} would run Trace steps in threads, and Trace's graph state is "
+                "process-wide: threads corrupt it. Start several processes instead, each calling "
+                "create_study(..., load_if_exists=True).optimize(), all on one storage."
+            )
+        self._study.optimize(
+            self._objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(TrialFailed, *catch),
+            callbacks=callbacks,
+            gc_after_trial=gc_after_trial,
+            show_progress_bar=show_progress_bar,
+        )
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        """All trials, as Optuna reports them."""
+        return self._study.trials
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        """The completed trial with the best score."""
+        best = self._population().best()
+        if best is None:
+            raise ValueError(f"Study {self.study_name!r} has no completed trial yet.")
+        return best
+
+    @property
+    def best_value(self) -> float:
+        """The best score."""
+        value = self.best_trial.value
+        assert value is not None
+        return value
+
+    @property
+    def best_snapshot(self) -> dict[str, Any]:
+        """The best trial's parameters, ``{path: value}``."""
+        return self._population().snapshot(self.best_trial.number)
+
+    def load_best(self) -> Any:
+        """A fresh agent (built by the study's agent function) holding the best parameters."""
+        agent = self._objective.make_agent()
+        restore(agent, self.best_snapshot)
+        return agent
+
+    def record(self, number: int) -> TrialRecord:
+        """What trial ``number`` holds, decoded (see :class:`~trace_optuna.TrialRecord`)."""
+        population = self._population()
+        trial = population.trial(number)
+        try:
+            values = population.snapshot(number)
+        except RecordError:
+            if records.SNAPSHOT in trial.user_attrs:
+                raise  # a snapshot that is there but unreadable is an error, not "none"
+            values = {}
+        return records.build_record(trial, values)
+
+    def _population(self) -> Population:
+        return self._objective.population(self._study)
+
+    def __repr__(self) -> str:
+        return f"TraceStudy(study_name={self.study_name!r})"
+
+
+def create_study(
+    *,
+    agent: Any,
+    evaluate: Callable[..., Evaluation],
+    llm: str | LLM,
+    study_name: str | None = None,
+    storage: str | BaseStorage | None = None,
+    direction: str = "maximize",
+    load_if_exists: bool = False,
+    strategies: Any = ("optoprime",),
+    sampler: optuna.samplers.BaseSampler | None = None,
+    seed: int | None = None,
+    error_score: float | None = None,
+) -> TraceStudy:
+    """Create (or, with ``load_if_exists``, reopen) a study whose trials are Trace steps.
+
+    Args:
+        agent: A function that builds a fresh agent (each process calls it once), or an
+            agent: a ``@trace.model`` instance, a trace Module, or a dict of
+            ``{name: ParameterNode | trainable bundled function}``.
+        evaluate: ``evaluate(agent) -> Evaluation``.
+        llm: A litellm model string (``"openai/gpt-4o-mini"``;
+            ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
+        study_name: The study's name; Optuna makes one up when None.
+        storage: A storage URL or object; None is the SQLite file ``trace_optuna.db``.
+        direction: ``"maximize"`` or ``"minimize"`` the score.
+        load_if_exists: Continue an existing study of that name instead of failing.
+        strategies: Strategy names or instances the ``strategy`` parameter chooses from.
+            Fixed for the life of a study.
+        sampler: The Optuna sampler; None is TPE seeded with ``seed``.
+        seed: Recorded in the study and used to seed the default sampler.
+        error_score: The score of a candidate whose code raises; None fails such trials.
+
+    Returns:
+        The study.
+
+    Raises:
+        ConfigurationError: On bad arguments, an unknown storage, or when reopening a study
+            with another agent or strategy list.
+        SnapshotError: If a parameter value is not JSON-able (names the parameter path).
+        optuna.exceptions.DuplicatedStudyError: If the study exists and ``load_if_exists``
+            is False.
+
+    Example:
+        >>> import trace_optuna as to
+        >>> from trace_optuna import demo
+        >>> study = to.create_study(agent=demo.make_agent, evaluate=demo.evaluate,
+        ...                         llm=demo.DEMO_LLM, storage="sqlite:///:memory:")
+        >>> study.optimize(n_trials=3)
+        >>> study.best_value > 0
+        True
+    """
+    if direction not in ("maximize", "minimize"):
+        raise ConfigurationError(f"direction must be 'maximize' or 'minimize', got {direction!r}.")
+    objective = TraceObjective(
+        agent, evaluate, llm, strategies=strategies, error_score=error_score
+    )
+    resolved = resolve_storage(storage)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=resolved,
+        direction=StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE,
+        sampler=sampler or optuna.samplers.TPESampler(seed=seed),
+        load_if_exists=load_if_exists,
+    )
+    _bind(study, objective, seed=seed, error_score=error_score)
+    return TraceStudy(study, objective)
+
+
+def load_study(
+    *,
+    study_name: str,
+    storage: str | BaseStorage | None,
+    agent: Any,
+    evaluate: Callable[..., Evaluation],
+    llm: str | LLM,
+    strategies: Any = ("optoprime",),
+    sampler: optuna.samplers.BaseSampler | None = None,
+    error_score: float | None = None,
+) -> TraceStudy:
+    """Open an existing study to continue it or read its records.
+
+    Args:
+        study_name: The study's name.
+        storage: Its storage URL or object.
+        agent: As for :func:`create_study`; it must have the study's parameter paths.
+        evaluate: As for :func:`create_study`.
+        llm: As for :func:`create_study`.
+        strategies: Must be the strategy list the study was created with.
+        sampler: The Optuna sampler for further trials.
+        error_score: As for :func:`create_study`.
+
+    Raises:
+        ConfigurationError: If the study does not exist, or the agent or strategies differ.
+    """
+    objective = TraceObjective(
+        agent, evaluate, llm, strategies=strategies, error_score=error_score
+    )
+    resolved = resolve_storage(storage)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=resolved, sampler=sampler)
+    except KeyError:
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(resolved)]
+        raise ConfigurationError(
+            f"No study named {study_name!r} in this storage; it has {sorted(names)}. Use "
+            "create_study(..., load_if_exists=True) to create it."
+        ) from None
+    _bind(study, objective, seed=None, error_score=error_score)
+    return TraceStudy(study, objective)
+
+
+def _bind(
+    study: optuna.Study, objective: TraceObjective, *, seed: int | None, error_score: float | None
+) -> None:
+    """Write the study's trace attributes on first use; check them when reopening."""
+    attrs = study.user_attrs
+    paths = sorted(objective.parameters)
+    if records.SCHEMA not in attrs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
+        values = {
+            records.SCHEMA: records.SCHEMA_VERSION,
+            records.STUDY_VERSIONS: _versions(),
+            records.STUDY_LLM_SETTINGS: objective.llm.settings(),
+            records.STUDY_PARAMETERS: paths,
+            records.STUDY_STRATEGIES: objective.strategy_names,
+            records.STUDY_SEED: seed,
+            records.STUDY_ERROR_SCORE: error_score,
+        }
+        records.write(study.set_user_attr, values)
+        return
+    records.check_schema(attrs, f"Study {study.study_name!r}")
+    stored_paths = attrs.get(records.STUDY_PARAMETERS)
+    if stored_paths is not None and stored_paths != paths:
+        raise ConfigurationError(
+            f"Study {study.study_name!r} was created for an agent with parameters "
+            f"{stored_paths}; this agent has {paths}. Use the same agent, or a new study."
+        )
+    stored_strategies = attrs.get(records.STUDY_STRATEGIES)
+    if stored_strategies is not None and stored_strategies != objective.strategy_names:
+        raise ConfigurationError(
+            f"Study {study.study_name!r} was created with strategies {stored_strategies}; "
+            f"got {objective.strategy_names}. The list is fixed for the life of a study "
+            "(Optuna's categorical parameters cannot change their choices)."
+        )
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("trace-optuna", "trace-opt", "optuna", "litellm", "sqlalchemy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
