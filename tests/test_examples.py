@@ -1,0 +1,29 @@
+"""The examples run as a user runs them: as scripts, in a fresh directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import subprocess
+import sys
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_quickstart_runs_and_resumes(tmp_path: Path) -> None:
+    def run() -> str:
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / "quickstart.py")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return result.stdout
+
+    first = run()
+    assert "best score 1.00 after 5 trials" in first
+    assert "--- instructions (parent)" in first
+    second = run()  # continues the same study: 5 more trials
+    assert "after 10 trials" in second
+    assert (tmp_path / "quickstart.db").exists()

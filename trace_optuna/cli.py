@@ -1,0 +1,134 @@
+"""The ``trace-optuna`` command line: one small function per subcommand.
+
+The storage comes from ``--storage`` or the ``TRACE_OPTUNA_STORAGE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import json
+import logging
+import os
+import sys
+
+STORAGE_ENV = "TRACE_OPTUNA_STORAGE"
+DEMO_STUDY = "trace-optuna-demo"
+DEMO_STORAGE = "sqlite:///trace_optuna_demo.db"
+
+
+def _storage_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get(STORAGE_ENV, default),
+        help=f"Optuna storage URL (default: ${STORAGE_ENV}"
+        + (f", else {default})" if default else ")"),
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import trace_optuna as to
+    from trace_optuna import demo
+    from trace_optuna.storage import describe
+
+    study = to.create_study(
+        study_name=args.study,
+        storage=args.storage,
+        agent=demo.make_agent,
+        evaluate=demo.evaluate,
+        llm=to.LLM(demo.DEMO_LLM, simulated_seed=args.seed, simulated_noise=args.noise),
+        seed=args.seed,
+        error_score=0.0,
+        load_if_exists=True,
+    )
+    before = len(study.trials)
+    print(
+        f"Running {args.trials} trials of study {study.study_name!r} (it has {before}) with the "
+        f"simulated model {demo.DEMO_LLM!r}: a simulation for demos, not a language model."
+    )
+    study.optimize(n_trials=args.trials, show_progress_bar=not args.no_progress)
+    best = study.best_trial
+    print(f"\nBest score {best.value:.3f} at trial {best.number}. Best parameters:")
+    print(json.dumps(study.best_snapshot, indent=2))
+    print("\nBrowse every step (feedback, diffs, LLM calls) with:")
+    print(f"  optuna-dashboard {describe(args.storage)}")
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    import optuna
+
+    from trace_optuna.population import Population
+    from trace_optuna.storage import resolve_storage
+
+    if not args.storage:
+        print(f"error: give --storage or set {STORAGE_ENV}", file=sys.stderr)
+        return 2
+    try:
+        study = optuna.load_study(study_name=args.study, storage=resolve_storage(args.storage))
+    except KeyError:
+        print(f"error: no study named {args.study!r} in that storage", file=sys.stderr)
+        return 2
+    population = Population(study)
+    population.refresh()
+    best = population.best()
+    if best is None:
+        print(f"error: study {args.study!r} has no completed trial yet", file=sys.stderr)
+        return 1
+    print(json.dumps(population.snapshot(best.number), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trace-optuna",
+        description="Trace optimizer steps stored as Optuna trials.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="run the offline demo study (simulated model, SQLite by default)"
+    )
+    _storage_argument(demo, DEMO_STORAGE)
+    demo.add_argument("--study", default=DEMO_STUDY, help="study name (default: %(default)s)")
+    demo.add_argument("--trials", type=int, default=20, help="trials to add (default: 20)")
+    demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    demo.add_argument(
+        "--noise",
+        type=float,
+        default=0.1,
+        help="share of wrong suggestions the simulated model makes (default: 0.1)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(run=_demo)
+
+    best = commands.add_parser("best", help="print a study's best snapshot as JSON")
+    _storage_argument(best)
+    best.add_argument("--study", required=True, help="study name")
+    best.set_defaults(run=_best)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trace-optuna`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from trace_optuna.exceptions import TraceOptunaError
+
+    try:
+        return int(args.run(args))
+    except TraceOptunaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
