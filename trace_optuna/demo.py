@@ -7,7 +7,8 @@ what ``trace-optuna demo``, the tests and the benchmarks run.
 
 The agent has three trainable parameters, all reached by the graph of its output:
 
-* ``instructions`` (str): the "system prompt"; the draft repeats it after the question.
+* ``instructions`` (str): the "system prompt"; the draft follows it literally, then repeats
+  the question.
 * ``max_words`` (int): the draft is cut to this many words; it starts too small.
 * ``format_reply`` (code): turns the draft into the message sent; its sign-off is wrong.
 
@@ -51,10 +52,10 @@ _CUT_MARK = "..."
 
 @trace.bundle()
 def compose(instructions: str, question: str, max_words: int) -> str:
-    """Writes a draft reply: a greeting, the question, then the instructions (the system
-    prompt) followed literally. The draft is cut to at most max_words words, and ends with
-    "..." when it was cut."""
-    words = f"Hello! You asked: {question} {instructions}".split()
+    """Writes a draft reply: a greeting, the instructions (the system prompt) followed
+    literally, then the question it answers. The draft is cut to at most max_words words, and
+    ends with "..." when it was cut."""
+    words = f"Hello! {instructions} You asked: {question}".split()
     if len(words) > max_words:
         return " ".join(words[: max(int(max_words), 0)]) + " ..."
     return " ".join(words)
