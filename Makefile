@@ -20,8 +20,8 @@ test: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check trace_optuna tests benchmarks examples
-	$(VENV)/bin/ruff format --check trace_optuna tests benchmarks examples
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy trace_optuna
 
 clean:

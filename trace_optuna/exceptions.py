@@ -2,12 +2,12 @@
 
 The tree::
 
-    TraceOptunaError                 base class of everything raised on purpose here
-    ├── ConfigurationError           bad input to a public function (also a ValueError)
-    ├── SnapshotError                a parameter value cannot be stored or restored (also ValueError)
-    ├── RecordError                  stored attributes are missing, corrupt or of a newer schema
-    ├── LLMError                     the LLM failed after its retries, or answered unusably
-    └── TrialFailed                  one trial failed; the study records the reason and goes on
+    TraceOptunaError             base class of everything raised on purpose here
+    ├── ConfigurationError       bad input to a public function (also a ValueError)
+    ├── SnapshotError            a parameter value cannot be stored or restored (also ValueError)
+    ├── RecordError              stored attributes are missing, corrupt or of a newer schema
+    ├── LLMError                 the LLM failed after its retries, or answered unusably
+    └── TrialFailed              one trial failed; the study records the reason and goes on
 
 Input validation raises ``ConfigurationError``/``SnapshotError``, which are also ``ValueError``
 so that ``except ValueError`` works as with any other library.

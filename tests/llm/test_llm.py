@@ -7,10 +7,10 @@ import pickle
 import time
 from typing import Any
 
-from support_openai_server import OpenAIServer
-from support_openai_server import Reply
 from opto.optimizers import OptoPrime
 import pytest
+from support_openai_server import OpenAIServer
+from support_openai_server import Reply
 
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError

@@ -12,8 +12,8 @@ from support_openai_server import OpenAIServer
 from support_openai_server import Reply
 
 import trace_optuna as to
-from trace_optuna.strategies.optoprime import cast_suggestion
 from trace_optuna.strategies.optoprime import SuggestionError
+from trace_optuna.strategies.optoprime import cast_suggestion
 
 
 @pytest.mark.parametrize(
