@@ -42,7 +42,8 @@ def test_each_trial_is_one_recorded_optimizer_step(storage_url: str, study_name:
 
     # Trial 1: OptoPrime followed the baseline's feedback through the simulated model.
     assert first.strategy == "optoprime" and first.parents == [0]
-    assert first.params == {"strategy": "optoprime"}
+    assert first.params["strategy"] == "optoprime"
+    assert set(first.params) == {"strategy", "optoprime.temperature", "optoprime.memory_size"}
     assert first.parent_feedback.startswith('The reply should mention "order number"')
     assert first.changed == ["greeting"]
     assert "order number" in first.snapshot["greeting"]

@@ -9,6 +9,8 @@ never from one process's memory, so any worker can continue any lineage.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
+import random
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -94,6 +96,36 @@ class Population:
         """
         return self._best
 
+    def candidates(self) -> list[FrozenTrial]:
+        """Completed trials that evaluated a new candidate (reused duplicates left out)."""
+        return [
+            trial for trial in self.completed() if records.DUPLICATE_OF not in trial.user_attrs
+        ]
+
+    def top_k(self, k: int) -> list[FrozenTrial]:
+        """The ``k`` best candidates, best first (newest first among equal scores)."""
+        return self.top_k_of(self.candidates(), k)
+
+    def tournament(
+        self, size: int, rng: random.Random, exclude: Collection[int] = ()
+    ) -> FrozenTrial | None:
+        """The best of ``size`` candidates drawn at random (without replacement), or None."""
+        pool = [trial for trial in self.candidates() if trial.number not in exclude]
+        if not pool:
+            return None
+        drawn = rng.sample(pool, min(size, len(pool)))
+        return self.top_k_of(drawn, 1)[0]
+
+    def top_k_of(self, trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
+        """The ``k`` best of the given trials, best first."""
+        ranked = sorted(trials, key=lambda trial: trial.number, reverse=True)
+        ranked.sort(key=lambda trial: _value(trial), reverse=self._maximize)
+        return ranked[:k]
+
+    def feedback(self, number: int) -> str:
+        """The feedback stored with a trial's candidate ("" when there is none)."""
+        return records.decode(self.trial(number).user_attrs, records.FEEDBACK) or ""
+
     def holder(self, path: str, value_hash: str) -> int | None:
         """The number of a finished trial that stores this value of ``path``, if any."""
         return self._holders.get((path, value_hash))
@@ -138,6 +170,11 @@ class Population:
             if not parents or parents[0] in chain:
                 return chain[::-1]
             chain.append(int(parents[0]))
+
+
+def _value(trial: FrozenTrial) -> float:
+    assert trial.value is not None  # completed single-objective trials have one
+    return trial.value
 
 
 def _better(trial: FrozenTrial, incumbent: FrozenTrial, maximize: bool) -> bool:

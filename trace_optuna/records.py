@@ -32,6 +32,9 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 ``trace:worker``               {host, pid}
 ``trace:duplicate_of``         int, the trial that already evaluated this exact candidate
                                (its score is reused; nothing is evaluated twice)
+``trace:evaluated``            list, every candidate a strategy evaluated during the trial:
+                               {snapshot_hash, score, changes (vs the first parent), feedback,
+                               code_error, reused_from}
 ``trace:details``              dict, ``Evaluation.details`` of the candidate
 ``trace:error``                str, why the trial failed (or why the candidate's code raised)
 ``trace:traceback``            str, the traceback of that error
@@ -77,6 +80,7 @@ LLM = "trace:llm"
 TIME = "trace:time"
 WORKER = "trace:worker"
 DUPLICATE_OF = "trace:duplicate_of"
+EVALUATED = "trace:evaluated"
 DETAILS = "trace:details"
 ERROR = "trace:error"
 TRACEBACK = "trace:traceback"
@@ -89,6 +93,32 @@ STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
 
 BASELINE = "baseline"
+
+# Keys of the trial record itself; strategies store their own under other ``trace:`` keys.
+RESERVED = frozenset(
+    {
+        SCHEMA,
+        STRATEGY,
+        PARENTS,
+        SCORE,
+        FEEDBACK,
+        PARENT_SCORE,
+        PARENT_FEEDBACK,
+        IMPROVEMENT,
+        CHANGED,
+        DIFF,
+        SNAPSHOT,
+        SNAPSHOT_HASH,
+        LLM,
+        TIME,
+        WORKER,
+        DUPLICATE_OF,
+        EVALUATED,
+        DETAILS,
+        ERROR,
+        TRACEBACK,
+    }
+)
 
 
 def value_key(path: str) -> str:
@@ -206,6 +236,7 @@ class TrialRecord:
         time: Wall times of evaluation and LLM.
         worker: Host and pid of the process that ran the trial.
         duplicate_of: The trial whose score was reused because it evaluated the same candidate.
+        evaluated: Every candidate the strategy evaluated during the trial.
         details: ``Evaluation.details`` of the candidate.
         error: Why the trial failed, or why the candidate's code raised.
         traceback: The traceback of that error.
@@ -230,6 +261,7 @@ class TrialRecord:
     time: dict[str, float]
     worker: dict[str, Any]
     duplicate_of: int | None
+    evaluated: list[dict[str, Any]]
     details: dict[str, Any] | None
     error: str | None
     traceback: str | None
@@ -306,6 +338,7 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         time=dict(attrs.get(TIME) or {}),
         worker=dict(attrs.get(WORKER) or {}),
         duplicate_of=attrs.get(DUPLICATE_OF),
+        evaluated=list(decode(attrs, EVALUATED) or []),
         details=decode(attrs, DETAILS),
         error=decode(attrs, ERROR),
         traceback=decode(attrs, TRACEBACK),

@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import random
 import socket
 import time
 import traceback
@@ -45,8 +46,10 @@ from trace_optuna.llm import LLM
 from trace_optuna.population import Population
 from trace_optuna.strategies.base import ParentEvaluation
 from trace_optuna.strategies.base import Proposal
+from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import resolve
+from trace_optuna.strategies.judge import Selector
 
 if TYPE_CHECKING:
     import optuna
@@ -57,23 +60,12 @@ STRATEGY_PARAM = "strategy"
 
 
 @dataclasses.dataclass
-class _Run:
-    """One run of the agent: an ``Evaluation``, or the error its (LLM-written) code raised."""
-
-    score: float | None
-    feedback: str
-    output: Any
-    details: dict[str, Any] | None = None
-    code_error: str | None = None
-
-
-@dataclasses.dataclass
 class _Live:
     """The candidate this process evaluated last, while its Trace graph is still usable."""
 
     number: int
     snapshot_hash: str
-    run: _Run
+    run: RunResult
 
 
 class TraceObjective:
@@ -90,6 +82,10 @@ class TraceObjective:
         strategies: Strategy names or instances; the trial's ``strategy`` parameter picks one.
         error_score: The score of a candidate whose code raises when run. None (the default)
             fails such a trial instead; the error is stored as its feedback either way.
+        selector: How strategies pick among candidates they evaluated: ``"score"`` (by
+            ``evaluate``'s score) or ``"llm"`` (a pairwise LLM preference judge, for tasks
+            without a meaningful numeric score).
+        seed: Seeds each trial's random generator (with the trial number).
 
     Raises:
         ConfigurationError: On a wrong ``agent``, ``evaluate`` or ``llm``.
@@ -104,6 +100,8 @@ class TraceObjective:
         *,
         strategies: Any = ("optoprime",),
         error_score: float | None = None,
+        selector: str = "score",
+        seed: int | None = None,
     ) -> None:
         self.make_agent = _agent_factory(agent)
         self.evaluate = _check_evaluate(evaluate)
@@ -112,6 +110,8 @@ class TraceObjective:
         if error_score is not None and not isinstance(error_score, (int, float)):
             raise ConfigurationError(f"error_score must be a number or None, got {error_score!r}.")
         self.error_score = None if error_score is None else float(error_score)
+        self.selector = Selector(selector, self.llm)
+        self.seed = seed
         self.agent = self.make_agent()
         self.parameters = snapshots.parameters(self.agent)
         self.initial_snapshot = snapshots.snapshot(self.agent)
@@ -157,6 +157,7 @@ class TraceObjective:
         def better(a: float, b: float) -> bool:
             return a > b if maximize else a < b
 
+        evaluated: list[tuple[dict[str, Any], RunResult]] = []
         if population.best() is None:
             attrs[records.STRATEGY] = records.BASELINE
             proposal = Proposal(snapshot=dict(self.initial_snapshot), parents=[])
@@ -164,6 +165,13 @@ class TraceObjective:
             name = trial.suggest_categorical(STRATEGY_PARAM, self.strategy_names)
             strategy = self.strategies[str(name)]
             attrs[records.STRATEGY] = strategy.name
+            extra: dict[str, Any] = {}
+
+            def evaluate(values: dict[str, Any]) -> RunResult:
+                result = self._evaluate_candidate(population, values, timing)
+                evaluated.append((dict(values), result))
+                return result
+
             context = StepContext(
                 trial=trial,
                 population=population,
@@ -172,9 +180,14 @@ class TraceObjective:
                 llm=self.llm,
                 settings=strategy.suggest_settings(trial),
                 evaluate_parent=lambda number: self._evaluate_parent(population, number, timing),
+                evaluate=evaluate,
                 better=better,
+                select=lambda candidates: self.selector.select(candidates, better),
+                rng=random.Random(f"{self.seed}:{trial.number}"),
+                attrs=extra,
             )
             proposal = strategy.propose(context)
+            attrs.update(_strategy_attrs(strategy.name, extra))
         attrs[records.PARENTS] = list(proposal.parents)
         attrs[records.PARENT_SCORE] = proposal.parent_score
         attrs[records.PARENT_FEEDBACK] = proposal.parent_feedback
@@ -183,40 +196,53 @@ class TraceObjective:
         for path, value in candidate.items():
             snapshots.check_json_value(path, value)
         candidate_hash = snapshots.snapshot_hash(candidate)
-        if proposal.parents:
-            parent_snapshot = population.snapshot(proposal.parents[0])
-            attrs[records.CHANGED] = snapshots.changed_paths(parent_snapshot, candidate)
-            attrs[records.DIFF] = snapshots.diff(parent_snapshot, candidate)
-        else:
-            attrs[records.CHANGED] = []
-            attrs[records.DIFF] = ""
+        parent_snapshot = population.snapshot(proposal.parents[0]) if proposal.parents else {}
+        attrs[records.CHANGED] = snapshots.changed_paths(parent_snapshot, candidate)
+        attrs[records.DIFF] = snapshots.diff(parent_snapshot, candidate) if parent_snapshot else ""
         self._add_snapshot_attrs(trial.number, population, candidate, candidate_hash, attrs)
+        if evaluated:
+            attrs[records.EVALUATED] = [
+                _evaluated_entry(values, result, parent_snapshot) for values, result in evaluated
+            ]
 
-        duplicate = population.trial_with_snapshot(candidate_hash)
-        if duplicate is not None:
-            # Evaluated before in this study: reuse, so nothing is paid for twice.
-            earlier = population.trial(duplicate)
-            assert earlier.value is not None
-            score = earlier.value
-            attrs[records.DUPLICATE_OF] = duplicate
-            attrs[records.FEEDBACK] = records.decode(earlier.user_attrs, records.FEEDBACK, "")
+        run = proposal.result
+        if run is None:
+            run = self._evaluate_candidate(population, candidate, timing)
+        if run.reused_from is not None:
+            attrs[records.DUPLICATE_OF] = run.reused_from  # nothing is paid for twice
+        attrs[records.FEEDBACK] = run.feedback
+        attrs[records.DETAILS] = run.details
+        if run.code_error is not None:
+            attrs[records.ERROR] = run.code_error
+            if self.error_score is None:
+                raise _CandidateCodeFailed(run.code_error)
+            score = self.error_score
         else:
-            run = self._run(candidate, timing)
-            attrs[records.FEEDBACK] = run.feedback
-            attrs[records.DETAILS] = run.details
-            if run.code_error is not None:
-                attrs[records.ERROR] = run.code_error
-                if self.error_score is None:
-                    raise _CandidateCodeFailed(run.code_error)
-                score = self.error_score
-            else:
-                assert run.score is not None
-                score = run.score
+            assert run.score is not None
+            score = run.score
+            if run.output is not None:
                 self._live = _Live(trial.number, candidate_hash, run)
         attrs[records.SCORE] = score
         if proposal.parent_score is not None:
             attrs[records.IMPROVEMENT] = score - proposal.parent_score
         return score
+
+    def _evaluate_candidate(
+        self, population: Population, values: dict[str, Any], timing: dict[str, float]
+    ) -> RunResult:
+        """Evaluate a candidate, or reuse the stored result of an identical earlier one."""
+        for path, value in values.items():
+            snapshots.check_json_value(path, value)
+        earlier = population.trial_with_snapshot(snapshots.snapshot_hash(values))
+        if earlier is not None:
+            trial = population.trial(earlier)
+            return RunResult(
+                score=trial.value,
+                feedback=records.decode(trial.user_attrs, records.FEEDBACK, ""),
+                details=records.decode(trial.user_attrs, records.DETAILS),
+                reused_from=earlier,
+            )
+        return self._run(values, timing)
 
     def _add_snapshot_attrs(
         self,
@@ -262,7 +288,7 @@ class TraceObjective:
             )
         return ParentEvaluation(number, parent_snapshot, parent.value, run.feedback, run.output)
 
-    def _run(self, values: dict[str, Any], timing: dict[str, float]) -> _Run:
+    def _run(self, values: dict[str, Any], timing: dict[str, float]) -> RunResult:
         """Restore ``values`` into the agent and evaluate it."""
         snapshots.restore(self.agent, values)
         self._live = None
@@ -272,7 +298,7 @@ class TraceObjective:
         except ExecutionError as error:
             # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
             # and its exception node the output, so the next step can repair the code.
-            return _Run(
+            return RunResult(
                 score=None,
                 feedback=str(error).strip(),
                 output=error.exception_node,
@@ -289,7 +315,9 @@ class TraceObjective:
                 "Evaluation.output must be the Trace node the agent produced, got "
                 f"{type(evaluation.output).__name__}."
             )
-        return _Run(evaluation.score, evaluation.feedback, evaluation.output, evaluation.details)
+        return RunResult(
+            evaluation.score, evaluation.feedback, evaluation.output, evaluation.details
+        )
 
     # -- recording ------------------------------------------------------------------------
 
@@ -350,6 +378,34 @@ class TraceObjective:
 
 class _CandidateCodeFailed(Exception):
     """The candidate's code raised and the study has no ``error_score``."""
+
+
+def _strategy_attrs(name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    for key in extra:
+        if not key.startswith(records.PREFIX) or key in records.RESERVED:
+            raise ConfigurationError(
+                f"Strategy {name!r} stored the attribute {key!r}; strategy attributes must start "
+                f"with {records.PREFIX!r} and not be one of the trial record's own keys."
+            )
+    return extra
+
+
+def _evaluated_entry(
+    values: dict[str, Any], result: RunResult, parent: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``trace:evaluated`` keeps of one candidate a strategy evaluated."""
+    return {
+        "snapshot_hash": snapshots.snapshot_hash(values),
+        "score": result.score,
+        "changes": {
+            path: values[path]
+            for path in snapshots.changed_paths(parent, values)
+            if path in values
+        },
+        "feedback": result.feedback,
+        "code_error": result.code_error,
+        "reused_from": result.reused_from,
+    }
 
 
 def _reason(error: BaseException) -> str:

@@ -175,6 +175,7 @@ def create_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     seed: int | None = None,
     error_score: float | None = None,
+    selector: str = "score",
 ) -> TraceStudy:
     """Create (or, with ``load_if_exists``, reopen) a study whose trials are Trace steps.
 
@@ -194,6 +195,8 @@ def create_study(
         sampler: The Optuna sampler; None is TPE seeded with ``seed``.
         seed: Recorded in the study and used to seed the default sampler.
         error_score: The score of a candidate whose code raises; None fails such trials.
+        selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
+            LLM preference judge, for tasks without a meaningful numeric score).
 
     Returns:
         The study.
@@ -217,7 +220,13 @@ def create_study(
     if direction not in ("maximize", "minimize"):
         raise ConfigurationError(f"direction must be 'maximize' or 'minimize', got {direction!r}.")
     objective = TraceObjective(
-        agent, evaluate, llm, strategies=strategies, error_score=error_score
+        agent,
+        evaluate,
+        llm,
+        strategies=strategies,
+        error_score=error_score,
+        selector=selector,
+        seed=seed,
     )
     resolved = resolve_storage(storage)
     study = optuna.create_study(
@@ -241,6 +250,7 @@ def load_study(
     strategies: Any = ("optoprime",),
     sampler: optuna.samplers.BaseSampler | None = None,
     error_score: float | None = None,
+    selector: str = "score",
 ) -> TraceStudy:
     """Open an existing study to continue it or read its records.
 
@@ -253,13 +263,11 @@ def load_study(
         strategies: Must be the strategy list the study was created with.
         sampler: The Optuna sampler for further trials.
         error_score: As for :func:`create_study`.
+        selector: As for :func:`create_study`.
 
     Raises:
         ConfigurationError: If the study does not exist, or the agent or strategies differ.
     """
-    objective = TraceObjective(
-        agent, evaluate, llm, strategies=strategies, error_score=error_score
-    )
     resolved = resolve_storage(storage)
     try:
         study = optuna.load_study(study_name=study_name, storage=resolved, sampler=sampler)
@@ -269,6 +277,15 @@ def load_study(
             f"No study named {study_name!r} in this storage; it has {sorted(names)}. Use "
             "create_study(..., load_if_exists=True) to create it."
         ) from None
+    objective = TraceObjective(
+        agent,
+        evaluate,
+        llm,
+        strategies=strategies,
+        error_score=error_score,
+        selector=selector,
+        seed=study.user_attrs.get(records.STUDY_SEED),
+    )
     _bind(study, objective, seed=None, error_score=error_score)
     return TraceStudy(study, objective)
 

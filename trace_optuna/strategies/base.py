@@ -9,9 +9,11 @@ Lifecycle of one trial, as a strategy sees it:
    settings here as Optuna parameters named ``"<strategy name>.<setting>"`` so that Optuna's
    samplers and importance analysis see them. Return them as a dict. The default samples none.
 2. :meth:`Strategy.propose` is called with a :class:`StepContext`: the study's population (all
-   stored trials, read from the storage), this process's agent, the LLM, the settings and helpers
-   to evaluate a parent. Return a :class:`Proposal`: the candidate snapshot and the trial numbers
-   of its parents.
+   stored trials, read from the storage), this process's agent, the LLM, the settings, a seeded
+   random generator and helpers to evaluate a parent or any candidate. Return a
+   :class:`Proposal`: the candidate snapshot and the trial numbers of its parents. If you
+   evaluated the candidate yourself (``context.evaluate``), pass that result along so the trial
+   does not evaluate it again.
 
 Rules:
 
@@ -22,12 +24,16 @@ Rules:
   other exception for a real failure: the trial is recorded as FAIL with the reason and the
   study goes on. Do not catch-and-hide errors to return the parent unchanged.
 * Scores follow the study's direction: ``context.better(a, b)`` says which is better.
+* Every candidate you evaluate with ``context.evaluate`` is kept in the trial's record
+  (``trace:evaluated``), so nothing evaluated is thrown away. Store anything else your strategy
+  should leave behind in ``context.attrs`` under keys starting with ``trace:``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import random
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
@@ -39,6 +45,29 @@ if TYPE_CHECKING:
 
     from trace_optuna.llm import LLM
     from trace_optuna.population import Population
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One evaluation of a candidate snapshot in this process.
+
+    Attributes:
+        score: The score, or None when the candidate's code raised (``code_error``) or the
+            result was reused without a score.
+        feedback: The feedback (the error text when the code raised).
+        output: The Trace node produced (an exception node when the code raised); None when
+            the result was reused from storage instead of evaluated.
+        details: ``Evaluation.details``.
+        code_error: Why the candidate's code raised, if it did.
+        reused_from: The trial whose stored score was reused (nothing was run), if any.
+    """
+
+    score: float | None
+    feedback: str
+    output: Any = None
+    details: dict[str, Any] | None = None
+    code_error: str | None = None
+    reused_from: int | None = None
 
 
 @dataclasses.dataclass
@@ -71,12 +100,15 @@ class Proposal:
             improvement are measured against.
         parent_score: The first parent's score.
         parent_feedback: The feedback that drove the proposal.
+        result: The candidate's evaluation, when the strategy already ran it with
+            ``context.evaluate(snapshot)``; the trial then uses it instead of evaluating again.
     """
 
     snapshot: dict[str, Any]
     parents: list[int]
     parent_score: float | None = None
     parent_feedback: str | None = None
+    result: RunResult | None = None
 
 
 @dataclasses.dataclass
@@ -93,7 +125,14 @@ class StepContext:
         evaluate_parent: Re-runs a stored trial's candidate in this process and returns a
             :class:`ParentEvaluation` (reusing the live graph when this process evaluated
             that candidate last).
+        evaluate: Evaluates any candidate snapshot and returns a :class:`RunResult`; a snapshot
+            the study already evaluated is not run again (``reused_from`` says which trial's
+            score was reused). Each call is recorded in the trial.
         better: ``better(a, b)`` is True when score ``a`` is better than ``b``.
+        select: Picks the best of several evaluated candidates, by score or, with the study's
+            ``selector="llm"``, by a pairwise LLM judge; returns the winner's index.
+        rng: A random generator seeded from the study's seed and the trial number.
+        attrs: Extra record attributes to store with the trial (keys start with ``trace:``).
     """
 
     trial: optuna.Trial
@@ -103,7 +142,11 @@ class StepContext:
     llm: LLM
     settings: dict[str, Any]
     evaluate_parent: Callable[[int], ParentEvaluation]
+    evaluate: Callable[[dict[str, Any]], RunResult]
     better: Callable[[float, float], bool]
+    select: Callable[[list[tuple[dict[str, Any], RunResult]]], int]
+    rng: random.Random
+    attrs: dict[str, Any]
 
 
 class Strategy:

@@ -13,10 +13,12 @@ instead of inherited:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import contextlib
 import io
 import json
 import logging
+from typing import TYPE_CHECKING
 from typing import Any
 
 # trace-opt prints "Using LiteLLM as the default LLM backend." on import, unconditionally;
@@ -26,11 +28,13 @@ with contextlib.redirect_stdout(io.StringIO()):
 
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
-from trace_optuna.strategies.base import ParentEvaluation
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
 from trace_optuna.strategies.base import register
+
+if TYPE_CHECKING:
+    import optuna
 
 _logger = logging.getLogger(__name__)
 
@@ -145,25 +149,58 @@ class SafeOptoPrime(OptoPrime):
 class OptoPrimeStrategy(Strategy):
     """One OptoPrime step from the best completed trial (the greedy step).
 
+    OptoPrime's memory (earlier variables and their feedback, shown to the LLM) is rebuilt from
+    the parent's lineage in the storage, so it survives restarts and any worker can continue
+    any lineage.
+
     Args:
-        memory_size: How many earlier (variables, feedback) pairs OptoPrime shows the LLM.
+        temperature: The LLM temperature of the proposal. None: sampled by Optuna as
+            ``optoprime.temperature`` in [0, 1].
+        memory_size: How many ancestors' (variables, feedback) OptoPrime shows. None: sampled
+            as ``optoprime.memory_size`` in [0, 4].
         objective: Replaces OptoPrime's default instruction to the LLM, if given.
     """
 
     name = "optoprime"
 
-    def __init__(self, memory_size: int = 0, objective: str | None = None) -> None:
-        if not isinstance(memory_size, int) or memory_size < 0:
+    def __init__(
+        self,
+        temperature: float | None = None,
+        memory_size: int | None = None,
+        objective: str | None = None,
+    ) -> None:
+        if memory_size is not None and (not isinstance(memory_size, int) or memory_size < 0):
             raise ConfigurationError(f"memory_size must be an int >= 0, got {memory_size!r}.")
+        if temperature is not None and not 0.0 <= temperature <= 2.0:
+            raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}.")
+        self.temperature = temperature
         self.memory_size = memory_size
         self.objective = objective
+
+    def suggest_settings(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature
+            if self.temperature is not None
+            else trial.suggest_float("optoprime.temperature", 0.0, 1.0),
+            "memory_size": self.memory_size
+            if self.memory_size is not None
+            else trial.suggest_int("optoprime.memory_size", 0, 4),
+        }
 
     def propose(self, context: StepContext) -> Proposal:
         best = context.population.best()
         if best is None:
             raise LLMError("optoprime needs a completed trial to start from; there is none yet.")
         parent = context.evaluate_parent(best.number)
-        update = optoprime_update(context, parent, self.memory_size, self.objective)
+        memory_size = int(context.settings.get("memory_size", 0))
+        update = optoprime_update(
+            context,
+            parent.feedback,
+            parent.output,
+            memory=lineage_memory(context, parent.number, memory_size),
+            objective=self.objective,
+            llm=_with_temperature(context.llm, context.settings.get("temperature")),
+        )
         candidate = dict(parent.snapshot)
         candidate.update(update)
         return Proposal(
@@ -174,17 +211,45 @@ class OptoPrimeStrategy(Strategy):
         )
 
 
+def _with_temperature(llm: Any, temperature: float | None) -> Any:
+    return llm if temperature is None else llm.with_options(temperature=temperature)
+
+
+def lineage_memory(context: StepContext, number: int, size: int) -> list[tuple[dict, str]]:
+    """OptoPrime memory entries from the ancestors of trial ``number``, oldest first.
+
+    Each entry is what OptoPrime keeps in ``optimizer.memory``: the variables (by the Trace
+    names this process gives the parameters) with their values, and the feedback they got.
+    """
+    if size <= 0:
+        return []
+    ancestors = context.population.lineage(number)[:-1][-size:]
+    entries = []
+    for ancestor in ancestors:
+        values = context.population.snapshot(ancestor)
+        variables = {
+            node.py_name: (values[path], node.description)
+            for path, node in context.parameters.items()
+            if path in values
+        }
+        entries.append((variables, context.population.feedback(ancestor)))
+    return entries
+
+
 def optoprime_update(
     context: StepContext,
-    parent: ParentEvaluation,
-    memory_size: int = 0,
+    feedback: str,
+    output: Any,
+    *,
+    memory: Sequence[tuple[dict, str]] = (),
     objective: str | None = None,
     llm: Any = None,
 ) -> dict[str, Any]:
-    """Run one OptoPrime proposal from a parent's live run; return ``{path: new value}``.
+    """Run one OptoPrime proposal from a live run; return ``{path: new value}``.
 
-    The agent's parameters must hold the parent's values (``context.evaluate_parent`` leaves
-    them so).
+    ``output`` is the Trace node of a run whose graph is live and ``feedback`` its feedback;
+    the agent's parameters must still hold that run's values (``context.evaluate_parent`` and
+    ``context.evaluate`` leave them so).
 
     Raises:
         LLMError: If the LLM's answer held no usable suggestion (an explicit ``TERMINATE``
@@ -193,11 +258,13 @@ def optoprime_update(
     optimizer = SafeOptoPrime(
         list(context.parameters.values()),
         llm=llm or context.llm,
-        memory_size=memory_size,
+        memory_size=len(memory),
         objective=objective,
     )
+    for entry in memory:
+        optimizer.memory.add(entry)
     optimizer.zero_feedback()
-    optimizer.backward(parent.output, parent.feedback, retain_graph=True)
+    optimizer.backward(output, feedback, retain_graph=True)
     update = optimizer.propose()
     response = optimizer.last_response or ""
     if not update and "TERMINATE" not in response:
