@@ -1,0 +1,169 @@
+"""Genetic: tournament selection of two parents, LLM crossover, then OptoPrime mutation.
+
+1. Two parents are drawn from the stored population by tournaments of
+   ``genetic.tournament_size`` candidates each (the best of each draw wins).
+2. An LLM crossover prompt shows both parents' values, scores and feedback and asks for a
+   child, one value per parameter (:data:`CROSSOVER_MARKER` opens the prompt).
+3. With probability ``genetic.mutation_rate``, the child is evaluated and one OptoPrime step
+   from its feedback mutates it.
+
+Both parents are recorded (``trace:parents``: the better one first); ``trace:genetic`` says
+which trials were drawn and whether the child was mutated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+from typing import Any
+
+from trace_optuna.exceptions import LLMError
+from trace_optuna.strategies.base import Proposal
+from trace_optuna.strategies.base import StepContext
+from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import register
+from trace_optuna.strategies.optoprime import OptoPrimeStrategy
+from trace_optuna.strategies.optoprime import SuggestionError
+from trace_optuna.strategies.optoprime import cast_suggestion
+from trace_optuna.strategies.optoprime import optoprime_update
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+CROSSOVER_MARKER = "#Crossover"
+PARENTS_MARKER = "#Parents"
+
+CROSSOVER_SYSTEM_PROMPT = (
+    "You are the crossover operator of a genetic algorithm that optimizes the parameters of a "
+    "program (prompts, code, numbers). You see two parent solutions with their scores and the "
+    "feedback each received. Write one child that combines the strengths of both: for each "
+    "parameter, take the better parent's value, or merge the two when each fixes something "
+    "the other does not. Keep every parameter's type; keep code valid Python with the same "
+    "function name and signature. Answer with JSON only: "
+    '{"reasoning": "<short>", "child": {"<parameter>": <value>, ...}}'
+)
+
+
+@register
+class GeneticStrategy(Strategy):
+    """Crossover of two tournament-selected parents, then an optional OptoPrime mutation.
+
+    Args:
+        tournament_size: Candidates per tournament. None: sampled as
+            ``genetic.tournament_size`` in [2, 4].
+        mutation_rate: Probability of mutating the child. None: sampled as
+            ``genetic.mutation_rate`` in [0, 1].
+    """
+
+    name = "genetic"
+
+    def __init__(
+        self, tournament_size: int | None = None, mutation_rate: float | None = None
+    ) -> None:
+        self.tournament_size = tournament_size
+        self.mutation_rate = mutation_rate
+
+    def suggest_settings(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {
+            "tournament_size": self.tournament_size
+            or trial.suggest_int("genetic.tournament_size", 2, 4),
+            "mutation_rate": self.mutation_rate
+            if self.mutation_rate is not None
+            else trial.suggest_float("genetic.mutation_rate", 0.0, 1.0),
+        }
+
+    def propose(self, context: StepContext) -> Proposal:
+        population, rng = context.population, context.rng
+        size = int(context.settings["tournament_size"])
+        first = population.tournament(size, rng)
+        second = population.tournament(size, rng, exclude={first.number}) if first else None
+        if first is None or second is None:
+            # One candidate is no population: step greedily until there are two.
+            context.attrs["trace:genetic"] = {"fallback": "fewer than two candidates"}
+            return OptoPrimeStrategy(temperature=0.0, memory_size=0).propose(context)
+        better, other = population.top_k_of([first, second], 2)
+        child = self._crossover(context, better, other)
+        mutated = rng.random() < float(context.settings["mutation_rate"])
+        if mutated:
+            child = self._mutate(context, child)
+        context.attrs["trace:genetic"] = {
+            "parents": [better.number, other.number],
+            "mutated": mutated,
+        }
+        return Proposal(
+            snapshot=child,
+            parents=[better.number, other.number],
+            parent_score=better.value,
+            parent_feedback=population.feedback(better.number),
+        )
+
+    def _crossover(
+        self, context: StepContext, better: FrozenTrial, other: FrozenTrial
+    ) -> dict[str, Any]:
+        population = context.population
+        parents = [
+            {
+                "trial": trial.number,
+                "score": trial.value,
+                "feedback": population.feedback(trial.number),
+                "values": population.snapshot(trial.number),
+            }
+            for trial in (better, other)
+        ]
+        direction = "maximize" if context.better(1.0, 0.0) else "minimize"
+        user = "\n".join(
+            [
+                CROSSOVER_MARKER,
+                f"Scores are to be {direction}d. Combine the two parents into one child.",
+                PARENTS_MARKER,
+                json.dumps({"direction": direction, "parents": parents}, indent=2),
+            ]
+        )
+        text = context.llm.complete(
+            [
+                {"role": "system", "content": CROSSOVER_SYSTEM_PROMPT},
+                {"role": "user", "content": user},
+            ],
+            response_format={"type": "json_object"},
+        )
+        return parse_child(text, population.snapshot(better.number))
+
+    def _mutate(self, context: StepContext, child: dict[str, Any]) -> dict[str, Any]:
+        result = context.evaluate(child)
+        feedback, output = result.feedback, result.output
+        if result.reused_from is not None:
+            # An identical candidate is stored: re-run it to get a live graph to mutate.
+            live = context.evaluate_parent(result.reused_from)
+            feedback, output = live.feedback, live.output
+        return {**child, **optoprime_update(context, feedback, output)}
+
+
+def parse_child(text: str, template: dict[str, Any]) -> dict[str, Any]:
+    """Read the child from a crossover answer, typed like ``template`` (the better parent).
+
+    Parameters the answer leaves out, or gives a value of the wrong type, keep the better
+    parent's value.
+
+    Raises:
+        LLMError: If the answer holds no ``child`` object.
+    """
+    child = None
+    for candidate in (text, *re.findall(r"\{.*\}", text, re.DOTALL)):
+        try:
+            child = json.loads(candidate).get("child")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(child, dict):
+            break
+    if not isinstance(child, dict):
+        raise LLMError("The crossover answer holds no child object.", response=text)
+    result = dict(template)
+    for path, current in template.items():
+        if path in child:
+            try:
+                result[path] = cast_suggestion(current, child[path])
+            except SuggestionError:
+                pass  # keep the better parent's value
+    return result
