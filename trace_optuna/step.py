@@ -206,6 +206,15 @@ class TraceObjective:
             ]
 
         run = proposal.result
+        if run is None:  # evaluated during this trial already? then not again
+            run = next(
+                (
+                    result
+                    for values, result in reversed(evaluated)
+                    if snapshots.snapshot_hash(values) == candidate_hash
+                ),
+                None,
+            )
         if run is None:
             run = self._evaluate_candidate(population, candidate, timing)
         if run.reused_from is not None:

@@ -74,3 +74,31 @@ def test_temperature_range_is_validated() -> None:
     with pytest.raises(to.ConfigurationError, match="temperature_range"):
         EvolutionaryStrategy(temperature_range=(1.0, 0.5))
     assert EvolutionaryStrategy(temperature_range=(0.0, 1.0)).temperatures(3) == [0.0, 0.5, 1.0]
+
+
+def test_a_candidate_evaluated_by_its_strategy_is_not_evaluated_again(
+    sqlite_url: str, study_name: str
+) -> None:
+    class EvaluateThenPropose(to.Strategy):
+        """Evaluates its candidate itself but does not pass the result along."""
+
+        name = "evaluate-then-propose"
+
+        def propose(self, context: to.StepContext) -> to.Proposal:
+            best = context.population.best()
+            values = {**context.population.snapshot(best.number), "max_words": 30}
+            context.evaluate(values)
+            return to.Proposal(values, [best.number], best.value)
+
+    evaluate = CountingDemoEvaluate()
+    study = to.create_study(
+        study_name=study_name,
+        storage=sqlite_url,
+        agent=demo.make_agent,
+        evaluate=evaluate,
+        llm=demo.DEMO_LLM,
+        strategies=[EvaluateThenPropose()],
+    )
+    study.optimize(n_trials=2)
+    assert evaluate.calls == 2  # the baseline, then the candidate once
+    assert study.record(1).snapshot["max_words"] == 30
