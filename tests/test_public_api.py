@@ -24,7 +24,9 @@ def test_exported_names_are_pinned() -> None:
             "create_study",
             "load_study",
             "restore",
+            "samplers",
             "snapshot",
+            "strategies",
         ]
     )
     for name in to.__all__:

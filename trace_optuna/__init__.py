@@ -17,6 +17,8 @@ import os
 # litellm fetches its model price map from the network at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from trace_optuna import samplers  # noqa: E402
+from trace_optuna import strategies  # noqa: E402
 from trace_optuna._version import __version__  # noqa: E402
 from trace_optuna.evaluation import Evaluation  # noqa: E402
 from trace_optuna.exceptions import ConfigurationError  # noqa: E402
@@ -56,5 +58,7 @@ __all__ = [
     "create_study",
     "load_study",
     "restore",
+    "samplers",
     "snapshot",
+    "strategies",
 ]

@@ -24,6 +24,7 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.population import Population
+from trace_optuna.samplers import StrategyBandit
 from trace_optuna.snapshots import restore
 from trace_optuna.step import TraceObjective
 from trace_optuna.storage import resolve_storage
@@ -192,7 +193,8 @@ def create_study(
         load_if_exists: Continue an existing study of that name instead of failing.
         strategies: Strategy names or instances the ``strategy`` parameter chooses from.
             Fixed for the life of a study.
-        sampler: The Optuna sampler; None is TPE seeded with ``seed``.
+        sampler: The Optuna sampler; None is :class:`~trace_optuna.samplers.StrategyBandit`
+            seeded with ``seed`` (a bandit over strategies, TPE for their settings).
         seed: Recorded in the study and used to seed the default sampler.
         error_score: The score of a candidate whose code raises; None fails such trials.
         selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
@@ -233,7 +235,7 @@ def create_study(
         study_name=study_name,
         storage=resolved,
         direction=StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE,
-        sampler=sampler or optuna.samplers.TPESampler(seed=seed),
+        sampler=sampler if sampler is not None else StrategyBandit(seed=seed),
         load_if_exists=load_if_exists,
     )
     _bind(study, objective, seed=seed, error_score=error_score)
@@ -261,7 +263,8 @@ def load_study(
         evaluate: As for :func:`create_study`.
         llm: As for :func:`create_study`.
         strategies: Must be the strategy list the study was created with.
-        sampler: The Optuna sampler for further trials.
+        sampler: The Optuna sampler for further trials; None is a StrategyBandit seeded with
+            the study's stored seed.
         error_score: As for :func:`create_study`.
         selector: As for :func:`create_study`.
 
@@ -270,13 +273,15 @@ def load_study(
     """
     resolved = resolve_storage(storage)
     try:
-        study = optuna.load_study(study_name=study_name, storage=resolved, sampler=sampler)
+        study = optuna.load_study(study_name=study_name, storage=resolved)
     except KeyError:
         names = [summary.study_name for summary in optuna.get_all_study_summaries(resolved)]
         raise ConfigurationError(
             f"No study named {study_name!r} in this storage; it has {sorted(names)}. Use "
             "create_study(..., load_if_exists=True) to create it."
         ) from None
+    seed = study.user_attrs.get(records.STUDY_SEED)
+    study.sampler = sampler if sampler is not None else StrategyBandit(seed=seed)
     objective = TraceObjective(
         agent,
         evaluate,
@@ -284,7 +289,7 @@ def load_study(
         strategies=strategies,
         error_score=error_score,
         selector=selector,
-        seed=study.user_attrs.get(records.STUDY_SEED),
+        seed=seed,
     )
     _bind(study, objective, seed=None, error_score=error_score)
     return TraceStudy(study, objective)
