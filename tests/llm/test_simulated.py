@@ -287,3 +287,251 @@ def test_registration_is_idempotent() -> None:
     assert simulated.register_simulated_provider() is handler
     providers = [item["provider"] for item in litellm.custom_provider_map]
     assert providers.count("simulated") == 1
+
+
+# -- STOP, crossover and judge prompts --------------------------------------------------------
+
+
+def seed_improver() -> dict[str, Any]:
+    """The namespace of STOP's seed improver: its own ``make_prompt`` builds the prompts."""
+    from trace_optuna.strategies.stop import SEED_IMPROVER
+
+    namespace: dict[str, Any] = {}
+    exec(compile(SEED_IMPROVER, "<seed improver>", "exec"), namespace)
+    return namespace
+
+
+def improve_solution(
+    solution: dict[str, Any], feedback: str, **options: Any
+) -> tuple[str, dict[str, Any]]:
+    """Send STOP's "improve this solution" prompt; return the idea and the solution."""
+    prompt = seed_improver()["make_prompt"](solution, feedback)
+    answer = json.loads(LLM(MODEL, **options).complete([{"role": "user", "content": prompt}]))
+    assert set(answer) == {"idea", "solution"} and set(answer["solution"]) == set(solution)
+    return answer["idea"], answer["solution"]
+
+
+CODE = 'def reply(self, text):\n    raise ValueError("not yet")\n    return text\n'
+
+
+@pytest.mark.parametrize(
+    ("feedback", "expected"),
+    [
+        ("count is too small; increase it by 3.", {"count": 10}),
+        ("The count should be lower by 2.", {"count": 5}),
+        (
+            'Include "order number" in prompt.',
+            {"prompt": "Be brief. Always mention order number."},
+        ),
+        ('Add "We are sorry." to prompt.', {"prompt": "Be brief. We are sorry."}),
+        ('Replace "brief" with "kind".', {"prompt": "Be kind."}),
+        ('Remove "Be " from prompt.', {"prompt": "brief."}),
+        (
+            "reply raised ValueError: not yet",
+            {"reply": "def reply(self, text):\n    return text\n"},
+        ),
+    ],
+)
+def test_stop_solutions_follow_the_feedback_grammar(feedback: str, expected: dict) -> None:
+    solution = {"count": 7, "prompt": "Be brief.", "reply": CODE, "flag": True}
+    idea, improved = improve_solution(solution, feedback)
+    assert improved == {**solution, **expected}
+    assert idea.startswith("Follow the feedback")
+
+
+def test_stop_solution_numbers_move_by_a_random_step_without_by() -> None:
+    steps = {improve_solution({"n": 100}, "n is too small.")[1]["n"] for _ in range(5)}
+    assert all(value > 100 for value in steps) and len(steps) > 1
+    fixed = {improve_solution({"n": 100}, "n is too small.", temperature=0.0)[1]["n"]}
+    assert fixed == {150}
+
+
+def test_a_correct_stop_solution_comes_back_unchanged() -> None:
+    solution = {"count": 7, "prompt": "Be brief."}
+    idea, improved = improve_solution(solution, "The reply is perfect. count is too small.")
+    assert improved == solution and "keep the solution" in idea
+
+
+def test_stop_solution_noise_gives_wrong_edits() -> None:
+    wrong = [
+        improve_solution({"n": 100}, "n is too small.", simulated_noise=1.0, simulated_seed=s)[1]
+        for s in range(5)
+    ]
+    assert all(solution["n"] < 100 for solution in wrong)
+
+
+def improve_improver(source: str, **options: Any) -> tuple[str, str]:
+    """Send STOP's "improve this improver" prompt; return the answer and its program."""
+    namespace = seed_improver()
+    prompt = namespace["make_prompt"](source, "Improve the improver.")
+    answer = LLM(MODEL, **options).complete([{"role": "user", "content": prompt}])
+    program = namespace["parse"](answer, source)
+    assert isinstance(program, str)
+    return answer, program
+
+
+def test_the_improver_prompt_gets_plausible_rewrites() -> None:
+    from trace_optuna.strategies.stop import SEED_IMPROVER
+    from trace_optuna.strategies.stop import check_improver_source
+
+    ideas = set()
+    for seed in range(12):
+        answer, program = improve_improver(SEED_IMPROVER, simulated_seed=seed)
+        assert check_improver_source(program) is None and program != SEED_IMPROVER
+        assert answer.startswith("Idea: ") and "(noise)" not in answer
+        ideas.add(answer.split("\n", 1)[0].split(" ")[1])
+    assert ideas == {"Sample"}  # another count, another temperature, or a refinement round
+    answers = {improve_improver(SEED_IMPROVER, simulated_seed=s)[0] for s in range(12)}
+    assert any("refining" in a for a in answers) and any("temperature" in a for a in answers)
+    assert any("candidates instead" in a for a in answers)
+
+
+def test_a_refinement_round_spends_the_rest_of_the_budget() -> None:
+    from trace_optuna.strategies import sandbox
+    from trace_optuna.strategies.stop import SEED_IMPROVER
+
+    refined = next(
+        program
+        for seed in range(50)
+        for answer, program in [improve_improver(SEED_IMPROVER, simulated_seed=seed)]
+        if "refining" in answer
+    )
+    llm = LLM(MODEL)
+    run = sandbox.run_improver(
+        refined,
+        {"n": 10},
+        "n is too small.",
+        4,
+        llm=lambda messages, temperature: llm.complete(messages, temperature=temperature),
+        utility=lambda solution: float(solution["n"]),
+        limits=sandbox.SandboxLimits(timeout_s=10),
+    )
+    assert run.llm_calls == 4 and run.solution["n"] > 10
+
+
+def test_improver_noise_gives_worse_or_broken_rewrites() -> None:
+    from trace_optuna.strategies.stop import SEED_IMPROVER
+    from trace_optuna.strategies.stop import check_improver_source
+
+    ideas = set()
+    for seed in range(30):
+        answer, program = improve_improver(SEED_IMPROVER, simulated_noise=1.0, simulated_seed=seed)
+        assert "(noise)" in answer
+        ideas.add(answer.split("\n", 1)[0])
+        if "shorter program" in answer:
+            assert check_improver_source(program) is not None  # does not compile
+    assert len(ideas) == 4  # lazy, raising, over budget, broken
+
+
+def test_improver_rewrites_are_deterministic_for_a_seed() -> None:
+    from trace_optuna.strategies.stop import SEED_IMPROVER
+
+    first = [improve_improver(SEED_IMPROVER, simulated_seed=3)[0] for _ in range(3)]
+    simulated.reset_simulated_model()
+    assert [improve_improver(SEED_IMPROVER, simulated_seed=3)[0] for _ in range(3)] == first
+
+
+def crossover(parents: list[dict[str, Any]], direction: str = "maximize", **options: Any) -> dict:
+    """Send the genetic strategy's crossover prompt (the fixed spec); return the answer."""
+    payload = json.dumps({"direction": direction, "parents": parents})
+    user = f"#Crossover\nCombine the parents into one child.\n\n#Parents\n{payload}\n"
+    messages = [
+        {"role": "system", "content": "You breed solutions."},
+        {"role": "user", "content": user},
+    ]
+    answer = json.loads(LLM(MODEL, **options).complete(messages))
+    assert set(answer) == {"reasoning", "child"} and isinstance(answer["reasoning"], str)
+    return answer["child"]
+
+
+PARENTS = [
+    {
+        "trial": 3,
+        "score": 0.4,
+        "feedback": "Mention the tracking link.",
+        "values": {
+            "prompt": "Be brief. Mention the order number.",
+            "max_words": 30,
+            "format": "def format(draft):\n    return draft\n",
+            "tone": "friendly",
+        },
+    },
+    {
+        "trial": 5,
+        "score": 0.6,
+        "feedback": "Mention the order number.",
+        "values": {
+            "prompt": "Be brief. Offer a tracking link! Apologise.",
+            "max_words": 40,
+            "format": "def format(draft):\n    return draft + '.'\n",
+            "tone": "friendly",
+        },
+    },
+]
+
+
+def test_crossover_merges_text_and_takes_the_better_parents_numbers_and_code() -> None:
+    child = crossover(PARENTS)
+    assert child == {
+        "prompt": "Be brief. Offer a tracking link! Apologise. Mention the order number.",
+        "max_words": 40,
+        "format": "def format(draft):\n    return draft + '.'\n",
+        "tone": "friendly",
+    }
+
+
+def test_crossover_follows_the_direction() -> None:
+    child = crossover(PARENTS, direction="minimize")
+    assert child["max_words"] == 30 and child["format"] == PARENTS[0]["values"]["format"]
+    assert (
+        child["prompt"] == "Be brief. Mention the order number. Offer a tracking link! Apologise."
+    )
+
+
+def test_crossover_noise_takes_a_worse_parents_value() -> None:
+    children = [crossover(PARENTS, simulated_noise=1.0, simulated_seed=s) for s in range(10)]
+    clean = crossover(PARENTS)
+    assert all(child != clean for child in children)
+
+
+def test_judge_prefers_correct_then_fewer_problems_then_a() -> None:
+    from trace_optuna.strategies.base import RunResult
+    from trace_optuna.strategies.judge import Selector
+
+    judge = Selector("llm", LLM(MODEL))
+
+    def result(feedback: str) -> RunResult:
+        return RunResult(score=0.0, feedback=feedback, output="some output")
+
+    perfect, one, two = (
+        result("The reply is perfect."),
+        result("Too short."),
+        result("Too short. Rude."),
+    )
+    assert judge.judge(one, perfect) == "B" and judge.judge(perfect, one) == "A"
+    assert judge.judge(two, one) == "B" and judge.judge(one, two) == "A"
+    assert judge.judge(result("Too long."), result("Too short, and rude.")) == "A"  # shorter
+    assert judge.judge(one, result("Too short.")) == "A"  # a tie goes to A
+    not_correct = result("This is not correct.")
+    assert judge.judge(not_correct, perfect) == "B"
+    candidates = [({}, two), ({}, one), ({}, perfect), ({}, one)]
+    assert judge.select(candidates, lambda a, b: a > b) == 2
+
+
+def test_judge_answers_in_its_json_format_and_noise_flips_the_verdict() -> None:
+    from trace_optuna.strategies.judge import JUDGE_MARKER
+    from trace_optuna.strategies.judge import JUDGE_SYSTEM_PROMPT
+
+    user = (
+        f"{JUDGE_MARKER}\n\nCandidate A output:\nHi\nFeedback on A:\nToo short.\n\n"
+        "Candidate B output:\nHello there\nFeedback on B:\nThe reply is perfect.\n\n"
+        "Which candidate is better? Answer with the JSON format above."
+    )
+    messages = [
+        {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+        {"role": "user", "content": user},
+    ]
+    answer = json.loads(LLM(MODEL).complete(messages))
+    assert answer["winner"] == "B" and "correct" in answer["reasoning"]
+    flipped = json.loads(LLM(MODEL, simulated_noise=1.0).complete(messages))
+    assert flipped["winner"] == "A"

@@ -50,9 +50,22 @@ has seen that seed and prompt), so identical prompts sent repeatedly get differe
 while a rerun of the same sequence of calls in a fresh process (or after
 :func:`reset_simulated_model`) gives the same answers.
 
-Prompts that are not OptoPrime problems (crossover or "improve this solution" prompts) get a
-valid, empty answer ``{"reasoning": ..., "suggestion": {}}``; it never raises on odd input. To
-teach it a new prompt shape, add a function to ``_ANSWERERS``.
+Other prompt shapes it answers, each recognised by a marker line:
+
+* ``#Improve`` with ``#Feedback`` and ``#Solution`` (STOP's "improve this solution", a JSON
+  object ``{path: value}``): the same feedback grammar, noise and temperature applied to the
+  solution's values; answer ``{"idea": ..., "solution": {path: value}}``
+  (:func:`answer_stop_solution`).
+* ``#Improve`` with ``#Program`` holding ``def improve(`` (STOP's "improve this improver"): a
+  rewritten improver in a python block -- another ``NUM_CANDIDATES`` or ``TEMPERATURE``, or a
+  refinement round; with noise a worse or broken one (:func:`answer_stop_improver`).
+* ``#Crossover`` with ``#Parents`` (the genetic strategy): a child per path from the parents;
+  answer ``{"reasoning": ..., "child": {path: value}}`` (:func:`answer_crossover`).
+* ``#Compare`` (the pairwise judge of ``selector="llm"``): answer ``{"reasoning": ...,
+  "winner": "A"|"B"}`` (:func:`answer_judge`).
+
+Any other prompt gets a valid, empty answer ``{"reasoning": ..., "suggestion": {}}``; it never
+raises on odd input. To teach it a new prompt shape, add a function to ``_ANSWERERS``.
 """
 
 from __future__ import annotations
@@ -459,6 +472,345 @@ def answer_optoprime(
     return json.dumps({"reasoning": reasoning, "answer": "", "suggestion": suggestion})
 
 
+# ---------------------------------------------------------------------------------------------
+# STOP: "improve this solution" and "improve this improver"
+
+_IMPROVE_MARKER = re.compile(r"(?m)^#Improve[ \t]*$")
+_STOP_SECTION = re.compile(r"(?m)^#(?:Improve|Feedback|Solution|Program|Answer)[ \t]*$")
+# Greedy: from the first fence to the last, since a program may hold ``` in its strings.
+_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*)```", re.DOTALL)
+
+
+def _stop_sections(prompt: str) -> dict[str, str] | None:
+    """The ``#Section`` bodies of a STOP prompt, or None when ``prompt`` is not one."""
+    if not _IMPROVE_MARKER.search(prompt):
+        return None
+    starts = list(_STOP_SECTION.finditer(prompt))
+    sections = {}
+    for index, match in enumerate(starts):
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(prompt)
+        sections[match.group(0).strip()[1:]] = prompt[match.end() : end].strip("\n")
+    return sections
+
+
+def _first_json_object(text: str) -> Any:
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object")
+    return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+def _solution_variables(solution: dict[str, Any]) -> list[Variable]:
+    variables = []
+    for path, value in solution.items():
+        if isinstance(value, bool):
+            type_name = "bool"
+        elif isinstance(value, int):
+            type_name = "int"
+        elif isinstance(value, float):
+            type_name = "float"
+        elif isinstance(value, str):
+            type_name = "code" if _is_code(value) else "str"
+        else:
+            type_name = "json"
+        variables.append(Variable(type_name=type_name, py_name=path, value=value))
+    return variables
+
+
+def answer_stop_solution(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str | None:
+    """Answer STOP's "improve this solution" prompt, or return None when it is not one.
+
+    The prompt has the sections ``#Improve``, ``#Feedback`` and ``#Solution`` (a JSON object
+    ``{parameter path: value}``). The feedback is followed with the same grammar, noise and
+    temperature as OptoPrime's answers; a path's name in the feedback names it as a variable.
+    The answer is ``{"idea": ..., "solution": {every path: value}}``; when the feedback says the
+    solution is correct, or holds no instruction understood, the solution comes back unchanged.
+    """
+    sections = _stop_sections(prompt)
+    if sections is None or "Solution" not in sections:
+        return None
+    solution = _first_json_object(sections["Solution"])
+    if not isinstance(solution, dict):
+        return None
+    problem = OptoPrimeProblem(
+        variables=_solution_variables(solution), feedback=sections.get("Feedback", "").strip()
+    )
+    noisy = rng.random() < options.noise
+    edits: list[_Edit] = []
+    if not _SATISFIED.search(problem.feedback):
+        spread = 1.0 if temperature is None else float(temperature)
+        current: dict[str, Any] = {}
+        edits = _text_edits(problem, current) + _number_edits(problem, rng, spread, current)
+    if edits and noisy:
+        edits = [_noisy_edit(rng.choice(edits), rng)]
+    improved = dict(solution)
+    improved.update({edit.variable.py_name: edit.new_value for edit in edits})
+    if edits:
+        idea = "Follow the feedback: " + "; ".join(edit.why for edit in edits) + "."
+    else:
+        idea = "The feedback asks for nothing I can act on; keep the solution as it is."
+    return json.dumps({"idea": idea, "solution": improved})
+
+
+_IMPROVE_DEF = re.compile(r"^def improve\(", re.MULTILINE)
+_NUM_CANDIDATES = re.compile(r"^NUM_CANDIDATES = (\d+)[ \t]*$", re.MULTILINE)
+_TEMPERATURE = re.compile(r"^TEMPERATURE = (\d+(?:\.\d+)?)[ \t]*$", re.MULTILINE)
+_RETURN_BEST = re.compile(r"^    return best[ \t]*$", re.MULTILINE)
+_REFINE_MARK = "# Refinement:"
+_REFINEMENT = (
+    "    # Refinement: spend what is left of the budget improving the best candidate again.\n"
+    "    for _ in range(max(0, budget - n)):\n"
+    "        candidate = ask(llm, make_prompt(best, feedback), solution)\n"
+    "        if candidate is not None:\n"
+    "            score = score_of(utility, candidate)\n"
+    "            if score > best_score:\n"
+    "                best, best_score = candidate, score\n"
+)
+
+
+def _improve_body_index(lines: list[str]) -> int | None:
+    """The index of the first statement of ``improve``'s body, after its docstring."""
+    start = next((i for i, line in enumerate(lines) if line.startswith("def improve(")), None)
+    if start is None:
+        return None
+    body = next((i for i in range(start, len(lines)) if lines[i].rstrip().endswith(":")), start)
+    body += 1
+    if body < len(lines):
+        stripped = lines[body].strip()
+        quote = stripped[:3] if stripped[:3] in ('"""', "'''") else None
+        if quote:
+            end = body
+            if not (len(stripped) >= 6 and stripped.endswith(quote)):
+                end = next((j for j in range(body + 1, len(lines)) if quote in lines[j]), body)
+            body = end + 1
+    return body
+
+
+def _insert_into_improve(source: str, line: str) -> str | None:
+    lines = source.split("\n")
+    index = _improve_body_index(lines)
+    if index is None:
+        return None
+    lines.insert(index, "    " + line)
+    return "\n".join(lines)
+
+
+def _improver_variants(source: str, rng: random.Random) -> list[tuple[str, str]]:
+    """Plausible rewrites of an improver: ``[(idea, new source)]``."""
+    variants = []
+    count = _NUM_CANDIDATES.search(source)
+    if count:
+        old = int(count.group(1))
+        new = rng.choice([n for n in (2, 3, 4, 8) if n != old])
+        variants.append(
+            (
+                f"Sample {new} candidates instead of {old} per step.",
+                _NUM_CANDIDATES.sub(f"NUM_CANDIDATES = {new}", source, count=1),
+            )
+        )
+    temperature = _TEMPERATURE.search(source)
+    if temperature:
+        old_t = float(temperature.group(1))
+        new_t = rng.choice([t for t in (0.3, 0.5, 0.9, 1.0) if t != old_t])
+        variants.append(
+            (
+                f"Sample at temperature {new_t:g} instead of {old_t:g}.",
+                _TEMPERATURE.sub(f"TEMPERATURE = {new_t}", source, count=1),
+            )
+        )
+    returns = list(_RETURN_BEST.finditer(source))
+    if _REFINE_MARK not in source and returns and count is not None:
+        last = returns[-1]
+        refined = source[: last.start()] + _REFINEMENT + source[last.start() :]
+        half = max(1, int(count.group(1)) // 2)
+        refined = _NUM_CANDIDATES.sub(f"NUM_CANDIDATES = {half}", refined, count=1)
+        variants.append(
+            (
+                "Sample fewer candidates and spend the rest of the budget refining the best one.",
+                refined,
+            )
+        )
+    return variants
+
+
+def _broken_improver_variants(source: str) -> list[tuple[str, str]]:
+    """Wrong or worse rewrites of an improver (the noise): ``[(idea, new source)]``."""
+    variants = []
+    lazy = _insert_into_improve(source, "return solution  # the incumbent is good enough")
+    if lazy is not None:
+        variants.append(("(noise) Keep the incumbent and save every LLM call.", lazy))
+    buggy = _insert_into_improve(source, _BUG_LINE)
+    if buggy is not None:
+        variants.append(("(noise) Fail fast.", buggy))
+    greedy = _insert_into_improve(source, "budget = budget + 2  # more samples, more ideas")
+    if greedy is not None:
+        variants.append(("(noise) Ask for a few more samples than the budget.", greedy))
+    cut = source.rstrip().rfind("\n")
+    if cut > 0:
+        variants.append(("(noise) A shorter program.", source[:cut] + "\n    return (\n"))
+    return variants
+
+
+def answer_stop_improver(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str | None:
+    """Answer STOP's "improve this improver" prompt, or return None when it is not one.
+
+    The prompt has the sections ``#Improve``, ``#Feedback`` and ``#Program`` (a python block
+    defining ``improve(``). The answer is an idea and the rewritten program in a python block:
+    a plausible variation (another ``NUM_CANDIDATES`` or ``TEMPERATURE``, or a refinement round
+    that spends the rest of the budget on the best candidate); with probability ``noise`` a
+    broken or worse one instead (it returns the incumbent at once, raises, asks for more LLM
+    calls than its budget, or does not parse).
+    """
+    sections = _stop_sections(prompt)
+    if sections is None or "Program" not in sections:
+        return None
+    blocks = _CODE_BLOCK.findall(sections["Program"])
+    source = blocks[0] if blocks else sections["Program"]
+    if not _IMPROVE_DEF.search(source):
+        return None
+    noisy = rng.random() < options.noise
+    variants = _broken_improver_variants(source) if noisy else _improver_variants(source, rng)
+    if variants:
+        idea, new_source = rng.choice(variants)
+    else:
+        idea, new_source = "I see no safe change; keep the program.", source
+    return f"Idea: {idea}\n\n```python\n{new_source.rstrip()}\n```\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Genetic crossover
+
+_CROSSOVER_MARKER = re.compile(r"(?m)^#Crossover[ \t]*$")
+_PARENTS_MARKER = re.compile(r"(?m)^#Parents[ \t]*$")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _is_code(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip().startswith("def ")
+
+
+def _sentences(text: str) -> list[str]:
+    return [part.strip() for part in _SENTENCE_END.split(text.strip()) if part.strip()]
+
+
+def answer_crossover(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str | None:
+    """Answer the genetic strategy's crossover prompt, or return None when it is not one.
+
+    The prompt has a ``#Crossover`` line and a ``#Parents`` line followed by
+    ``{"direction": "maximize"|"minimize", "parents": [{"trial", "score", "feedback",
+    "values": {path: value}}, ...]}``. The child takes, per path: the common value when the
+    parents agree; for text that is not code, the better parent's text followed by the other
+    parents' sentences it does not already contain; for anything else (numbers, code, ...),
+    the better parent's value. With probability ``noise`` one path takes a worse parent's value.
+    The answer is ``{"reasoning": ..., "child": {path: value}}``.
+    """
+    if not _CROSSOVER_MARKER.search(prompt):
+        return None
+    marker = _PARENTS_MARKER.search(prompt)
+    if marker is None:
+        return None
+    data = _first_json_object(prompt[marker.end() :])
+    parents = [p for p in data.get("parents", []) if isinstance(p.get("values"), dict)]
+    if not parents:
+        return None
+    maximize = data.get("direction", "maximize") != "minimize"
+
+    def rank(parent: dict[str, Any]) -> float:
+        score = parent.get("score")
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            return math.inf
+        return -score if maximize else score
+
+    ordered = sorted(parents, key=rank)  # stable: equal scores keep the prompt's order
+    child: dict[str, Any] = {}
+    notes = []
+    paths = list(dict.fromkeys(path for parent in ordered for path in parent["values"]))
+    for path in paths:
+        values = [p["values"][path] for p in ordered if path in p["values"]]
+        best = values[0]
+        if all(value == best for value in values):
+            child[path] = best
+        elif isinstance(best, str) and not _is_code(best):
+            text = best
+            for other in values[1:]:
+                if not isinstance(other, str):
+                    continue
+                for sentence in _sentences(other):
+                    if sentence not in text:
+                        text = _append(text, sentence)
+            child[path] = text
+            notes.append(f"{path}: the better text plus the other's missing sentences")
+        else:
+            child[path] = best
+            notes.append(f"{path}: the better parent's value")
+    if len(ordered) > 1 and rng.random() < options.noise:
+        differing = [path for path in paths if child[path] != ordered[-1]["values"].get(path)]
+        differing = [path for path in differing if path in ordered[-1]["values"]]
+        if differing:
+            path = rng.choice(differing)
+            child[path] = ordered[-1]["values"][path]
+            notes.append(f"(noise) {path}: the worse parent's value")
+    reasoning = "Crossover of trials " + ", ".join(str(p.get("trial")) for p in ordered)
+    reasoning += " (best first). " + ("; ".join(notes) or "The parents agree everywhere") + "."
+    return json.dumps({"reasoning": reasoning, "child": child})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairwise judge
+
+_COMPARE_MARKER = re.compile(r"(?m)^#Compare[ \t]*$")
+_JUDGE_PARTS = re.compile(
+    r"Candidate A output:\n(?P<out_a>.*?)\nFeedback on A:\n(?P<fb_a>.*?)\n\s*"
+    r"Candidate B output:\n(?P<out_b>.*?)\nFeedback on B:\n(?P<fb_b>.*?)"
+    r"(?:\n\s*Which candidate is better\?|\Z)",
+    re.DOTALL,
+)
+
+
+def _problems(feedback: str) -> int:
+    """How many problems a feedback names: its sentences that do not say all is well."""
+    return sum(1 for sentence in _sentences(feedback) if not _SATISFIED.search(sentence))
+
+
+def answer_judge(
+    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+) -> str | None:
+    """Answer the pairwise judge's prompt, or return None when it is not one.
+
+    The judge prefers the candidate whose feedback says it is correct or perfect; otherwise
+    the one whose feedback names fewer problems (sentences), then the shorter feedback; a tie
+    goes to A. With probability ``noise`` the verdict is flipped. The answer is
+    ``{"reasoning": ..., "winner": "A"|"B"}``.
+    """
+    if not _COMPARE_MARKER.search(prompt):
+        return None
+    match = _JUDGE_PARTS.search(prompt)
+    if match is None:
+        return None
+    feedback_a, feedback_b = match["fb_a"].strip(), match["fb_b"].strip()
+    satisfied_a = bool(_SATISFIED.search(feedback_a))
+    satisfied_b = bool(_SATISFIED.search(feedback_b))
+    key_a = (not satisfied_a, _problems(feedback_a), len(feedback_a))
+    key_b = (not satisfied_b, _problems(feedback_b), len(feedback_b))
+    winner = "B" if key_b < key_a else "A"
+    if satisfied_a != satisfied_b:
+        why = f"the feedback on {winner} says it is correct"
+    elif key_a == key_b:
+        why = "both feedbacks are alike; the tie goes to A"
+    else:
+        why = f"the feedback on {winner} names fewer problems"
+    if rng.random() < options.noise:
+        winner = "A" if winner == "B" else "B"
+        why += " (noise: the verdict is flipped)"
+    return json.dumps({"reasoning": f"Candidate {winner} is better: {why}.", "winner": winner})
+
+
 def answer_generic(
     prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
 ) -> str:
@@ -472,7 +824,12 @@ def answer_generic(
     return json.dumps({"reasoning": reasoning, "answer": "", "suggestion": {}})
 
 
+# Answerers of prompts with an explicit marker line come first; OptoPrime's, then the fallback.
 _ANSWERERS: list[Callable[[str, random.Random, SimulatedOptions, float | None], str | None]] = [
+    answer_crossover,
+    answer_judge,
+    answer_stop_improver,
+    answer_stop_solution,
     answer_optoprime,
     answer_generic,
 ]

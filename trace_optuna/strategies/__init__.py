@@ -14,6 +14,7 @@ from trace_optuna.strategies.genetic import GeneticStrategy
 from trace_optuna.strategies.judge import Selector
 from trace_optuna.strategies.optoprime import OptoPrimeStrategy
 from trace_optuna.strategies.optoprime import SafeOptoPrime
+from trace_optuna.strategies.stop import StopStrategy
 
 __all__ = [
     "EvolutionaryStrategy",
@@ -25,6 +26,7 @@ __all__ = [
     "SafeOptoPrime",
     "Selector",
     "StepContext",
+    "StopStrategy",
     "Strategy",
     "register",
     "resolve",

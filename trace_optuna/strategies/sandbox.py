@@ -1,0 +1,569 @@
+"""Running untrusted improver code (written or rewritten by an LLM) in a separate process.
+
+STOP's improvers are Python source that an LLM may have written, so everything that keeps them
+in bounds is enforced here, by the caller, and never by the improver's own code:
+
+* The improver runs in a child process: ``sys.executable -I`` (isolated mode: no ``PYTHON*``
+  variables, no user site directory, no script directory on ``sys.path``), started with an
+  EMPTY environment (no inherited variable, so no API key or database URL), in a fresh
+  temporary working directory that is deleted afterwards, with no file descriptor of the parent
+  but its three pipes, in its own session so that the whole process group can be killed.
+* ``resource.setrlimit`` (in ``preexec_fn``, before the child runs any Python) caps its address
+  space (:attr:`SandboxLimits.memory_bytes`), CPU seconds, the size of files it writes and core
+  dumps.
+* A wall-clock timeout (:attr:`SandboxLimits.timeout_s`) counts the time the child runs on its
+  own; the time the parent spends serving its LLM and utility calls does not count, so a slow
+  model does not kill a well-behaved improver. On timeout the process group is killed.
+* The child gets exactly two capabilities, both served by the parent: ``llm(prompt,
+  temperature=None) -> str`` and ``utility(solution) -> float``. The parent meters them: the
+  first LLM call beyond ``budget`` (or utility call beyond ``max_utility_calls``) kills the
+  child and fails the run. The child holds no storage handle, no credentials and no LLM client.
+
+Protocol: JSON lines. The parent writes one ``{"type": "start", "source", "solution",
+"feedback", "budget"}`` line to the child's stdin. The child answers with request lines on its
+stdout: ``{"type": "llm", "prompt", "temperature"}`` (the parent replies ``{"type": "llm",
+"text"}``), ``{"type": "utility", "solution"}`` (reply ``{"type": "utility", "value"}``) --
+either may be answered ``{"type": "error", "message"}``, which the child raises as an exception
+the improver may catch -- and ends with ``{"type": "done", "solution"}`` or ``{"type":
+"failed", "error", "traceback", "memory"}``. The child's own ``print`` output and stderr go to a
+file in its working directory (the last few KB are kept for the failure report), never into the
+protocol stream.
+
+Not isolated: the file system (the child can read what the worker's user can read) and the
+network. Run workers as an unprivileged user: the child of a root worker could raise its own
+hard limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from trace_optuna.exceptions import TraceOptunaError
+
+_logger = logging.getLogger(__name__)
+
+FAILURE_KINDS = (
+    "timeout",
+    "budget",
+    "utility_budget",
+    "memory",
+    "error",
+    "crashed",
+    "protocol",
+    "result",
+)
+"""What :attr:`ImproverFailed.kind` can be."""
+
+_STDERR_TAIL_BYTES = 4000
+_READ_CHUNK = 65536
+
+
+class ImproverFailed(TraceOptunaError):
+    """An improver run broke a rule or raised; the child process has been killed.
+
+    Attributes:
+        kind: One of :data:`FAILURE_KINDS`: ``timeout``, ``budget`` (an LLM call beyond the
+            budget), ``utility_budget``, ``memory``, ``error`` (the improver raised, also a
+            syntax error), ``crashed`` (the process died), ``protocol`` (a malformed
+            message), ``result`` (what ``improve`` returned is unusable).
+        details: The improver's traceback or the tail of its stderr, if any.
+        llm_calls: LLM calls the parent served before the failure.
+        utility_calls: Utility calls the parent served before the failure.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        details: str = "",
+        llm_calls: int = 0,
+        utility_calls: int = 0,
+    ) -> None:
+        super().__init__(f"The improver failed ({kind}): {message}")
+        self.kind = kind
+        self.details = details
+        self.llm_calls = llm_calls
+        self.utility_calls = utility_calls
+
+
+class Rejected(ValueError):
+    """Raised by an LLM or utility handler to refuse one request; the improver sees the error.
+
+    Anything else a handler raises is treated as a failure of the caller (for example the
+    user's ``evaluate`` crashing): the child is killed and the exception propagates.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    """The limits of one improver run.
+
+    Args:
+        timeout_s: Wall-clock seconds the child may run on its own (time spent by the parent
+            serving its LLM and utility calls is not counted).
+        memory_bytes: Address-space limit of the child (``RLIMIT_AS``).
+        max_utility_calls: Most utility calls; the next one kills the child.
+        max_message_bytes: Longest protocol line the child may send.
+        max_file_bytes: Largest file the child may write (``RLIMIT_FSIZE``), its captured
+            output included.
+    """
+
+    timeout_s: float = 60.0
+    memory_bytes: int = 1024 * 1024 * 1024
+    max_utility_calls: int = 16
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_file_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be a number > 0, got {self.timeout_s!r}.")
+        for name in ("memory_bytes", "max_message_bytes", "max_file_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1024 * 1024:
+                raise ValueError(f"{name} must be an int of at least 1 MiB, got {value!r}.")
+        if (
+            isinstance(self.max_utility_calls, bool)
+            or not isinstance(self.max_utility_calls, int)
+            or self.max_utility_calls < 0
+        ):
+            raise ValueError(
+                f"max_utility_calls must be an int >= 0, got {self.max_utility_calls!r}."
+            )
+
+
+@dataclasses.dataclass
+class ImproverRun:
+    """A finished improver run.
+
+    Attributes:
+        solution: What ``improve`` returned (any JSON value; the caller validates it).
+        llm_calls: LLM calls served.
+        utility_calls: Utility calls served.
+        elapsed_s: Seconds the child ran on its own (what the timeout counts).
+        output: The tail of what the improver printed.
+    """
+
+    solution: Any
+    llm_calls: int
+    utility_calls: int
+    elapsed_s: float
+    output: str
+
+
+LLMHandler = Callable[[list[dict[str, str]], "float | None"], str]
+UtilityHandler = Callable[[Any], float]
+
+
+# The child's program. It keeps the protocol on private copies of fds 0 and 1 and points the
+# real ones at /dev/null and stderr, so nothing the improver reads or prints can corrupt it.
+_RUNNER = r"""
+import json, os, sys, traceback
+
+proto_in = os.fdopen(os.dup(0), "rb")
+proto_out = os.fdopen(os.dup(1), "wb")
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+
+
+def send(message):
+    proto_out.write(json.dumps(message).encode("utf-8") + b"\n")
+    proto_out.flush()
+
+
+def receive():
+    line = proto_in.readline()
+    if not line:
+        os._exit(3)
+    return json.loads(line.decode("utf-8"))
+
+
+def llm(prompt, temperature=None):
+    send({"type": "llm", "prompt": prompt, "temperature": temperature})
+    reply = receive()
+    if reply["type"] == "error":
+        raise RuntimeError(reply["message"])
+    return reply["text"]
+
+
+def utility(solution):
+    send({"type": "utility", "solution": solution})
+    reply = receive()
+    if reply["type"] == "error":
+        raise ValueError(reply["message"])
+    return reply["value"]
+
+
+start = receive()
+try:
+    namespace = {"__name__": "improver"}
+    exec(compile(start["source"], "<improver>", "exec"), namespace)
+    improve = namespace.get("improve")
+    if not callable(improve):
+        raise TypeError("the improver source defines no function improve(...)")
+    result = improve(start["solution"], start["feedback"], utility, llm, start["budget"])
+except BaseException as error:
+    send({
+        "type": "failed",
+        "error": f"{type(error).__name__}: {error}"[:2000],
+        "traceback": traceback.format_exc()[-4000:],
+        "memory": isinstance(error, MemoryError),
+    })
+else:
+    try:
+        done = json.dumps({"type": "done", "solution": result}, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        send({"type": "failed", "error": f"improve() returned {type(result).__name__}, "
+              f"which is not JSON: {error}"[:2000], "result": True})
+    else:
+        proto_out.write(done.encode("utf-8") + b"\n")
+        proto_out.flush()
+"""
+
+
+def run_improver(
+    source: str,
+    solution: Any,
+    feedback: str,
+    budget: int,
+    *,
+    llm: LLMHandler,
+    utility: UtilityHandler,
+    limits: SandboxLimits | None = None,
+) -> ImproverRun:
+    """Run ``improve(solution, feedback, utility, llm, budget)`` from ``source`` in a sandbox.
+
+    Args:
+        source: Python source defining ``improve``.
+        solution: The solution to improve (a JSON value).
+        feedback: Text passed as ``feedback``.
+        budget: LLM calls the improver may make; the next one kills it.
+        llm: Serves the improver's LLM calls in this process: ``llm(messages, temperature)``
+            with chat messages (a str prompt arrives as one user message). Raise
+            :class:`Rejected` to refuse a call.
+        utility: Serves utility calls in this process: ``utility(solution) -> float``, higher
+            is better. Raise :class:`Rejected` to refuse a solution.
+        limits: Timeout, memory and call limits.
+
+    Returns:
+        The run, once ``improve`` returned a JSON value.
+
+    Raises:
+        ImproverFailed: If the improver raised, broke a limit or the protocol.
+        Exception: Whatever ``llm`` or ``utility`` raised other than :class:`Rejected`.
+
+    Example:
+        >>> run = run_improver(
+        ...     "def improve(solution, feedback, utility, llm, budget):\\n"
+        ...     "    return solution + 1 if utility(solution + 1) > 0 else solution\\n",
+        ...     1, "", 0, llm=lambda messages, temperature: "", utility=float,
+        ... )
+        >>> run.solution, run.utility_calls
+        (2, 1)
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"budget must be an int >= 0, got {budget!r}.")
+    limits = limits or SandboxLimits()
+    with tempfile.TemporaryDirectory(prefix="trace-optuna-improver-") as workdir:
+        output_path = os.path.join(workdir, ".output")
+        with open(output_path, "wb") as output_file:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-c", _RUNNER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=output_file,
+                cwd=workdir,
+                env={},  # nothing inherited: no credentials, no database URLs
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=functools.partial(_apply_limits, limits),
+            )
+        session = _Session(process, limits, budget, llm, utility, output_path)
+        try:
+            return session.run(source, solution, feedback)
+        finally:
+            session.close()
+
+
+def _apply_limits(limits: SandboxLimits) -> None:
+    """In the child, before it runs Python: cap memory, CPU, file size and core dumps."""
+    cpu = max(1, math.ceil(limits.timeout_s) + 1)  # a backstop; the parent's clock is first
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Session:
+    """The parent's side of one run: the clock, the meters and the two pipes."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        limits: SandboxLimits,
+        budget: int,
+        llm: LLMHandler,
+        utility: UtilityHandler,
+        output_path: str,
+    ) -> None:
+        self.process = process
+        self.limits = limits
+        self.budget = budget
+        self.llm = llm
+        self.utility = utility
+        self.output_path = output_path
+        self.llm_calls = 0
+        self.utility_calls = 0
+        self.elapsed = 0.0  # seconds the child ran on its own
+        self.buffer = bytearray()
+        assert process.stdin is not None and process.stdout is not None
+        self.stdin_fd = process.stdin.fileno()
+        self.stdout_fd = process.stdout.fileno()
+        os.set_blocking(self.stdin_fd, False)
+        os.set_blocking(self.stdout_fd, False)
+
+    # -- the conversation -------------------------------------------------------------------
+
+    def run(self, source: str, solution: Any, feedback: str) -> ImproverRun:
+        start = {
+            "type": "start",
+            "source": source,
+            "solution": solution,
+            "feedback": feedback,
+            "budget": self.budget,
+        }
+        self.send(start)
+        while True:
+            message = self.receive()
+            kind = message.get("type")
+            if kind == "llm":
+                self.serve_llm(message)
+            elif kind == "utility":
+                self.serve_utility(message)
+            elif kind == "done":
+                if "solution" not in message:
+                    raise self.failure("protocol", "the done message holds no solution")
+                return ImproverRun(
+                    solution=message["solution"],
+                    llm_calls=self.llm_calls,
+                    utility_calls=self.utility_calls,
+                    elapsed_s=round(self.elapsed, 6),
+                    output=self.output_tail(),
+                )
+            elif kind == "failed":
+                error = str(message.get("error", "unknown error"))
+                traceback_text = str(message.get("traceback", ""))
+                if message.get("memory") is True:
+                    raise self.failure(
+                        "memory",
+                        f"it ran out of its memory limit of "
+                        f"{self.limits.memory_bytes // (1024 * 1024)} MiB ({error})",
+                        traceback_text,
+                    )
+                if message.get("result") is True:
+                    raise self.failure("result", error)
+                raise self.failure("error", f"it raised {error}", traceback_text)
+            else:
+                raise self.failure("protocol", f"unknown message type {kind!r}")
+
+    def serve_llm(self, message: dict[str, Any]) -> None:
+        if self.llm_calls >= self.budget:
+            raise self.failure(
+                "budget",
+                f"it asked for LLM call {self.llm_calls + 1} with a budget of {self.budget} "
+                "and was stopped",
+            )
+        self.llm_calls += 1
+        try:
+            messages = _messages(message.get("prompt"))
+            temperature = _temperature(message.get("temperature"))
+            text = self.llm(messages, temperature)
+        except Rejected as error:
+            self.send({"type": "error", "message": str(error)})
+            return
+        except TraceOptunaError as error:  # the model failed: the improver may carry on
+            self.send({"type": "error", "message": f"{type(error).__name__}: {error}"})
+            return
+        self.send({"type": "llm", "text": text})
+
+    def serve_utility(self, message: dict[str, Any]) -> None:
+        if self.utility_calls >= self.limits.max_utility_calls:
+            raise self.failure(
+                "utility_budget",
+                f"it asked for utility call {self.utility_calls + 1} with a limit of "
+                f"{self.limits.max_utility_calls} and was stopped",
+            )
+        self.utility_calls += 1
+        try:
+            value = float(self.utility(message.get("solution")))
+        except Rejected as error:
+            self.send({"type": "error", "message": str(error)})
+            return
+        self.send({"type": "utility", "value": value})
+
+    # -- pipes and clock --------------------------------------------------------------------
+
+    def remaining(self) -> float:
+        return self.limits.timeout_s - self.elapsed
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = memoryview(json.dumps(message).encode("utf-8") + b"\n")
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.stdin_fd, selectors.EVENT_WRITE)
+            while data:
+                started = time.monotonic()
+                ready = selector.select(max(self.remaining(), 0.0))
+                self.elapsed += time.monotonic() - started
+                if not ready:
+                    raise self.timeout()
+                try:
+                    written = os.write(self.stdin_fd, data)
+                except BrokenPipeError:
+                    raise self.died() from None
+                data = data[written:]
+
+    def receive(self) -> dict[str, Any]:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.stdout_fd, selectors.EVENT_READ)
+            while b"\n" not in self.buffer:
+                if len(self.buffer) > self.limits.max_message_bytes:
+                    raise self.failure(
+                        "protocol",
+                        f"it sent a message longer than {self.limits.max_message_bytes} bytes",
+                    )
+                started = time.monotonic()
+                ready = selector.select(max(self.remaining(), 0.0))
+                self.elapsed += time.monotonic() - started
+                if not ready:
+                    raise self.timeout()
+                chunk = os.read(self.stdout_fd, _READ_CHUNK)
+                if not chunk:
+                    raise self.died()
+                self.buffer += chunk
+        end = self.buffer.index(b"\n")
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 1]
+        if len(line) > self.limits.max_message_bytes:
+            raise self.failure(
+                "protocol", f"it sent a message longer than {self.limits.max_message_bytes} bytes"
+            )
+        try:
+            message = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise self.failure("protocol", f"it sent a line that is not JSON: {error}") from None
+        if not isinstance(message, dict):
+            raise self.failure("protocol", "it sent a JSON line that is not an object")
+        return message
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def failure(self, kind: str, message: str, details: str = "") -> ImproverFailed:
+        self.kill()
+        if not details:
+            details = self.output_tail()
+        return ImproverFailed(
+            kind,
+            message,
+            details=details,
+            llm_calls=self.llm_calls,
+            utility_calls=self.utility_calls,
+        )
+
+    def timeout(self) -> ImproverFailed:
+        return self.failure(
+            "timeout",
+            f"it ran longer than {self.limits.timeout_s:g} s (wall clock, not counting the "
+            "LLM and utility calls served to it) and was killed",
+        )
+
+    def died(self) -> ImproverFailed:
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if -code == signal.SIGXCPU:
+                return self.failure("timeout", f"it used up its CPU time and {how}")
+        else:
+            how = f"exited with code {code}"
+        return self.failure("crashed", f"the improver process {how} before it finished")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
+
+    def close(self) -> None:
+        self.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self.process.wait()
+
+    def output_tail(self) -> str:
+        try:
+            with open(self.output_path, "rb") as output:
+                output.seek(0, os.SEEK_END)
+                output.seek(max(0, output.tell() - _STDERR_TAIL_BYTES))
+                return output.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+def _messages(prompt: Any) -> list[dict[str, str]]:
+    """The chat messages of an improver's prompt: a str, or a list of role/content dicts."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt:
+        messages = []
+        for message in prompt:
+            if not (
+                isinstance(message, dict)
+                and message.get("role") in ("system", "user", "assistant")
+                and isinstance(message.get("content"), str)
+            ):
+                raise Rejected(
+                    "each chat message must be {'role': 'system'|'user'|'assistant', "
+                    "'content': str}"
+                )
+            messages.append({"role": message["role"], "content": message["content"]})
+        return messages
+    raise Rejected("the prompt must be a str or a non-empty list of chat messages")
+
+
+def _temperature(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
+        raise Rejected(f"temperature must be None or a number in [0, 2], got {value!r}")
+    return float(value)
