@@ -7,6 +7,8 @@ The tree::
     ├── SnapshotError            a parameter value cannot be stored or restored (also ValueError)
     ├── RecordError              stored attributes are missing, corrupt or of a newer schema
     ├── LLMError                 the LLM failed after its retries, or answered unusably
+    ├── ImproverFailed           a STOP improver broke a sandbox rule or raised
+                                 (defined in trace_optuna.strategies.sandbox)
     └── TrialFailed              one trial failed; the study records the reason and goes on
 
 Input validation raises ``ConfigurationError``/``SnapshotError``, which are also ``ValueError``

@@ -35,6 +35,12 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 ``trace:evaluated``            list, every candidate a strategy evaluated during the trial:
                                {snapshot_hash, score, changes (vs the first parent), feedback,
                                code_error, reused_from}
+``trace:genetic``              what the genetic strategy did (parents drawn, mutated)
+``trace:evolutionary``         what the evolutionary strategy did (parent, offspring, winner)
+``trace:stop_version``         the STOP improver version the trial ran (written at its start)
+``trace:stop_run``             the improver run: calls, budget, output, or the failure kind
+``trace:stop_meta``            what a STOP meta-step did (the new version, its smoke runs)
+``trace:stop_decisions``       improver versions this trial accepted or reverted
 ``trace:details``              dict, ``Evaluation.details`` of the candidate
 ``trace:error``                str, why the trial failed (or why the candidate's code raised)
 ``trace:traceback``            str, the traceback of that error
@@ -43,7 +49,10 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 Study user attributes: ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
 optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
 ``trace:parameters`` (the agent's parameter paths), ``trace:strategies`` (fixed for the life of
-the study), ``trace:seed``, ``trace:error_score``.
+the study), ``trace:seed``, ``trace:error_score``; STOP's improver versions:
+``trace:stop:version:<id>`` (id, parent, creating trial, source hash; written last),
+``trace:stop:source:<id>`` (the source, chunked) and ``trace:stop:status:<id>`` (accepted,
+trialled or reverted, why, and the meta-utility), with ids ``seed`` and ``t<trial number>``.
 """
 
 from __future__ import annotations

@@ -186,8 +186,10 @@ class TraceObjective:
                 rng=random.Random(f"{self.seed}:{trial.number}"),
                 attrs=extra,
             )
-            proposal = strategy.propose(context)
-            attrs.update(_strategy_attrs(strategy.name, extra))
+            try:
+                proposal = strategy.propose(context)
+            finally:  # what the strategy recorded is kept when it fails, too
+                attrs.update(_strategy_attrs(strategy.name, extra))
         attrs[records.PARENTS] = list(proposal.parents)
         attrs[records.PARENT_SCORE] = proposal.parent_score
         attrs[records.PARENT_FEEDBACK] = proposal.parent_feedback

@@ -576,7 +576,6 @@ class StopStrategy(Strategy):
         context.attrs[VERSION_ATTR] = version.id
         if decisions:
             context.attrs[DECISIONS_ATTR] = decisions
-            records.write(context.trial.set_user_attr, {DECISIONS_ATTR: decisions})
 
         step = _Step(context, best, sign)
         budget = int(context.settings.get("num_candidates", self.num_candidates[1]))
@@ -601,7 +600,7 @@ class StopStrategy(Strategy):
                 "utility_calls": error.utility_calls,
                 "details": error.details[-_OUTPUT_TAIL:],
             }
-            records.write(context.trial.set_user_attr, {RUN_ATTR: failure})
+            context.attrs[RUN_ATTR] = failure  # stored with the failed trial's record
             raise
         context.attrs[RUN_ATTR] = {
             "version": version.id,
@@ -614,8 +613,6 @@ class StopStrategy(Strategy):
         if meta_due:
             meta = self._meta_step(context, lineage, version, step)
             context.attrs[META_ATTR] = meta
-            # Also written now, so that it is kept even if the trial fails later.
-            records.write(context.trial.set_user_attr, {META_ATTR: meta})
         return Proposal(
             snapshot=candidate,
             parents=[best.number],
