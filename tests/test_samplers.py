@@ -315,3 +315,29 @@ def test_workers_share_the_bandit_state_through_storage(sqlite_url: str) -> None
         picks += _run(worker, lambda n: STATIONARY, 1, rng, noise=0.05)
     assert sum(s.pulls for s in bandits[0].arm_statistics(workers[0], ARMS).values()) == 30
     assert _share(picks[10:], "stop") >= 0.6, picks
+
+
+def test_rewards_are_per_llm_call_so_cheap_steps_can_win(sqlite_url: str) -> None:
+    """Two arms improve equally per trial, but one spends five LLM calls for it."""
+
+    def history(study: Study) -> None:
+        for _ in range(4):
+            for arm, calls in (("optoprime", 1), ("evolutionary", 5)):
+                study.enqueue_trial({STRATEGY_PARAM: arm})
+                trial = study.ask()
+                trial.suggest_categorical(STRATEGY_PARAM, ARMS)
+                trial.set_user_attr(records.IMPROVEMENT, 0.1)
+                trial.set_user_attr(records.LLM, {"calls": calls})
+                study.tell(trial, 0.1)
+
+    per_call = StrategyBandit(seed=0)
+    study = _study(sqlite_url, "per-call", per_call)
+    history(study)
+    stats = per_call.arm_statistics(study, ARMS)
+    assert stats["optoprime"].mean_reward == pytest.approx(5 * stats["evolutionary"].mean_reward)
+
+    per_trial = StrategyBandit(seed=0, per_llm_call=False)
+    other = _study(sqlite_url, "per-trial", per_trial)
+    history(other)
+    stats = per_trial.arm_statistics(other, ARMS)
+    assert stats["optoprime"].mean_reward == pytest.approx(stats["evolutionary"].mean_reward)

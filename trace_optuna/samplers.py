@@ -209,6 +209,10 @@ class StrategyBandit(BaseSampler):
             (improvement toward the study's direction; below 0 is worse than a regression when
             ``clip_negative``). The trial counts as a pull. None ignores FAIL trials.
         clip_negative: Count a negative reward (a step worse than its parent) as 0.
+        per_llm_call: Divide a trial's reward by its LLM calls (``trace:llm``; at least 1), so
+            the bandit ranks strategies by improvement per call: an evolutionary trial making
+            five proposals must improve five times as much as a one-call greedy step to rank
+            equal. False ranks by improvement per trial.
 
     Raises:
         ConfigurationError: (a ValueError) an argument breaks the rule its description states.
@@ -225,6 +229,7 @@ class StrategyBandit(BaseSampler):
         param_name: str = "strategy",
         failure_reward: float | None = 0.0,
         clip_negative: bool = True,
+        per_llm_call: bool = True,
     ) -> None:
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
@@ -258,6 +263,9 @@ class StrategyBandit(BaseSampler):
         self._param_name = param_name
         self._failure_reward = None if failure_reward is None else float(failure_reward)
         self._clip_negative = clip_negative
+        if not isinstance(per_llm_call, bool):
+            raise ConfigurationError(f"per_llm_call must be a bool, got {per_llm_call!r}.")
+        self._per_llm_call = per_llm_call
         self._rng = np.random.default_rng()  # used only when seed is None
         self._rewards: _Rewards | None = None
         self._lock = threading.Lock()  # Optuna's n_jobs > 1 shares one sampler across threads
@@ -418,6 +426,8 @@ class StrategyBandit(BaseSampler):
             reward = rewards.sign * improvement
             if self._clip_negative:
                 reward = max(reward, 0.0)
+            if self._per_llm_call:
+                reward /= _llm_calls(trial)
         rewards.advance(trial.number, self._decay)
         rewards.add(arm, reward, rewards.clock - trial.number, self._decay, failed)
 
@@ -469,3 +479,10 @@ def _finite(value: object) -> float | None:
         if math.isfinite(number):
             return number
     return None
+
+
+def _llm_calls(trial: FrozenTrial) -> int:
+    """The LLM calls a trial made, from its ``trace:llm`` record (1 when it has none)."""
+    usage = trial.user_attrs.get(records.LLM)
+    calls = usage.get("calls") if isinstance(usage, dict) else None
+    return max(1, int(calls)) if isinstance(calls, (int, float)) and calls > 0 else 1
