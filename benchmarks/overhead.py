@@ -1,0 +1,796 @@
+"""trace_optuna's own cost per trial, against bare Optuna ask/tell writing the same payload.
+
+What is measured:
+
+* trace_optuna: the wall time of ``TraceStudy.optimize`` (Optuna's ``optimize`` loop: ask, the
+  Trace step, every record attribute, tell), minus the ``evaluate_s`` and ``llm_s`` each trial
+  stored in ``trace:time``. That is everything but the grader and the model's latency. The
+  model is the simulated one (no network); its litellm call is in ``llm_s`` and is subtracted.
+* bare Optuna: a fresh study on the same kind of storage and the same sampler
+  (``TPESampler(seed=...)``) that, for every trace_optuna trial, runs ``ask()``, the same
+  ``suggest_*`` calls, ``set_user_attr`` for each stored attribute of that trial (the same keys,
+  values and bytes, read back from storage), and ``tell()`` with its value and state.
+* "at N" is the mean over trials N-99..N (``--window``): trials 1..100 of a fresh study, or
+  trials 9,901..10,000 of a study already holding 9,900 trials made by the same code path.
+
+How (so that a busy two-core machine does not decide the answer):
+
+* Every study lives in its own database (a SQLite file, or a PostgreSQL database created for
+  the run and dropped after) and is driven by its own worker process, so no study's cache, heap
+  or garbage collector is charged to another. Only one worker runs at a time.
+* First each study of size N is filled to N - window trials (trace_optuna by its real step,
+  bare Optuna by replaying those trials' payloads). Then the windows of all sizes are measured
+  together, in rounds of ``--chunk`` trials: trace_optuna at each size, each followed by bare
+  Optuna replaying the same trials. A change of background load therefore hits every column
+  alike, and the growth from 100 to 10,000 trials is measured at the same moment.
+
+Usage::
+
+    python benchmarks/overhead.py --quick                      # 100 and 1,000 trials
+    python benchmarks/overhead.py --trials 100,10000 --storages sqlite,postgresql
+    python benchmarks/overhead.py --quick --profile            # cProfile, per-size comparison
+
+Progress goes to stderr, the table to stdout, and the table (with the fill-phase series, the
+machine's load and the processes' memory) as JSON to ``benchmarks/results/overhead.json``.
+Targets: ratio to bare Optuna <= 1.5; per-trial cost at 10,000 trials <= 2x that at 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import dataclasses
+import datetime
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+from pathlib import Path
+import platform
+import pstats
+import sys
+import tempfile
+import time
+import traceback
+from typing import TYPE_CHECKING
+from typing import Any
+import uuid
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import optuna
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_POSTGRESQL_URL = "postgresql://postgres@127.0.0.1:5432/test"
+STORAGE_KINDS = ("sqlite", "postgresql")
+MAX_RATIO = 1.5
+MAX_GROWTH = 2.0
+TARGET_SIZE = 10_000
+WARMUP_TRIALS = 3
+PROFILE_MIN_MS = 0.3  # functions cheaper than this per trial are left out of the comparison
+
+
+# -- what workers exchange ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Payload:
+    """What one trace_optuna trial stored, for bare Optuna to write again.
+
+    Attributes:
+        params: ``[(name, distribution as JSON)]`` in the order the trial suggested them.
+        user_attrs: Every stored user attribute (chunks included), in stored order.
+        state: The trial's final state name (``COMPLETE``, ``FAIL``...).
+        value: The trial's value, or None.
+    """
+
+    params: list[tuple[str, str]]
+    user_attrs: dict[str, Any]
+    state: str
+    value: float | None
+
+
+@dataclasses.dataclass
+class Chunk:
+    """The timing of consecutive trials run by one worker.
+
+    Attributes:
+        trials: How many trials.
+        wall_s: Wall time of all of them.
+        evaluate_s: Time spent in ``evaluate`` (trace_optuna only), from ``trace:time``.
+        llm_s: Time spent in the model's calls (trace_optuna only), from ``trace:time``.
+    """
+
+    trials: int
+    wall_s: float
+    evaluate_s: float = 0.0
+    llm_s: float = 0.0
+
+    @property
+    def overhead_s(self) -> float:
+        """The framework's own time: the wall time minus ``evaluate`` and the model."""
+        return self.wall_s - self.evaluate_s - self.llm_s
+
+    def __add__(self, other: Chunk) -> Chunk:
+        return Chunk(
+            self.trials + other.trials,
+            self.wall_s + other.wall_s,
+            self.evaluate_s + other.evaluate_s,
+            self.llm_s + other.llm_s,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker process builds its study.
+
+    Attributes:
+        kind: ``trace`` or ``bare``.
+        url: The storage URL (its own database).
+        study_name: The study's name.
+        seed: The sampler's seed.
+        profile_path: Where a trace worker dumps its cProfile stats, or None not to profile.
+    """
+
+    kind: str
+    url: str
+    study_name: str
+    seed: int
+    profile_path: str | None = None
+
+
+# -- worker processes ---------------------------------------------------------------------------
+
+
+def _worker_main(connection: multiprocessing.connection.Connection, config: WorkerConfig) -> None:
+    """Serve ``run``/``rss``/``stop`` requests from the parent for one study."""
+    # Libraries print banners; stdout is reserved for the parent's table.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            worker: _TraceWorker | _BareWorker
+            worker = _TraceWorker(config) if config.kind == "trace" else _BareWorker(config)
+            connection.send(("ok", None))
+            while True:
+                request, argument = connection.recv()
+                if request == "run":
+                    connection.send(("ok", worker.run(*argument)))
+                elif request == "rss":
+                    connection.send(("ok", _rss_mb()))
+                elif request == "stop":
+                    worker.stop()
+                    connection.send(("ok", None))
+                    return
+        except BaseException:
+            connection.send(("error", traceback.format_exc()))
+
+
+class _TraceWorker:
+    """Runs trace_optuna trials on the demo agent with the simulated model."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        import optuna
+
+        import trace_optuna
+        from trace_optuna import demo
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        def create(study_name: str) -> trace_optuna.TraceStudy:
+            return trace_optuna.create_study(
+                study_name=study_name,
+                storage=config.url,
+                agent=demo.make_agent,
+                evaluate=demo.evaluate,
+                llm=demo.DEMO_LLM,
+                load_if_exists=True,
+                seed=config.seed,
+                error_score=0.0,
+            )
+
+        # Warm the process (imports, first calls) in a throwaway study on the same database.
+        warmup = create(f"{config.study_name}-warmup")
+        warmup.optimize(n_trials=WARMUP_TRIALS)
+        optuna.delete_study(study_name=warmup.study_name, storage=config.url)
+        self._study = create(config.study_name)
+        # A second, uncached storage reads what the trials stored, so that reading does not
+        # fill the study's own trial cache (which would spare the next trial some work).
+        self._reader = optuna.storages.RDBStorage(config.url)
+        self._study_id = self._reader.get_study_id_from_name(config.study_name)
+        self._done = len(self._study.optuna.get_trials(deepcopy=False))
+        self._profile_path = config.profile_path
+        self._profiler = cProfile.Profile() if config.profile_path else None
+
+    def run(self, n_trials: int, profile: bool = False) -> tuple[Chunk, list[Payload]]:
+        """Run ``n_trials`` trials; return their timing and what they stored."""
+        profiler = self._profiler if profile else None
+        if profiler is not None:
+            profiler.enable()
+        started = time.perf_counter()
+        self._study.optimize(n_trials=n_trials)
+        wall_s = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+        first, self._done = self._done, self._done + n_trials
+        chunk = Chunk(n_trials, wall_s)
+        payloads = []
+        for number in range(first, self._done):
+            trial_id = self._reader.get_trial_id_from_study_id_trial_number(self._study_id, number)
+            trial = self._reader.get_trial(trial_id)
+            timing = trial.user_attrs.get("trace:time") or {}
+            chunk.evaluate_s += float(timing.get("evaluate_s") or 0.0)
+            chunk.llm_s += float(timing.get("llm_s") or 0.0)
+            payloads.append(_payload(trial))
+        return chunk, payloads
+
+    def stop(self) -> None:
+        if self._profiler is not None and self._profile_path is not None:
+            self._profiler.dump_stats(self._profile_path)
+
+
+class _BareWorker:
+    """Replays trace_optuna trials' payloads through bare Optuna ask/tell."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        def create(study_name: str) -> optuna.Study:
+            return optuna.create_study(
+                study_name=study_name,
+                storage=config.url,
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=config.seed),
+            )
+
+        warmup = create(f"{config.study_name}-warmup")
+        strategy = optuna.distributions.CategoricalDistribution(["optoprime"])
+        fake = Payload(
+            [("strategy", optuna.distributions.distribution_to_json(strategy))],
+            {"trace:schema": 1, "trace:feedback": "x" * 1000},
+            "COMPLETE",
+            0.0,
+        )
+        self._replay(warmup, [fake] * WARMUP_TRIALS)
+        optuna.delete_study(study_name=warmup.study_name, storage=config.url)
+        self._study = create(config.study_name)
+
+    def run(self, payloads: list[Payload]) -> Chunk:
+        """Write the payloads as new trials; return the timing."""
+        return self._replay(self._study, payloads)
+
+    def _replay(self, study: optuna.Study, payloads: list[Payload]) -> Chunk:
+        from optuna.distributions import json_to_distribution
+        from optuna.trial import TrialState
+
+        prepared = [
+            (
+                [(name, json_to_distribution(text)) for name, text in payload.params],
+                list(payload.user_attrs.items()),
+                TrialState[payload.state],
+                payload.value,
+            )
+            for payload in payloads
+        ]
+        started = time.perf_counter()
+        for params, attrs, state, value in prepared:
+            trial = study.ask()
+            for name, distribution in params:
+                _suggest(trial, name, distribution)
+            for key, attr in attrs:
+                trial.set_user_attr(key, attr)
+            if state == TrialState.COMPLETE:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=state)
+        return Chunk(len(prepared), time.perf_counter() - started)
+
+    def stop(self) -> None:
+        pass
+
+
+def _payload(trial: optuna.trial.FrozenTrial) -> Payload:
+    from optuna.distributions import distribution_to_json
+
+    return Payload(
+        params=[(name, distribution_to_json(d)) for name, d in trial.distributions.items()],
+        user_attrs=dict(trial.user_attrs),
+        state=trial.state.name,
+        value=trial.value if trial.values is not None else None,
+    )
+
+
+def _suggest(trial: optuna.Trial, name: str, distribution: Any) -> None:
+    """Make the suggestion that produced ``distribution``, through the public API."""
+    from optuna import distributions
+
+    if isinstance(distribution, distributions.CategoricalDistribution):
+        trial.suggest_categorical(name, distribution.choices)
+    elif isinstance(distribution, distributions.IntDistribution):
+        low, high = distribution.low, distribution.high
+        trial.suggest_int(name, low, high, step=distribution.step, log=distribution.log)
+    elif isinstance(distribution, distributions.FloatDistribution):
+        low_f, high_f = distribution.low, distribution.high
+        trial.suggest_float(name, low_f, high_f, step=distribution.step, log=distribution.log)
+    else:
+        raise TypeError(f"Cannot replay parameter {name!r} with distribution {distribution!r}.")
+
+
+def _rss_mb() -> float:
+    """This process's resident memory in MB (Linux), or NaN elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Worker:
+    """The parent's handle on one worker process (spawned, so it shares no state with us).
+
+    Args:
+        config: What the worker builds.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_worker_main, args=(child, config), daemon=True)
+        self._process.start()
+        child.close()
+
+    def ready(self) -> None:
+        """Wait until the worker has built its study."""
+        self._receive()
+
+    def _call(self, request: str, argument: Any = None) -> Any:
+        self._connection.send((request, argument))
+        return self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            status, result = self._connection.recv()
+        except EOFError:
+            raise RuntimeError(
+                f"The {self.config.kind} worker for {self.config.study_name} died "
+                f"(exit code {self._process.exitcode})."
+            ) from None
+        if status == "error":
+            raise RuntimeError(f"The {self.config.kind} worker failed:\n{result}")
+        return result
+
+    def run_trace(self, n_trials: int, profile: bool = False) -> tuple[Chunk, list[Payload]]:
+        """Run ``n_trials`` trace_optuna trials (trace workers only)."""
+        return self._call("run", (n_trials, profile))
+
+    def run_bare(self, payloads: list[Payload]) -> Chunk:
+        """Replay ``payloads`` through bare Optuna (bare workers only)."""
+        return self._call("run", (payloads,))
+
+    def rss_mb(self) -> float:
+        return float(self._call("rss"))
+
+    def stop(self) -> None:
+        """Ask the worker to finish (dumping its profile) and wait for it."""
+        if self._process.is_alive():
+            try:
+                self._call("stop")
+            except (RuntimeError, OSError):
+                pass
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        self._connection.close()
+
+
+# -- databases ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def databases(kind: str, names: list[str], postgresql_url: str) -> Iterator[dict[str, str]]:
+    """Fresh, empty databases for one run, removed afterwards: ``{name: storage URL}``."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="trace-optuna-overhead-") as directory:
+            yield {name: f"sqlite:///{Path(directory) / name}.db" for name in names}
+        return
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(postgresql_url, isolation_level="AUTOCOMMIT")
+    base = sqlalchemy.engine.make_url(postgresql_url)
+    run_id = uuid.uuid4().hex[:8]
+    created: list[str] = []
+    try:
+        with admin.connect() as connection:
+            for name in names:
+                database = f"trace_optuna_overhead_{run_id}_{name}"
+                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
+                created.append(database)
+        yield {
+            name: base.set(database=database).render_as_string(hide_password=False)
+            for name, database in zip(names, created, strict=True)
+        }
+    finally:
+        with admin.connect() as connection:
+            for database in created:
+                connection.execute(
+                    sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                )
+        admin.dispose()
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table: trace_optuna against bare Optuna on one storage at one size."""
+
+    storage: str
+    size: int
+    trace_ms: float
+    bare_ms: float
+    ratio: float
+    growth: float
+    bare_growth: float
+    trace_wall_ms: float
+    evaluate_ms: float
+    llm_ms: float
+    trace_rss_mb: float
+    bare_rss_mb: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The benchmark's parameters (see ``--help``)."""
+
+    sizes: list[int]
+    storages: list[str]
+    window: int
+    chunk: int
+    fill_batch: int
+    seed: int
+    postgresql_url: str
+    profile: bool
+
+
+def _log(message: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def _ms(chunk: Chunk) -> float:
+    return chunk.overhead_s / chunk.trials * 1000
+
+
+def measure_storage(kind: str, settings: Settings) -> tuple[list[Row], dict[str, Any]]:
+    """Measure every size on one kind of storage.
+
+    Returns:
+        The table rows, and the fill-phase series ``{size: [{trials, trace_ms, bare_ms}]}``.
+    """
+    names = [f"{role}_{size}" for size in settings.sizes for role in ("trace", "bare")]
+    workers: dict[tuple[str, int], Worker] = {}
+    fill_series: dict[str, list[dict[str, float]]] = {}
+    with databases(kind, names, settings.postgresql_url) as urls:
+        try:
+            for size in settings.sizes:
+                for role in ("trace", "bare"):
+                    profile_path = None
+                    if settings.profile and role == "trace":
+                        profile_path = str(RESULTS_DIR / f"profile-{kind}-{size}.pstats")
+                    url = urls[f"{role}_{size}"]
+                    config = WorkerConfig(
+                        role, url, f"overhead-{role}", settings.seed, profile_path
+                    )
+                    workers[role, size] = Worker(config)
+            for worker in workers.values():
+                worker.ready()
+            _log(f"[{kind}] {len(workers)} workers ready")
+            for size in settings.sizes:
+                fill_series[str(size)] = _fill(kind, size, settings, workers)
+            totals = _measure_windows(kind, settings, workers)
+            rss = {key: worker.rss_mb() for key, worker in workers.items()}
+        finally:
+            for worker in workers.values():
+                worker.stop()
+    smallest = min(settings.sizes)
+    rows = []
+    for size in settings.sizes:
+        trace_total, bare_total = totals["trace", size], totals["bare", size]
+        trace_ms, bare_ms = _ms(trace_total), _ms(bare_total)
+        rows.append(
+            Row(
+                storage=kind,
+                size=size,
+                trace_ms=trace_ms,
+                bare_ms=bare_ms,
+                ratio=trace_ms / bare_ms,
+                growth=trace_ms / _ms(totals["trace", smallest]),
+                bare_growth=bare_ms / _ms(totals["bare", smallest]),
+                trace_wall_ms=trace_total.wall_s / trace_total.trials * 1000,
+                evaluate_ms=trace_total.evaluate_s / trace_total.trials * 1000,
+                llm_ms=trace_total.llm_s / trace_total.trials * 1000,
+                trace_rss_mb=rss["trace", size],
+                bare_rss_mb=rss["bare", size],
+            )
+        )
+    return rows, fill_series
+
+
+def _fill(
+    kind: str, size: int, settings: Settings, workers: dict[tuple[str, int], Worker]
+) -> list[dict[str, float]]:
+    """Bring both studies of ``size`` to ``size - window`` trials; return per-batch timings."""
+    target = size - settings.window
+    series: list[dict[str, float]] = []
+    done = 0
+    started = time.perf_counter()
+    while done < target:
+        batch = min(settings.fill_batch, target - done)
+        trace_chunk, payloads = workers["trace", size].run_trace(batch)
+        bare_chunk = workers["bare", size].run_bare(payloads)
+        done += batch
+        series.append({"trials": done, "trace_ms": _ms(trace_chunk), "bare_ms": _ms(bare_chunk)})
+        elapsed = time.perf_counter() - started
+        eta_min = elapsed / done * (target - done) / 60
+        _log(
+            f"[{kind}] fill {size:,}: {done:,}/{target:,} trials; this batch trace_optuna "
+            f"{_ms(trace_chunk):.1f} ms/trial, bare Optuna {_ms(bare_chunk):.1f} ms/trial; "
+            f"{eta_min:.1f} min to go"
+        )
+    return series
+
+
+def _measure_windows(
+    kind: str, settings: Settings, workers: dict[tuple[str, int], Worker]
+) -> dict[tuple[str, int], Chunk]:
+    """Run every size's window, in interleaved rounds; return the summed timings."""
+    totals = {key: Chunk(0, 0.0) for key in workers}
+    rounds = settings.window // settings.chunk
+    for round_index in range(rounds):
+        # Rotate the order of sizes so that none is always first after a pause.
+        shift = round_index % len(settings.sizes)
+        for size in settings.sizes[shift:] + settings.sizes[:shift]:
+            trace_chunk, payloads = workers["trace", size].run_trace(
+                settings.chunk, profile=settings.profile
+            )
+            bare_chunk = workers["bare", size].run_bare(payloads)
+            totals["trace", size] += trace_chunk
+            totals["bare", size] += bare_chunk
+        so_far = ", ".join(
+            f"{size:,}: {_ms(totals['trace', size]):.1f} vs {_ms(totals['bare', size]):.1f}"
+            for size in settings.sizes
+        )
+        _log(
+            f"[{kind}] measured {(round_index + 1) * settings.chunk}/{settings.window} trials "
+            f"at every size; ms/trial so far, trace_optuna vs bare Optuna, {so_far}"
+        )
+    return totals
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def format_table(rows: list[Row], smallest: int) -> str:
+    """The result table, one line per storage and size."""
+    header = (
+        f"{'storage':<11} {'study size':>10}  {'trace_optuna ms/trial':>21}  "
+        f"{'bare Optuna ms/trial':>20}  {'ratio':>5}  {f'growth vs {smallest:,}':>16}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row.storage:<11} {row.size:>10,}  {row.trace_ms:>21.1f}  {row.bare_ms:>20.1f}  "
+            f"{row.ratio:>5.2f}  {row.growth:>15.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def judge(rows: list[Row]) -> dict[str, Any]:
+    """Whether each target is met: ratio <= 1.5 everywhere; growth <= 2x at the largest size."""
+    worst_ratio = max(rows, key=lambda row: row.ratio)
+    largest = max(row.size for row in rows)
+    growth_rows = [row for row in rows if row.size == largest]
+    worst_growth = max(growth_rows, key=lambda row: row.growth)
+    return {
+        "ratio": {
+            "limit": MAX_RATIO,
+            "met": worst_ratio.ratio <= MAX_RATIO,
+            "worst": worst_ratio.ratio,
+            "worst_at": [worst_ratio.storage, worst_ratio.size],
+        },
+        "growth": {
+            "limit": MAX_GROWTH,
+            "at_size": largest,
+            "is_target_size": largest >= TARGET_SIZE,
+            "met": worst_growth.growth <= MAX_GROWTH,
+            "by_storage": {row.storage: row.growth for row in growth_rows},
+        },
+    }
+
+
+def format_verdict(verdict: dict[str, Any], smallest: int) -> str:
+    ratio, growth = verdict["ratio"], verdict["growth"]
+    storage, size = ratio["worst_at"]
+    growths = ", ".join(f"{kind} {value:.2f}x" for kind, value in growth["by_storage"].items())
+    note = "" if growth["is_target_size"] else f" (the target is at {TARGET_SIZE:,} trials)"
+    return "\n".join(
+        [
+            f"Target ratio to bare Optuna <= {ratio['limit']}: "
+            f"{'MET' if ratio['met'] else 'NOT MET'} (worst {ratio['worst']:.2f}, {storage} "
+            f"at {size:,} trials).",
+            f"Target per-trial cost at {growth['at_size']:,} <= {growth['limit']:.0f}x that at "
+            f"{smallest:,}: {'MET' if growth['met'] else 'NOT MET'} ({growths}){note}.",
+        ]
+    )
+
+
+def format_details(rows: list[Row]) -> str:
+    """What the trace_optuna column subtracted, bare Optuna's own growth, memory."""
+    lines = [
+        "trace_optuna ms/trial = wall - evaluate - llm; bare Optuna growth and memory "
+        "(RSS at the end of the run):"
+    ]
+    for row in rows:
+        lines.append(
+            f"  {row.storage:<11} {row.size:>7,}: wall {row.trace_wall_ms:.1f} - evaluate "
+            f"{row.evaluate_ms:.2f} - llm {row.llm_ms:.2f}; bare growth {row.bare_growth:.2f}x; "
+            f"RSS trace_optuna {row.trace_rss_mb:.0f} MB, bare Optuna {row.bare_rss_mb:.0f} MB"
+        )
+    return "\n".join(lines)
+
+
+def compare_profiles(kind: str, sizes: list[int], window: int) -> str:
+    """Per-trial cumulative time of the costliest functions at each size, from the dumps."""
+    per_trial: dict[int, dict[tuple[str, int, str], float]] = {}
+    for size in sizes:
+        stats = pstats.Stats(str(RESULTS_DIR / f"profile-{kind}-{size}.pstats"))
+        raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+        per_trial[size] = {func: entry[3] / window * 1000 for func, entry in raw.items()}
+    smallest, largest = min(sizes), max(sizes)
+    functions = sorted(
+        per_trial[largest],
+        key=lambda func: per_trial[largest][func] - per_trial[smallest].get(func, 0.0),
+        reverse=True,
+    )
+    size_headers = "".join(f"{f'{size:,}':>10}" for size in sizes)
+    lines = [
+        f"[{kind}] cumulative ms per trial under cProfile, most grown first:",
+        f"  {size_headers}  function",
+    ]
+    for func in functions[:25]:
+        if per_trial[largest][func] < PROFILE_MIN_MS:
+            continue
+        filename, line, name = func
+        where = f"{Path(filename).name}:{line}({name})" if line else name
+        values = "".join(f"{per_trial[size].get(func, 0.0):>10.2f}" for size in sizes)
+        lines.append(f"  {values}  {where}")
+    return "\n".join(lines)
+
+
+def _machine() -> dict[str, Any]:
+    import optuna
+
+    import trace_optuna
+
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "optuna": optuna.__version__,
+        "trace_optuna": trace_optuna.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--trials",
+        default="100,10000",
+        help="study sizes to measure at, comma-separated (default: 100,10000)",
+    )
+    parser.add_argument("--quick", action="store_true", help="sizes 100 and 1000")
+    parser.add_argument(
+        "--storages",
+        default=",".join(STORAGE_KINDS),
+        help="comma-separated from sqlite, postgresql (default: both)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=100, help="trials averaged at each size (default: 100)"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=10, help="trials per interleaved turn (default: 10)"
+    )
+    parser.add_argument(
+        "--fill-batch", type=int, default=100, help="trials per turn while filling (default: 100)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgresql-url", default=DEFAULT_POSTGRESQL_URL)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile trace_optuna's measured trials with cProfile and compare sizes "
+        "(timings then include the profiler's cost)",
+    )
+    args = parser.parse_args(argv)
+    sizes = sorted({int(size) for size in ("100,1000" if args.quick else args.trials).split(",")})
+    storages = [kind.strip() for kind in args.storages.split(",") if kind.strip()]
+    unknown = sorted(set(storages) - set(STORAGE_KINDS))
+    if unknown:
+        parser.error(f"unknown storages {unknown}; choose from {list(STORAGE_KINDS)}")
+    if args.window < 1 or args.chunk < 1 or args.fill_batch < 1:
+        parser.error("--window, --chunk and --fill-batch must be at least 1")
+    if args.window % args.chunk:
+        parser.error(f"--window ({args.window}) must be a multiple of --chunk ({args.chunk})")
+    if min(sizes) < args.window:
+        parser.error(f"every size must hold a whole window of {args.window} trials")
+    return Settings(
+        sizes=sizes,
+        storages=storages,
+        window=args.window,
+        chunk=args.chunk,
+        fill_batch=args.fill_batch,
+        seed=args.seed,
+        postgresql_url=args.postgresql_url,
+        profile=args.profile,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit status 0 when both targets are met, 1 otherwise."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = parse_args(argv)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    machine_before = _machine()
+    _log(
+        f"sizes {settings.sizes}, storages {settings.storages}, window {settings.window}, "
+        f"{machine_before['cpus']} CPUs, load average {machine_before['load_average']}"
+    )
+    started = time.perf_counter()
+    rows: list[Row] = []
+    fill: dict[str, Any] = {}
+    for kind in settings.storages:
+        kind_rows, fill[kind] = measure_storage(kind, settings)
+        rows.extend(kind_rows)
+        if settings.profile:
+            _log(compare_profiles(kind, settings.sizes, settings.window))
+    smallest = min(settings.sizes)
+    verdict = judge(rows)
+    table = format_table(rows, smallest)
+    print(table)
+    print()
+    print(format_verdict(verdict, smallest))
+    print()
+    print(format_details(rows))
+    if settings.profile:
+        print("(Profiled run: the timings include cProfile's own cost; judge targets without it.)")
+    result = {
+        "settings": dataclasses.asdict(settings),
+        "machine": {
+            **machine_before,
+            "load_average_at_end": list(os.getloadavg()),
+            "minutes": (time.perf_counter() - started) / 60,
+        },
+        "rows": [dataclasses.asdict(row) for row in rows],
+        "targets": verdict,
+        "fill": fill,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    output = RESULTS_DIR / "overhead.json"
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    _log(f"wrote {output}")
+    return 0 if verdict["ratio"]["met"] and verdict["growth"]["met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
