@@ -649,7 +649,7 @@ def write_figure(found: Sequence[Curve], arms: Sequence[str], path: Path) -> Non
         width=420 * len(columns),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.write_html(path, include_plotlyjs="cdn")
+    figure.write_html(path, include_plotlyjs=True)  # embedded, so the page opens offline
 
 
 # -- command line ---------------------------------------------------------------------------------
