@@ -49,3 +49,26 @@ class CountingEvaluate:
 
 def make_greeter() -> Greeter:
     return Greeter()
+
+
+TARGET_DOSE = 11.0
+
+
+@trace.model
+class Dose:
+    """One trainable number that must come close to ``TARGET_DOSE`` (from 10, +50% overshoots)."""
+
+    def __init__(self) -> None:
+        self.dose = trace.node(10.0, trainable=True, description="the dose")
+
+    def output(self) -> trace.Node:
+        return self.dose * 1.0
+
+
+def evaluate_dose(agent: Dose) -> to.Evaluation:
+    out = agent.output()
+    gap = out.data - TARGET_DOSE
+    feedback = "The dose is correct." if abs(gap) < 0.5 else "The dose is too small."
+    if gap >= 0.5:
+        feedback = "The dose is too large."
+    return to.Evaluation(score=-abs(gap), feedback=feedback, output=out)

@@ -46,6 +46,7 @@ class Population:
         self._holders: dict[tuple[str, str], int] = {}
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._by_hash: dict[str, int] = {}
+        self._children: dict[int, list[int]] = {}
 
     def refresh(self) -> None:
         """Index the trials that finished since the last refresh."""
@@ -69,6 +70,8 @@ class Population:
         if snapshot_hash is not None:
             self._by_hash.setdefault(snapshot_hash, trial.number)
         self._completed.append(trial.number)
+        for parent in trial.user_attrs.get(records.PARENTS) or []:
+            self._children.setdefault(int(parent), []).append(trial.number)
         if records.DUPLICATE_OF in trial.user_attrs:
             return  # a reused score of an earlier candidate is not a new candidate
         if self._best is None or _better(trial, self._best, self._maximize):
@@ -121,6 +124,10 @@ class Population:
         ranked = sorted(trials, key=lambda trial: trial.number, reverse=True)
         ranked.sort(key=lambda trial: _value(trial), reverse=self._maximize)
         return ranked[:k]
+
+    def children(self, number: int) -> list[int]:
+        """Completed trials that name trial ``number`` among their parents, in trial order."""
+        return sorted(self._children.get(number, ()))
 
     def feedback(self, number: int) -> str:
         """The feedback stored with a trial's candidate ("" when there is none)."""

@@ -87,6 +87,31 @@ def test_float_moves_by_a_fraction_of_its_value() -> None:
     assert isinstance(rate.data, float)
 
 
+def test_memory_of_an_overshoot_bounds_the_next_move() -> None:
+    # Real OptoPrime memory: 12 was "too large" before, 30 too; from 10, "too small" moves
+    # halfway to the nearest of them (at temperature 0), not 50% of the value (to 15).
+    rate = number(10.0, "rate")
+    llm = LLM(MODEL, temperature=0.0)
+    optimizer = OptoPrime([rate], llm=llm, memory_size=2)
+    optimizer.memory.add(({rate.py_name: (30.0, "")}, "The rate is too large."))
+    optimizer.memory.add(({rate.py_name: (12.0, "")}, "The rate is too large."))
+    optimizer.zero_feedback()
+    optimizer.backward(combine(rate), "The rate is too small.")
+    optimizer.step()
+    assert rate.data == 11.0
+    assert "tried before" in (llm.take_calls()[-1].response or "")
+
+
+def test_memory_pointing_the_same_way_does_not_bound() -> None:
+    rate = number(10.0, "rate")
+    optimizer = OptoPrime([rate], llm=LLM(MODEL, temperature=0.0), memory_size=1)
+    optimizer.memory.add(({rate.py_name: (12.0, "")}, "The rate is too small."))
+    optimizer.zero_feedback()
+    optimizer.backward(combine(rate), "The rate is too small.")
+    optimizer.step()
+    assert rate.data == 15.0
+
+
 def test_only_the_named_number_moves() -> None:
     max_words, min_words = number(10, "max_words"), number(10, "min_words")
     optimizer_step([max_words, min_words], "max_words should be smaller.")

@@ -19,6 +19,10 @@ Feedback grammar (case-insensitive; quoted text is taken literally):
   otherwise the step is a random fraction (about 25-75% at temperature 1) of the value, at least
   1 for ints. If a variable's name (its ``py_name`` without the trailing digits, e.g.
   ``max_words``) appears in the feedback, only named variables move; otherwise all numbers move.
+  Memory (OptoPrime's "variables and their feedbacks you received in the past"): when a past
+  value of the variable lies the way the feedback points and its own feedback pointed back,
+  the move stays short of it, landing a random fraction (about 25-75% at temperature 1) of the
+  way there: a bisection, as a model that reads its memory would do after an overshoot.
 * Text (``str`` variables). ``mention "X"`` / ``include "X"`` append the sentence
   ``Always mention X.``; ``add "X"`` appends ``X`` itself as a sentence; ``remove "X"`` deletes
   ``X``. Nothing is appended when the text already contains ``X``. The target is the variable
@@ -214,10 +218,17 @@ class Variable:
 
 @dataclasses.dataclass
 class OptoPrimeProblem:
-    """What the simulated model reads from an OptoPrime prompt."""
+    """What the simulated model reads from an OptoPrime prompt.
+
+    Attributes:
+        variables: The ``#Variables`` section.
+        feedback: The ``#Feedback`` section.
+        memory: OptoPrime's memory entries, oldest first: ``(values by py_name, feedback)``.
+    """
 
     variables: list[Variable]
     feedback: str
+    memory: list[tuple[dict[str, Any], str]] = dataclasses.field(default_factory=list)
 
 
 _SECTION_HEADERS = (
@@ -234,6 +245,7 @@ _SECTION_HEADERS = (
 _NEXT_SECTION = re.compile(r"\n#(?:" + "|".join(_SECTION_HEADERS) + r")\n")
 _VARIABLE_LINE = re.compile(r"^\((?P<type>\w+)\) (?P<name>\w+)(?P<sep>[=:])(?P<rest>.*)$")
 _PROBLEM_END = "\n================================"
+_MEMORY_START = "Below are some variables and their feedbacks you received in the past."
 
 
 def parse_optoprime_problem(prompt: str) -> OptoPrimeProblem | None:
@@ -261,7 +273,30 @@ def parse_optoprime_problem(prompt: str) -> OptoPrimeProblem | None:
     feedback_body = feedback_start + len("\n#Feedback\n")
     feedback_end = prompt.find(_PROBLEM_END, feedback_body)
     feedback = prompt[feedback_body : feedback_end if feedback_end >= 0 else len(prompt)]
-    return OptoPrimeProblem(variables=variables, feedback=feedback.strip())
+    return OptoPrimeProblem(
+        variables=variables, feedback=feedback.strip(), memory=_parse_memory(prompt)
+    )
+
+
+def _parse_memory(prompt: str) -> list[tuple[dict[str, Any], str]]:
+    """OptoPrime's memory entries: JSON objects ``{"variables": ..., "feedback": ...}``."""
+    start = prompt.rfind(_MEMORY_START)
+    if start < 0:
+        return []
+    decoder = json.JSONDecoder()
+    position = start + len(_MEMORY_START)
+    entries: list[tuple[dict[str, Any], str]] = []
+    while True:
+        position = prompt.find("{", position)
+        if position < 0:
+            return entries
+        try:
+            entry, position = decoder.raw_decode(prompt, position)
+        except json.JSONDecodeError:
+            return entries
+        if not isinstance(entry, dict) or not isinstance(entry.get("variables"), dict):
+            return entries
+        entries.append((entry["variables"], str(entry.get("feedback", ""))))
 
 
 def _parse_variables(block: str) -> list[Variable]:
@@ -335,16 +370,36 @@ def _number_edits(
     edits = []
     for variable in targets:
         old = current.get(variable.py_name, variable.value)
+        why = f"{direction.group(0)!r} moves {variable.py_name}"
+        bound = None if by_step else _bound(problem.memory, variable.py_name, old, sign)
         if by_step:
             step = float(by_step.group(1))
         else:
             fraction = max(0.05, 0.5 + (rng.random() - 0.5) * 0.5 * spread)
             step = (abs(old) if old != 0 else 1.0) * fraction
+            if bound is not None:
+                step = abs(bound - old) * fraction
+                why += f", short of {bound!r} tried before"
         new = old + sign * step
         if variable.type_name == "int":
             new = old + sign * max(1, round(step))
-        edits.append(_Edit(variable, new, f"{direction.group(0)!r} moves {variable.py_name}"))
+        edits.append(_Edit(variable, new, why))
     return edits
+
+
+def _bound(
+    memory: list[tuple[dict[str, Any], str]], name: str, old: float, sign: int
+) -> float | None:
+    """The nearest remembered value of ``name`` beyond ``old`` whose feedback pointed back."""
+    bounds: list[float] = []
+    for values, feedback in memory:
+        value = values.get(name)
+        if not isinstance(value, (int, float)) or _not_number(value) or (value - old) * sign <= 0:
+            continue
+        direction = _DIRECTION.search(re.sub(_QUOTED, " ", feedback))
+        if direction is not None and (1 if direction["up"] else -1) == -sign:
+            bounds.append(float(value))
+    return min(bounds, key=lambda value: abs(value - old)) if bounds else None
 
 
 def _text_edits(problem: OptoPrimeProblem, current: dict[str, Any]) -> list[_Edit]:

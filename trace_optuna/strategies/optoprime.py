@@ -26,6 +26,7 @@ from typing import Any
 with contextlib.redirect_stdout(io.StringIO()):
     from opto.optimizers import OptoPrime
 
+from trace_optuna import records
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
 from trace_optuna.strategies.base import Proposal
@@ -150,14 +151,17 @@ class OptoPrimeStrategy(Strategy):
     """One OptoPrime step from the best completed trial (the greedy step).
 
     OptoPrime's memory (earlier variables and their feedback, shown to the LLM) is rebuilt from
-    the parent's lineage in the storage, so it survives restarts and any worker can continue
-    any lineage.
+    the storage, so it survives restarts and any worker can continue any lineage: first the
+    proposals already tried from this parent that did not beat it (newest first), then the
+    parent's ancestors. A step whose proposal was rejected is therefore not blind to it: the
+    next step from the same parent sees what was tried and what the feedback said (an
+    overshoot, say) instead of asking the same question again.
 
     Args:
         temperature: The LLM temperature of the proposal. None: sampled by Optuna as
             ``optoprime.temperature`` in [0, 1].
-        memory_size: How many ancestors' (variables, feedback) OptoPrime shows. None: sampled
-            as ``optoprime.memory_size`` in [0, 4].
+        memory_size: How many earlier (variables, feedback) pairs OptoPrime shows. None:
+            sampled as ``optoprime.memory_size`` in [0, 4].
         objective: Replaces OptoPrime's default instruction to the LLM, if given.
     """
 
@@ -197,7 +201,7 @@ class OptoPrimeStrategy(Strategy):
             context,
             parent.feedback,
             parent.output,
-            memory=lineage_memory(context, parent.number, memory_size),
+            memory=step_memory(context, parent.number, memory_size),
             objective=self.objective,
             llm=_with_temperature(context.llm, context.settings.get("temperature")),
         )
@@ -215,25 +219,41 @@ def _with_temperature(llm: Any, temperature: float | None) -> Any:
     return llm if temperature is None else llm.with_options(temperature=temperature)
 
 
-def lineage_memory(context: StepContext, number: int, size: int) -> list[tuple[dict, str]]:
-    """OptoPrime memory entries from the ancestors of trial ``number``, oldest first.
+def step_memory(context: StepContext, number: int, size: int) -> list[tuple[dict, str]]:
+    """OptoPrime memory for a step from trial ``number``: at most ``size`` entries, oldest first.
 
-    Each entry is what OptoPrime keeps in ``optimizer.memory``: the variables (by the Trace
-    names this process gives the parameters) with their values, and the feedback they got.
+    The proposals already tried from ``number`` come first (the newest ``size`` of them, each
+    candidate once), then the ancestors of ``number`` fill what is left. Each entry is what
+    OptoPrime keeps in ``optimizer.memory``: the variables (by the Trace names this process
+    gives the parameters) with their values, and the feedback they got.
     """
     if size <= 0:
         return []
-    ancestors = context.population.lineage(number)[:-1][-size:]
-    entries = []
-    for ancestor in ancestors:
-        values = context.population.snapshot(ancestor)
-        variables = {
-            node.py_name: (values[path], node.description)
-            for path, node in context.parameters.items()
-            if path in values
-        }
-        entries.append((variables, context.population.feedback(ancestor)))
-    return entries
+    population = context.population
+    tried, seen = [], set()
+    for child in reversed(population.children(number)):
+        trial = population.trial(child)
+        key = trial.user_attrs.get(records.SNAPSHOT_HASH)
+        if records.DUPLICATE_OF in trial.user_attrs or key in seen:
+            continue
+        seen.add(key)
+        tried.append(child)
+        if len(tried) == size:
+            break
+    ancestors = (
+        population.lineage(number)[:-1][-(size - len(tried)) :] if len(tried) < size else []
+    )
+    return [_memory_entry(context, n) for n in [*ancestors, *reversed(tried)]]
+
+
+def _memory_entry(context: StepContext, number: int) -> tuple[dict, str]:
+    values = context.population.snapshot(number)
+    variables = {
+        node.py_name: (values[path], node.description)
+        for path, node in context.parameters.items()
+        if path in values
+    }
+    return variables, context.population.feedback(number)
 
 
 def optoprime_update(
