@@ -68,6 +68,9 @@ def _bandit(seed: int, **kwargs: Any) -> StrategyBandit:
 def samplers(include_variants: bool) -> dict[str, Callable[[int], optuna.samplers.BaseSampler]]:
     found: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
         "StrategyBandit": lambda seed: StrategyBandit(seed=seed),
+        "StrategyBandit(prior_reward=None)": lambda seed: StrategyBandit(
+            seed=seed, prior_reward=None
+        ),
         "TPE": lambda seed: optuna.samplers.TPESampler(seed=seed),
         "Random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
         "NSGA-II(mutation_prob=0.05)": lambda seed: optuna.samplers.NSGAIISampler(

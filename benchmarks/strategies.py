@@ -12,8 +12,10 @@ sampler's seed):
   llm=...)`` then evaluate, ``zero_feedback``, ``backward``, ``step``. It keeps its current
   parameters whatever they score (no selection).
 * one arm per registered strategy (``optoprime``, ``genetic``, ``evolutionary``, and ``stop``
-  once it is registered): a trace_optuna study offering that strategy alone; its own settings
-  are sampled by ``RandomSampler(seed)``.
+  once it is registered): a trace_optuna study offering that strategy alone, with the default
+  sampler ``StrategyBandit(seed)``: with one strategy it has nothing to choose, and its
+  settings are sampled by the same ``TPESampler(seed)`` as in the ``bandit`` arm, so the two
+  arms differ only in which strategy runs.
 * ``tpe``: all strategies, chosen by ``TPESampler(seed)``.
 * ``bandit``: all strategies, chosen by ``trace_optuna.samplers.StrategyBandit(seed)``.
 
@@ -37,7 +39,8 @@ Usage::
 With a real model (``--llm``, its API key in the environment as litellm expects) the noise
 levels do not apply; each run is paid for. Progress goes to stderr, the table and the verdicts
 to stdout; the figure (median best score against LLM calls and against tokens, with the 25-75%
-band) to ``--out`` (HTML; plotly.js from its CDN) and every run as JSON next to it.
+band) to ``--out`` (HTML with plotly.js embedded, so it opens offline) and every run as JSON
+next to it.
 """
 
 from __future__ import annotations
@@ -111,14 +114,16 @@ def bandit_available(notes: list[str]) -> bool:
 
 
 def make_sampler(arm: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of a trace_optuna arm: Random for one strategy, TPE, or the bandit."""
+    """The sampler of a trace_optuna arm: TPE over all strategies, or the default bandit.
+
+    A one-strategy arm gets the bandit too: it has nothing to choose there, and its settings
+    come from the same ``TPESampler(seed)`` as the ``bandit`` arm's.
+    """
     if arm == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
-    if arm == "bandit":
-        from trace_optuna.samplers import StrategyBandit
+    from trace_optuna.samplers import StrategyBandit
 
-        return StrategyBandit(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)  # one strategy: only its settings vary
+    return StrategyBandit(seed=seed)
 
 
 # -- one run --------------------------------------------------------------------------------------

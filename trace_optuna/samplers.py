@@ -27,10 +27,22 @@ The algorithm: discounted UCB (Garivier and Moulines, 2011), scale-free
       pulls, ``mean_a`` its discounted mean reward, ``N`` the sum of ``W_a``, ``sigma`` the
       discounted standard deviation of all rewards (so the bonus is in the rewards' own units,
       whatever the score's scale).
-    * Every arm is tried once first (in a seeded random order). Then the pick is the arm with
-      the largest ``mean_a + exploration * sigma * sqrt(2 * ln(max(N, e)) / W_a)``; near-ties
-      are broken at random. An arm left alone sees ``W_a`` decay, its bonus grow, and gets
-      re-tried: that is how a strategy that became good later is noticed.
+    * The pick is the arm with the largest ``mean_a + exploration * sigma * sqrt(2 *
+      ln(max(N, e)) / W_a)``; near-ties are broken at random. An arm left alone sees ``W_a``
+      decay, its bonus grow, and gets re-tried: that is how a strategy that became good later
+      is noticed.
+    * An arm not tried yet counts as one pull of reward ``prior_reward`` (0 by default: "it
+      improves nothing") made at trial 0 and discounted like every other pull, and untried
+      arms are taken in the order the study lists them. So the first listed strategy runs
+      while it improves; the next is tried when the ones tried so far stall, or, as its prior
+      pull fades and its bonus grows, after a while anyway. LLM calls go to exploring when
+      exploiting stops paying, which matters when one exploratory trial of an expensive
+      strategy costs as much as the whole task (``benchmarks/strategies.py``). With
+      ``prior_reward=None`` every arm is tried once first, in a seeded random order (classic
+      UCB).
+    * ``sigma`` is the discounted standard deviation of all rewards; when they are all equal
+      it is their absolute mean (1 if that is 0), so a steady improvement is not mistaken for
+      uncertainty.
     * Trials that other workers are running count as pulls of their arm at its current mean,
       so workers asking at the same moment spread over arms instead of all taking the leader.
 
@@ -48,7 +60,8 @@ Which Optuna samplers suit this search space
     "drift": the same improvements while every score rises 0.02 per trial)::
 
         sampler                                       stationary  drift  best arm swaps at 50
-        StrategyBandit (defaults)                           0.90   0.90                  0.67
+        StrategyBandit (defaults)                           0.89   0.89                  0.58
+        StrategyBandit(prior_reward=None)                   0.90   0.90                  0.67
         TPESampler                                          0.80   0.09                  0.33
         RandomSampler, QMCSampler                           0.24   0.24                  0.24
         NSGAIISampler(mutation_prob=0.05)                   0.34   0.30                  0.21
@@ -128,7 +141,8 @@ class ArmStatistics:
         running: Trials picking the arm that are still running (other workers' steps).
         discounted_pulls: ``W_a``, the pulls weighted by ``decay ** age``.
         mean_reward: The discounted mean reward, or None if the arm has no counted pull.
-        index: The UCB index the next pick compares (``inf`` for an arm not tried yet).
+        index: The UCB index the next pick compares (for an arm not tried yet: from its
+            ``prior_reward`` pull, or ``inf`` when the bandit has no prior).
     """
 
     pulls: int
@@ -199,7 +213,9 @@ class StrategyBandit(BaseSampler):
         seed: Seeds the bandit's random choices (per trial, from ``(seed, trial.number)``) and
             the default base sampler. A non-negative int, or None for fresh randomness.
         decay: Weight kept per trial by a past reward, in (0, 1]. 0.95 (ShinkaEvolve's value)
-            lets roughly the last 20 trials decide; 1.0 never forgets (stationary UCB).
+            lets roughly the last 20 trials decide; 1.0 never forgets (stationary UCB). With
+            1.0 an untried arm's prior pull never fades either, so it is tried only when the
+            arms tried so far stall: pair it with ``prior_reward=None``.
         exploration: Multiplies the UCB bonus, which is in units of the rewards' discounted
             standard deviation; >= 0. 0 is greedy after every arm was tried once.
         base_sampler: Samples every parameter but ``param_name``, relative and independent.
@@ -209,6 +225,9 @@ class StrategyBandit(BaseSampler):
             (improvement toward the study's direction; below 0 is worse than a regression when
             ``clip_negative``). The trial counts as a pull. None ignores FAIL trials.
         clip_negative: Count a negative reward (a step worse than its parent) as 0.
+        prior_reward: The reward an arm that was never tried counts with, as one pull made at
+            trial 0, in the units of rewards. None: every arm is tried once before any arm is
+            tried twice.
         per_llm_call: Divide a trial's reward by its LLM calls (``trace:llm``; at least 1), so
             the bandit ranks strategies by improvement per call: an evolutionary trial making
             five proposals must improve five times as much as a one-call greedy step to rank
@@ -230,6 +249,7 @@ class StrategyBandit(BaseSampler):
         failure_reward: float | None = 0.0,
         clip_negative: bool = True,
         per_llm_call: bool = True,
+        prior_reward: float | None = 0.0,
     ) -> None:
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
@@ -266,6 +286,13 @@ class StrategyBandit(BaseSampler):
         if not isinstance(per_llm_call, bool):
             raise ConfigurationError(f"per_llm_call must be a bool, got {per_llm_call!r}.")
         self._per_llm_call = per_llm_call
+        if prior_reward is not None and (
+            not _is_real(prior_reward) or not math.isfinite(prior_reward)
+        ):
+            raise ConfigurationError(
+                f"prior_reward must be a finite number or None, got {prior_reward!r}."
+            )
+        self._prior_reward = None if prior_reward is None else float(prior_reward)
         self._rng = np.random.default_rng()  # used only when seed is None
         self._rewards: _Rewards | None = None
         self._lock = threading.Lock()  # Optuna's n_jobs > 1 shares one sampler across threads
@@ -363,7 +390,11 @@ class StrategyBandit(BaseSampler):
         else:
             tolerance = _TIE_TOLERANCE * max(1.0, abs(best))
             ties = [i for i, index in enumerate(indices) if index >= best - tolerance]
-        choice = choices[ties[int(rng.integers(len(ties)))] if len(ties) > 1 else ties[0]]
+        untried = [i for i in ties if _untried(list(statistics.values())[i])]
+        if untried and self._prior_reward is not None:
+            choice = choices[untried[0]]  # untried arms in the order the study lists them
+        else:
+            choice = choices[ties[int(rng.integers(len(ties)))] if len(ties) > 1 else ties[0]]
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug(
                 "Trial#%d: %s=%r; %s",
@@ -442,6 +473,8 @@ class StrategyBandit(BaseSampler):
             variance -= pooled_mean**2
             if variance > 1e-24 * max(1.0, pooled_mean**2):
                 sigma = math.sqrt(variance)
+            elif pooled_mean != 0.0:
+                sigma = abs(pooled_mean)
         # A running trial is a pull at the arm's current mean (the pooled mean for an arm with
         # no finished pull): it narrows that arm's bonus, so workers asking together spread.
         n_total = total_weight + sum(running.values())
@@ -452,7 +485,11 @@ class StrategyBandit(BaseSampler):
             count = running.get(arm, 0)
             weight = sums.weight + count
             mean_reward = sums.reward / sums.weight if sums.weight > 0.0 else None
-            if sums.pulls + count == 0 or weight <= 0.0:
+            if sums.pulls + count == 0 and self._prior_reward is not None:
+                prior_weight = max(self._decay**rewards.clock, 1e-300)  # one pull at trial 0
+                bonus = math.sqrt(log_term / prior_weight)
+                index = self._prior_reward + self._exploration * sigma * bonus
+            elif sums.pulls + count == 0 or weight <= 0.0:
                 index = math.inf
             else:
                 mean = pooled_mean if mean_reward is None else mean_reward
@@ -466,6 +503,10 @@ class StrategyBandit(BaseSampler):
                 index=index,
             )
         return statistics
+
+
+def _untried(statistics: ArmStatistics) -> bool:
+    return statistics.pulls + statistics.running == 0
 
 
 def _is_real(value: object) -> bool:
