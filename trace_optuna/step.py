@@ -36,6 +36,7 @@ from opto.trace.containers import ParameterContainer
 from opto.trace.nodes import Node
 from optuna.study import StudyDirection
 
+from trace_optuna import graph
 from trace_optuna import records
 from trace_optuna import snapshots
 from trace_optuna.evaluation import Evaluation
@@ -140,6 +141,7 @@ class TraceObjective:
         }
         timing = {"evaluate_s": 0.0}
         self.llm.take_calls()  # calls made outside a trial are not this trial's
+        graph.release()  # earlier trials' nodes: only what this objective still holds lives
         try:
             score = self._step(trial, attrs, timing)
         except Exception as error:
