@@ -3,20 +3,21 @@
 Trace registers every node it creates in the process-wide ``opto.trace.nodes.GRAPH`` and keeps a
 strong reference to it forever: a worker running thousands of steps would keep every node of
 every run alive (100,000 operations left 300,000 nodes). Each node also links to its children,
-so a parameter that lives on keeps every graph ever computed from it alive too. ``GRAPH.clear()`` frees the registry's share, but
-it also resets the per-name counters that make node names unique (``x:0``, ``x:1``...), so a node
-created afterwards can take the name of a parameter that is still alive, and OptoPrime, which
-keys its suggestions by those names, would then hand both the same suggestion.
+so a parameter that lives on keeps every graph ever computed from it alive too.
+``GRAPH.clear()`` frees the registry's share, but it also resets the per-name counters that make
+node names unique (``x:0``, ``x:1``...), so a node created afterwards can take the name of a
+parameter that is still alive, and OptoPrime, which keys its suggestions by those names, would
+then hand both the same suggestion.
 
-:func:`release` drops the registry's references and the child links made since the last release
-(child lists and feedback, which is keyed by the child that sent it: both are per-step state that
-Trace makes users zero by hand; backpropagation follows parent links only, and nothing in
-trace-opt 0.1.3.8 reads child lists but ``Node.is_leaf``), and keeps the counters: each name's list is replaced by one
-that remembers how many nodes it has seen. Nodes still referenced elsewhere (the
-agent's parameters, the last run's graph that the next step backpropagates through) stay alive
-with their names; the rest become garbage. Trace looks nodes up in the registry only by name
-(``GRAPH.get("x:3")``), which nothing in trace-opt 0.1.3.8 calls; for a released node it raises
-a ``LookupError`` that says so.
+:func:`release` drops the registry's references and the child links made since the last
+release (child lists, and feedback, which is keyed by the child that sent it: both per-step
+state that Trace makes users zero by hand; backpropagation follows parent links only, and
+nothing in trace-opt 0.1.3.8 reads child lists but ``Node.is_leaf``), and keeps the counters:
+each name's list is replaced by one that remembers how many nodes it has seen. Nodes still
+referenced elsewhere (the agent's parameters, the last run's graph that the next step
+backpropagates through) stay alive with their names; the rest become garbage. Trace looks nodes
+up in the registry only by name (``GRAPH.get("x:3")``), which nothing in trace-opt 0.1.3.8
+calls; for a released node it raises a ``LookupError`` that says so.
 """
 
 from __future__ import annotations
