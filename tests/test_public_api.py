@@ -6,8 +6,10 @@ import trace_optuna as to
 def test_exported_names_are_pinned() -> None:
     assert sorted(to.__all__) == sorted(
         [
+            "App",
             "ConfigurationError",
             "Evaluation",
+            "HumanFeedback",
             "LLM",
             "LLMError",
             "Proposal",

@@ -20,6 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from trace_optuna import samplers  # noqa: E402
 from trace_optuna import strategies  # noqa: E402
 from trace_optuna._version import __version__  # noqa: E402
+from trace_optuna.dashboard import HumanFeedback  # noqa: E402
 from trace_optuna.evaluation import Evaluation  # noqa: E402
 from trace_optuna.exceptions import ConfigurationError  # noqa: E402
 from trace_optuna.exceptions import LLMError  # noqa: E402
@@ -38,10 +39,13 @@ from trace_optuna.strategies import Strategy  # noqa: E402
 from trace_optuna.study import TraceStudy  # noqa: E402
 from trace_optuna.study import create_study  # noqa: E402
 from trace_optuna.study import load_study  # noqa: E402
+from trace_optuna.workers import App  # noqa: E402
 
 __all__ = [
+    "App",
     "ConfigurationError",
     "Evaluation",
+    "HumanFeedback",
     "LLM",
     "LLMError",
     "Proposal",

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 STORAGE_ENV = "TRACE_OPTUNA_STORAGE"
 DEMO_STUDY = "trace-optuna-demo"
@@ -79,6 +80,88 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    _storage_argument(parser)
+    parser.add_argument("--study", required=True, help="study name (created on first use)")
+    parser.add_argument(
+        "--app",
+        required=True,
+        help="the trace_optuna.workers.App to run, as package.module:name",
+    )
+    parser.add_argument(
+        "--trials", type=int, default=None, help="trials to run (default: no limit)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop starting trials after S seconds"
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=None,
+        help="seconds between heartbeats of a running trial (default: the app's, 60)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=None,
+        help="seconds without a heartbeat before a trial counts as dead (default: twice the "
+        "interval)",
+    )
+
+
+def _app_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.heartbeat_interval is not None:
+        overrides["heartbeat_interval"] = args.heartbeat_interval
+    if args.grace_period is not None:
+        overrides["grace_period"] = args.grace_period
+    return overrides
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from trace_optuna.workers import EXIT_INTERRUPTED
+    from trace_optuna.workers import load_app
+    from trace_optuna.workers import run_worker
+
+    if not args.storage:
+        print(f"error: give --storage or set {STORAGE_ENV}", file=sys.stderr)
+        return 2
+    app = dataclasses.replace(load_app(args.app), **_app_overrides(args))
+    try:
+        done = run_worker(
+            app,
+            study_name=args.study,
+            storage=args.storage,
+            n_trials=args.trials,
+            timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        print("Interrupted; the running trial is recorded as FAIL.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"Worker pid {os.getpid()} finished {done} trials of study {args.study!r}.")
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from trace_optuna.workers import run_workers
+
+    if not args.storage:
+        print(f"error: give --storage or set {STORAGE_ENV}", file=sys.stderr)
+        return 2
+    return run_workers(
+        args.app,
+        processes=args.processes,
+        study_name=args.study,
+        storage=args.storage,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        overrides=_app_overrides(args),
+        log_level=logging.INFO if args.verbose else logging.WARNING,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trace-optuna",
@@ -107,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_argument(best)
     best.add_argument("--study", required=True, help="study name")
     best.set_defaults(run=_best)
+
+    worker = commands.add_parser(
+        "worker", help="run trials of a shared study in this process (start it anywhere)"
+    )
+    _worker_arguments(worker)
+    worker.set_defaults(run=_worker)
+
+    workers = commands.add_parser(
+        "workers", help="start and supervise N local worker processes on a shared study"
+    )
+    workers.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: the number of CPUs)",
+    )
+    _worker_arguments(workers)
+    workers.set_defaults(run=_workers)
+
+    from trace_optuna import dashboard  # the `dashboard` and `report` subcommands
+
+    dashboard.add_commands(commands, _storage_argument)
     return parser
 
 

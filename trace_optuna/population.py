@@ -21,6 +21,8 @@ from trace_optuna import records
 from trace_optuna.exceptions import RecordError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import optuna
     from optuna.trial import FrozenTrial
 
@@ -33,10 +35,13 @@ class Population:
 
     Args:
         study: The Optuna study.
+        finished_before: Only see trials that finished at or before this time (the
+            population a trial saw when it started; a retried trial replays that view).
     """
 
-    def __init__(self, study: optuna.Study) -> None:
+    def __init__(self, study: optuna.Study, *, finished_before: datetime | None = None) -> None:
         self._study = study
+        self._finished_before = finished_before
         self._maximize = study.direction == StudyDirection.MAXIMIZE
         self._trials: list[FrozenTrial] = []
         self._scan_from = 0  # every trial before this number is finished and indexed
@@ -55,7 +60,8 @@ class Population:
         # the oldest unfinished one is so the next refresh starts there.
         for trial in self._trials[self._scan_from :]:
             if trial.state in _FINISHED and trial.number not in self._indexed:
-                self._index(trial)
+                if self._finished_before is None or _finished_by(trial, self._finished_before):
+                    self._index(trial)
                 self._indexed.add(trial.number)
         while self._scan_from in self._indexed:
             self._indexed.discard(self._scan_from)
@@ -177,6 +183,10 @@ class Population:
             if not parents or parents[0] in chain:
                 return chain[::-1]
             chain.append(int(parents[0]))
+
+
+def _finished_by(trial: FrozenTrial, moment: datetime) -> bool:
+    return trial.datetime_complete is not None and trial.datetime_complete <= moment
 
 
 def _value(trial: FrozenTrial) -> float:

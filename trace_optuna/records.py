@@ -44,12 +44,23 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 ``trace:details``              dict, ``Evaluation.details`` of the candidate
 ``trace:error``                str, why the trial failed (or why the candidate's code raised)
 ``trace:traceback``            str, the traceback of that error
+``trace:retry_of``             int, the trial whose worker died; this trial re-ran its step
+``trace:artifacts``            {attribute key: {artifact_id, filename, chars}}: long LLM
+                               texts uploaded to the study's artifact store; the attribute
+                               keeps their start (see :mod:`trace_optuna.dashboard`)
+``trace:human``                {status: waiting | answered | timed out, asked_at, timeout_s}
+                               while :class:`~trace_optuna.dashboard.HumanFeedback` waits
+``trace:human_output``         str, the candidate's output shown to the person
+``trace:human_score``          the score a person entered in optuna-dashboard's form
+``trace:human_feedback``       str, the feedback text a person entered there
 =============================  ===========================================================
 
 Study user attributes: ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
 optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
 ``trace:parameters`` (the agent's parameter paths), ``trace:strategies`` (fixed for the life of
-the study), ``trace:seed``, ``trace:error_score``; STOP's improver versions:
+the study), ``trace:seed``, ``trace:error_score``, ``trace:agent`` and ``trace:evaluation``
+(qualified name and first docstring line of each), ``trace:strategy_docs`` ({strategy: what it
+does}), ``trace:artifact_dir`` (for ``trace-optuna dashboard``); STOP's improver versions:
 ``trace:stop:version:<id>`` (id, parent, creating trial, source hash; written last),
 ``trace:stop:source:<id>`` (the source, chunked) and ``trace:stop:status:<id>`` (accepted,
 trialled or reverted, why, and the meta-utility), with ids ``seed`` and ``t<trial number>``.
@@ -93,6 +104,7 @@ EVALUATED = "trace:evaluated"
 DETAILS = "trace:details"
 ERROR = "trace:error"
 TRACEBACK = "trace:traceback"
+RETRY_OF = "trace:retry_of"
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -100,6 +112,22 @@ STUDY_PARAMETERS = "trace:parameters"
 STUDY_STRATEGIES = "trace:strategies"
 STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
+
+# Browsing in optuna-dashboard (trace_optuna.dashboard): long texts in artifacts, the study's
+# description, and the human judgement HumanFeedback waits for.
+ARTIFACTS = "trace:artifacts"
+HUMAN = "trace:human"
+HUMAN_OUTPUT = "trace:human_output"
+HUMAN_SCORE = "trace:human_score"
+HUMAN_FEEDBACK = "trace:human_feedback"
+STUDY_ARTIFACT_DIR = "trace:artifact_dir"
+STUDY_AGENT = "trace:agent"
+STUDY_EVALUATION = "trace:evaluation"
+STUDY_STRATEGY_DOCS = "trace:strategy_docs"
+
+# Trial system attribute: the lease a worker renews on its running trial where the storage has
+# no Optuna heartbeat (JournalStorage): {until: unix time it expires, worker: "host:pid"}.
+LEASE = "trace:lease"
 
 BASELINE = "baseline"
 
@@ -126,6 +154,7 @@ RESERVED = frozenset(
         DETAILS,
         ERROR,
         TRACEBACK,
+        RETRY_OF,
     }
 )
 

@@ -9,8 +9,14 @@ The flow of one trial::
             settings = strategy.suggest_settings(trial)
             proposal = strategy.propose(context)    e.g. best trial -> OptoPrime -> candidate
       candidate already evaluated in the study? -> reuse its score, say so
-      else  restore(agent, candidate); evaluate(agent)
+      another worker evaluating it right now?   -> wait for it, then reuse its score
+      else  claim it; restore(agent, candidate); evaluate(agent)
       write every record attribute (records.py), then return the score for Optuna's tell()
+
+Workers share nothing but the storage. A trial re-queued because its worker died (Optuna's
+heartbeat, or a lease on JournalStorage; see :mod:`trace_optuna.coordination`) replays the dead
+trial's step: the same parameters (strategy and settings, copied by the retry), the population
+as it was when the dead trial started, and the same random seed, so the same parents.
 
 Anything that goes wrong inside a trial is stored (``trace:error``, ``trace:traceback``, the raw
 LLM responses) and raised as :class:`~trace_optuna.exceptions.TrialFailed`; ``TraceStudy``
@@ -36,11 +42,15 @@ from opto.trace.containers import ParameterContainer
 from opto.trace.nodes import Node
 from optuna.study import StudyDirection
 
+from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
 from trace_optuna import graph
 from trace_optuna import records
 from trace_optuna import snapshots
+from trace_optuna.coordination import Coordinator
+from trace_optuna.coordination import coordinator_for
 from trace_optuna.evaluation import Evaluation
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TraceOptunaError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.llm import LLM
@@ -58,6 +68,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 STRATEGY_PARAM = "strategy"
+_CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
 
 
 @dataclasses.dataclass
@@ -119,6 +130,9 @@ class TraceObjective:
         self._population: Population | None = None
         self._population_study: optuna.Study | None = None
         self._live: _Live | None = None
+        self.artifact_store: Any = None  # create_study(artifact_dir=/artifact_store=) sets it
+        self.coordinator: Coordinator | None = None
+        self._claimed = False  # whether the running trial holds a candidate claim
 
     @property
     def strategy_names(self) -> list[str]:
@@ -133,34 +147,64 @@ class TraceObjective:
         self._population.refresh()
         return self._population
 
+    def coordinator_for(self, study: optuna.Study) -> Coordinator:
+        """Claims and leases for the study's storage (``create_study`` sets them up)."""
+        if self.coordinator is None:
+            # Used with a plain optuna.Study: Optuna offers no public handle on its storage.
+            self.coordinator = coordinator_for(study._storage)
+        return self.coordinator
+
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        attrs: dict[str, Any] = {
-            records.SCHEMA: records.SCHEMA_VERSION,
-            records.WORKER: {"host": socket.gethostname(), "pid": os.getpid()},
-        }
+        worker = {"host": socket.gethostname(), "pid": os.getpid()}
+        attrs: dict[str, Any] = {records.SCHEMA: records.SCHEMA_VERSION, records.WORKER: worker}
         timing = {"evaluate_s": 0.0}
         self.llm.take_calls()  # calls made outside a trial are not this trial's
         graph.release()  # earlier trials' nodes: only what this objective still holds lives
-        try:
-            score = self._step(trial, attrs, timing)
-        except Exception as error:
-            self._record_failure(trial, attrs, error, timing, started)
-            raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
-        self._finish(trial, attrs, timing, started)
+        dashboard.enter_trial(trial, attrs)  # HumanFeedback asks in this trial's form
+        self._claimed = False
+        coordinator = self.coordinator_for(trial.study)
+        if not coordinator.optuna_heartbeat:  # optimize() already did it for heartbeat storages
+            self._fail_stale(coordinator, trial.study)
+        with coordinator.lease(trial._trial_id):
+            try:
+                # First, so that a running (or dead) trial shows which worker runs it.
+                trial.set_user_attr(records.WORKER, worker)
+                score = self._step(trial, attrs, timing)
+            except Exception as error:
+                self._record_failure(trial, attrs, error, timing, started)
+                raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
+            self._finish(trial, attrs, timing, started)
         return score
+
+    @staticmethod
+    def _fail_stale(coordinator: Coordinator, study: optuna.Study) -> None:
+        try:
+            coordinator.fail_stale(study)
+        except Exception:  # someone else's dead trial must not fail this one
+            _logger.exception("Could not look for trials of dead workers.")
 
     # -- the step -------------------------------------------------------------------------
 
     def _step(self, trial: optuna.Trial, attrs: dict[str, Any], timing: dict[str, float]) -> float:
         population = self.population(trial.study)
         maximize = trial.study.direction == StudyDirection.MAXIMIZE
+        # A retry of a dead worker's trial replays its step: the population as it was when
+        # that trial started and its random seed, so the strategy picks the same parents.
+        original = _retried_from(population, trial.number)
+        view = population
+        if original is not None:
+            attrs[records.RETRY_OF] = original
+            view = Population(
+                trial.study, finished_before=population.trial(original).datetime_start
+            )
+            view.refresh()
 
         def better(a: float, b: float) -> bool:
             return a > b if maximize else a < b
 
         evaluated: list[tuple[dict[str, Any], RunResult]] = []
-        if population.best() is None:
+        if view.best() is None:
             attrs[records.STRATEGY] = records.BASELINE
             proposal = Proposal(snapshot=dict(self.initial_snapshot), parents=[])
         else:
@@ -170,13 +214,13 @@ class TraceObjective:
             extra: dict[str, Any] = {}
 
             def evaluate(values: dict[str, Any]) -> RunResult:
-                result = self._evaluate_candidate(population, values, timing)
+                result = self._evaluate_candidate(trial, population, values, timing)
                 evaluated.append((dict(values), result))
                 return result
 
             context = StepContext(
                 trial=trial,
-                population=population,
+                population=view,
                 agent=self.agent,
                 parameters=self.parameters,
                 llm=self.llm,
@@ -185,7 +229,7 @@ class TraceObjective:
                 evaluate=evaluate,
                 better=better,
                 select=lambda candidates: self.selector.select(candidates, better),
-                rng=random.Random(f"{self.seed}:{trial.number}"),
+                rng=random.Random(f"{self.seed}:{trial.number if original is None else original}"),
                 attrs=extra,
             )
             try:
@@ -220,7 +264,7 @@ class TraceObjective:
                 None,
             )
         if run is None:
-            run = self._evaluate_candidate(population, candidate, timing)
+            run = self._evaluate_candidate(trial, population, candidate, timing)
         if run.reused_from is not None:
             attrs[records.DUPLICATE_OF] = run.reused_from  # nothing is paid for twice
         attrs[records.FEEDBACK] = run.feedback
@@ -241,21 +285,64 @@ class TraceObjective:
         return score
 
     def _evaluate_candidate(
-        self, population: Population, values: dict[str, Any], timing: dict[str, float]
+        self,
+        trial: optuna.Trial,
+        population: Population,
+        values: dict[str, Any],
+        timing: dict[str, float],
     ) -> RunResult:
-        """Evaluate a candidate, or reuse the stored result of an identical earlier one."""
+        """Evaluate a candidate, or reuse the stored result of an identical one.
+
+        The candidate's hash is claimed in the storage first. While another worker's running
+        trial holds the claim, this one waits for it to finish and reuses its stored score.
+        A trial that already holds a claim does not wait (two trials could wait for each
+        other); it evaluates.
+        """
         for path, value in values.items():
             snapshots.check_json_value(path, value)
-        earlier = population.trial_with_snapshot(snapshots.snapshot_hash(values))
-        if earlier is not None:
-            trial = population.trial(earlier)
-            return RunResult(
-                score=trial.value,
-                feedback=records.decode(trial.user_attrs, records.FEEDBACK, ""),
-                details=records.decode(trial.user_attrs, records.DETAILS),
-                reused_from=earlier,
-            )
-        return self._run(values, timing)
+        candidate_hash = snapshots.snapshot_hash(values)
+        coordinator = self.coordinator_for(trial.study)
+        while True:
+            earlier = population.trial_with_snapshot(candidate_hash)
+            if earlier is not None:
+                stored = population.trial(earlier)
+                return RunResult(
+                    score=stored.value,
+                    feedback=records.decode(stored.user_attrs, records.FEEDBACK, ""),
+                    details=records.decode(stored.user_attrs, records.DETAILS),
+                    reused_from=earlier,
+                )
+            claim = coordinator.claim(trial.study, trial._trial_id, candidate_hash)
+            if claim.held:
+                self._claimed = True
+                if claim.taken_over:  # its last holder ended: did it store the candidate?
+                    population.refresh()
+                    if population.trial_with_snapshot(candidate_hash) is not None:
+                        continue
+                return self._run(values, timing)
+            assert claim.holder is not None
+            if self._claimed:
+                _logger.info(
+                    "Trial#%d: Trial#%d holds the same candidate, but this trial holds claims "
+                    "itself and does not wait.",
+                    trial.number,
+                    claim.holder,
+                )
+                return self._run(values, timing)
+            self._wait_for(trial, coordinator, claim.holder)
+            population.refresh()
+
+    def _wait_for(self, trial: optuna.Trial, coordinator: Coordinator, holder: int) -> None:
+        _logger.info(
+            "Trial#%d: Trial#%d is evaluating the same candidate; waiting for it.",
+            trial.number,
+            holder,
+        )
+        delay, longest = _CLAIM_POLL_S
+        while coordinator.is_running(trial.study, holder):
+            time.sleep(delay)  # a poll of the storage: another process owns the answer
+            delay = min(2 * delay, longest)
+            self._fail_stale(coordinator, trial.study)  # its worker may have died
 
     def _add_snapshot_attrs(
         self,
@@ -348,7 +435,9 @@ class TraceObjective:
             "llm_s": llm_s,
             "total_s": round(time.perf_counter() - started, 6),
         }
+        dashboard.before_write(trial, attrs, self.artifact_store)  # long texts to artifacts
         records.write(trial.set_user_attr, {k: v for k, v in attrs.items() if v is not None})
+        dashboard.after_write(trial, attrs)  # the trial's note in optuna-dashboard
 
     def _record_failure(
         self,
@@ -419,6 +508,15 @@ def _evaluated_entry(
         "code_error": result.code_error,
         "reused_from": result.reused_from,
     }
+
+
+def _retried_from(population: Population, number: int) -> int | None:
+    """The number of the dead trial that trial ``number`` re-runs, if it is a retry."""
+    try:
+        original = population.trial(number).system_attrs.get("failed_trial")
+    except RecordError:
+        return None
+    return None if original is None else int(original)
 
 
 def _reason(error: BaseException) -> str:

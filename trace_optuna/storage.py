@@ -1,33 +1,59 @@
 """Storage URLs -> Optuna storages configured for many writers.
 
 * ``None``: the default, a SQLite file ``trace_optuna.db`` in the working directory.
-* ``sqlite:///path.db``: RDBStorage with a 30 s busy timeout (Optuna's default 5 s gives
-  "database is locked" under several writers). One host only.
+* ``sqlite:///path.db``: RDBStorage in WAL mode with a 30 s busy timeout (Optuna's default 5 s
+  gives "database is locked" under several writers). One host only: SQLite's locking does not
+  work over network file systems.
 * ``postgresql://...``, ``mysql+pymysql://...`` (and other SQLAlchemy URLs): RDBStorage with
   ``pool_pre_ping`` so a restarted database server does not leave dead pooled connections.
+  MySQL/MariaDB sessions are checked for a strict ``sql_mode`` when the storage opens.
 * ``redis://host:port/db``: Optuna's JournalStorage over Redis; ``?prefix=NAME`` keeps several
   independent journals in one Redis database.
 * ``journal:///path/to/file.log``: Optuna's JournalStorage over a local file.
 * Any ``optuna.storages.BaseStorage`` instance is used as it is.
 
-RDB storages are wrapped by Optuna in its per-process cache of finished trials, so reading the
-study again after each trial only fetches what changed.
+RDB storages opened from a URL are a :class:`ResilientRDBStorage`: Optuna's RDBStorage with its
+heartbeat switched on (a worker killed mid-trial leaves a trial that the next worker marks FAIL
+and re-queues through :class:`RetryStaleTrialCallback`) and every storage call retried with
+backoff while the database server is unreachable (a restart does not kill the workers).
+Optuna wraps them in its per-process cache of finished trials, so reading the study again after
+each trial only fetches what changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import functools
 import logging
+import random
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
 from typing import Any
 import urllib.parse
+import warnings
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+import sqlalchemy
 
+from trace_optuna import records
 from trace_optuna.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 DEFAULT_STORAGE = "sqlite:///trace_optuna.db"
 SQLITE_BUSY_TIMEOUT_S = 30
+HEARTBEAT_INTERVAL_S = 60
+MAX_RETRY = 3
+RETRY_TIMEOUT_S = 600.0
 
 _logger = logging.getLogger(__name__)
 
@@ -39,24 +65,45 @@ _DRIVER_EXTRAS = {
     "MySQLdb": "trace-optuna[mysql] and a mysql+pymysql:// URL",
     "redis": "trace-optuna[redis]",
 }
+_STRICT_MODES = ("STRICT_TRANS_TABLES", "STRICT_ALL_TABLES")
 
 
-def resolve_storage(storage: str | BaseStorage | None) -> BaseStorage:
+class SQLModeWarning(UserWarning):
+    """A MySQL/MariaDB session is not in strict mode: oversized values would be truncated."""
+
+
+def resolve_storage(
+    storage: str | BaseStorage | None,
+    *,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = None,
+    max_retry: int | None = MAX_RETRY,
+    retry_timeout: float = RETRY_TIMEOUT_S,
+) -> BaseStorage:
     """Turn a storage URL (or None) into an Optuna storage.
 
     Args:
         storage: A URL as listed in this module's docstring, a storage object, or None for the
             default SQLite file.
+        heartbeat_interval: Seconds between heartbeats of a running trial (RDB URLs; None turns
+            the heartbeat off). A trial whose worker stops beating for ``grace_period`` is
+            marked FAIL by the next worker and re-queued.
+        grace_period: Seconds without a heartbeat before a trial counts as dead; None is twice
+            ``heartbeat_interval``.
+        max_retry: How often a dead worker's trial is re-queued (None: without limit).
+        retry_timeout: How long RDB storage calls are retried while the database server is
+            unreachable before the error is raised.
 
     Returns:
         An Optuna storage object.
 
     Raises:
-        ConfigurationError: If the URL's scheme is unknown or its database driver is missing.
+        ConfigurationError: If the URL's scheme is unknown, its database driver is missing or
+            the database cannot be opened.
 
     Example:
         >>> type(resolve_storage("sqlite:///:memory:")).__name__
-        'RDBStorage'
+        'ResilientRDBStorage'
     """
     if storage is None:
         storage = DEFAULT_STORAGE
@@ -67,6 +114,7 @@ def resolve_storage(storage: str | BaseStorage | None) -> BaseStorage:
             f"storage must be a URL string or an optuna.storages.BaseStorage, got "
             f"{type(storage).__name__}."
         )
+    _check_heartbeat(heartbeat_interval, grace_period, max_retry)
     scheme = storage.split("://", 1)[0].split("+", 1)[0].lower() if "://" in storage else ""
     try:
         if scheme == "redis":
@@ -79,17 +127,364 @@ def resolve_storage(storage: str | BaseStorage | None) -> BaseStorage:
 
             return optuna.storages.JournalStorage(JournalFileBackend(storage[len("journal://") :]))
         if scheme in _RDB_SCHEMES:
-            return RDBStorage(storage, engine_kwargs=_engine_kwargs(scheme))
+            if scheme == "sqlite":
+                _use_wal(storage)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                rdb = ResilientRDBStorage(
+                    storage,
+                    engine_kwargs=_engine_kwargs(scheme),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=(
+                        RetryStaleTrialCallback(max_retry) if heartbeat_interval else None
+                    ),
+                    retry_timeout=retry_timeout,
+                )
+            if scheme in ("mysql", "mariadb"):
+                check_sql_mode(rdb)
+            return rdb
     except ImportError as error:
         raise ConfigurationError(_missing_driver_message(storage, error)) from None
-    except optuna.exceptions.StorageInternalError as error:
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        cause = error.__cause__ or error
         raise ConfigurationError(
-            f"Could not open storage {redact(storage)!r}: {error.__cause__ or error}"
+            f"Could not open storage {redact(storage)!r}: {str(cause).splitlines()[0]}"
         ) from None
     raise ConfigurationError(
         f"Unknown storage URL {redact(storage)!r}: the scheme must be one of sqlite, "
         "postgresql, mysql (e.g. mysql+pymysql://), redis or journal."
     )
+
+
+def _check_heartbeat(
+    heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None
+) -> None:
+    for name, value in (
+        ("heartbeat_interval", heartbeat_interval),
+        ("grace_period", grace_period),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise ConfigurationError(
+                f"{name} must be a positive int (seconds) or None, got {value!r}."
+            )
+    if (
+        heartbeat_interval is not None
+        and grace_period is not None
+        and grace_period <= heartbeat_interval
+    ):
+        raise ConfigurationError(
+            f"grace_period ({grace_period} s) must be longer than heartbeat_interval "
+            f"({heartbeat_interval} s), or every live trial would look dead."
+        )
+    if max_retry is not None and (
+        isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0
+    ):
+        raise ConfigurationError(f"max_retry must be an int >= 0 or None, got {max_retry!r}.")
+
+
+def _use_wal(url: str) -> None:
+    """Switch a SQLite file to write-ahead logging: readers no longer block the writer.
+
+    The journal mode is stored in the database file, so setting it once, before Optuna opens
+    the file, is enough.
+    """
+    import sqlite3
+
+    path = sqlalchemy.engine.make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        _logger.warning("Could not switch SQLite file %s to WAL: %s", path, error)
+        return
+    if str(mode).lower() != "wal":
+        _logger.warning("SQLite file %s stays in journal mode %r.", path, mode)
+
+
+def check_sql_mode(storage: RDBStorage) -> str:
+    """Warn loudly when a MySQL/MariaDB session is not in strict mode; return its ``sql_mode``.
+
+    Without ``STRICT_TRANS_TABLES`` (or ``STRICT_ALL_TABLES``) the server silently truncates
+    a value longer than its column instead of refusing it, and a truncated JSON attribute makes
+    every later read of the study fail. trace_optuna keeps each of its values under 60,000
+    bytes (see :mod:`trace_optuna.records`), but other writers of the study are not protected.
+    """
+    with storage.engine.connect() as connection:
+        mode = str(connection.execute(sqlalchemy.text("SELECT @@SESSION.sql_mode")).scalar())
+    if not any(strict in mode.upper().split(",") for strict in _STRICT_MODES):
+        message = (
+            f"The MySQL/MariaDB server at {redact(storage.url)} runs sessions with "
+            f"sql_mode={mode!r}, which is not strict: a value longer than its column is "
+            "silently truncated instead of refused, and one truncated attribute makes the whole "
+            "study unreadable. trace_optuna keeps its own values under 60,000 bytes, but fix "
+            "the server: SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',STRICT_TRANS_TABLES') "
+            "(and sql_mode in my.cnf)."
+        )
+        _logger.warning(message)
+        _warn_user(message, SQLModeWarning)
+    return mode
+
+
+def _warn_user(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the first frame outside trace_optuna and optuna."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith(
+        ("trace_optuna", "optuna")
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+# -- surviving a database restart ---------------------------------------------------------
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage error means "the server is unreachable or busy, try again".
+
+    Connection failures, server restarts and SQLite's "database is locked" are transient;
+    invalid data (a value too long, an integrity violation) is not.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            text = str(current).lower()
+            if "sqlite" in type(current.orig).__module__.lower():
+                return "locked" in text or "busy" in text
+            return True
+        if isinstance(current, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True
+        if type(current).__module__.startswith("redis") and type(current).__name__ in (
+            "ConnectionError",
+            "TimeoutError",
+            "BusyLoadingError",
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+_retrying = threading.local()
+
+
+def call_with_retry(
+    function: Callable[..., Any],
+    *args: Any,
+    what: str,
+    timeout: float = RETRY_TIMEOUT_S,
+    **kwargs: Any,
+) -> Any:
+    """Call ``function``, retrying transient storage errors with capped exponential backoff.
+
+    The first failure and the recovery are logged as warnings. Calls nested inside a retried
+    call are not retried again (the outer call does it).
+
+    Raises:
+        Exception: The last error, once ``timeout`` seconds have passed, or at once when it is
+            not transient.
+    """
+    if getattr(_retrying, "active", False):
+        return function(*args, **kwargs)
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        _retrying.active = True
+        try:
+            result = function(*args, **kwargs)
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() - started > timeout:
+                if attempt:
+                    _logger.error("Storage call %s failed for good: %s", what, _first_line(error))
+                raise
+            if attempt == 0:
+                _logger.warning(
+                    "Storage unreachable during %s (%s); retrying with backoff for up to %.0f s.",
+                    what,
+                    _first_line(error),
+                    timeout,
+                )
+            delay = min(5.0, 0.2 * 2**attempt) * (0.5 + random.random())
+            attempt += 1
+            time.sleep(delay)
+            continue
+        finally:
+            _retrying.active = False
+        if attempt:
+            _logger.warning(
+                "Storage reachable again: %s succeeded after %.1f s and %d retries.",
+                what,
+                time.monotonic() - started,
+                attempt,
+            )
+        return result
+
+
+def _first_line(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose calls survive a database restart.
+
+    Every storage call is retried with backoff while the server is unreachable (see
+    :func:`call_with_retry`); a heartbeat that cannot be written is skipped with a warning
+    instead of ending the heartbeat thread, so a short outage does not make live trials look
+    dead. Retrying a write whose commit reached the server before the connection broke is
+    harmless: attribute writes are idempotent, and a state change found already applied counts
+    as done.
+
+    Args:
+        url: The SQLAlchemy URL.
+        retry_timeout: Seconds to keep retrying one call before raising.
+        **kwargs: ``optuna.storages.RDBStorage`` arguments.
+    """
+
+    def __init__(self, url: str, *, retry_timeout: float = RETRY_TIMEOUT_S, **kwargs: Any) -> None:
+        self.retry_timeout = retry_timeout
+        super().__init__(url, **kwargs)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            _logger.warning(
+                "Trial id %d: heartbeat not recorded (%s); trying again in %s s.",
+                trial_id,
+                _first_line(error),
+                self.heartbeat_interval,
+            )
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        attempts = 0
+
+        def set_state() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if attempts > 1 and state.is_finished():
+                    stored = RDBStorage.get_trial(self, trial_id)
+                    if stored.state == state:
+                        return True  # the first attempt committed before its connection broke
+                raise
+
+        return call_with_retry(
+            set_state, what=f"set_trial_state_values({state.name})", timeout=self.retry_timeout
+        )
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return call_with_retry(
+            method, self, *args, what=name, timeout=self.retry_timeout, **kwargs
+        )
+
+    return call
+
+
+for _name in (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "get_trial_params",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "_get_stale_trial_ids",
+    # Optuna's per-process trial cache calls these private methods of its backend directly.
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+):
+    setattr(ResilientRDBStorage, _name, _retried(_name))
+
+
+class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
+    """Re-queue a dead worker's trial: Optuna's retry callback, minus the partial record.
+
+    Like ``optuna.storages.RetryHeartbeatStaleTrialCallback`` it adds a WAITING trial with the
+    dead trial's parameters (so the same strategy and settings) and Optuna's ``failed_trial``
+    and ``retry_history`` system attributes, which the step reads to replay the same step. It
+    leaves out the dead trial's ``trace:`` record attributes and its lease: the worker may have
+    died halfway through writing them, and the retry writes its own.
+
+    Args:
+        max_retry: How often one trial is re-queued; None without limit.
+    """
+
+    def __call__(self, study: optuna.study.Study, trial: FrozenTrial) -> None:
+        history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+        if self._max_retry is not None and self._max_retry < len(history):
+            _logger.warning(
+                "Trial#%d died and was already retried %d times; not retrying it again.",
+                trial.number,
+                len(history) - 1,
+            )
+            return
+        system_attrs = {
+            key: value
+            for key, value in trial.system_attrs.items()
+            if not key.startswith(records.PREFIX)
+        }
+        system_attrs["failed_trial"] = trial.system_attrs.get("failed_trial", trial.number)
+        system_attrs["retry_history"] = history
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs={
+                    key: value
+                    for key, value in trial.user_attrs.items()
+                    if not key.startswith(records.PREFIX)
+                },
+                system_attrs=system_attrs,
+            )
+        )
+        _logger.warning(
+            "Trial#%d was left RUNNING by a worker that stopped beating; marked FAIL and "
+            "queued again with the same parameters.",
+            trial.number,
+        )
 
 
 def _split_prefix(url: str) -> tuple[str, str]:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from collections.abc import Iterable
 import importlib.metadata
 import logging
+import os
 import platform
+import time
 from typing import TYPE_CHECKING
 from typing import Any
 import warnings
@@ -19,7 +21,9 @@ import optuna
 from optuna.study import Study
 from optuna.study import StudyDirection
 
+from trace_optuna import dashboard  # optuna-dashboard: figures, artifacts, description
 from trace_optuna import records
+from trace_optuna.coordination import coordinator_for
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
@@ -27,9 +31,12 @@ from trace_optuna.population import Population
 from trace_optuna.samplers import StrategyBandit
 from trace_optuna.snapshots import restore
 from trace_optuna.step import TraceObjective
+from trace_optuna.storage import HEARTBEAT_INTERVAL_S
+from trace_optuna.storage import MAX_RETRY
 from trace_optuna.storage import resolve_storage
 
 if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
@@ -53,6 +60,8 @@ class TraceStudy:
     def __init__(self, study: optuna.Study, objective: TraceObjective) -> None:
         self._study = study
         self._objective = objective
+        # Seconds between refreshes of the figures saved for optuna-dashboard; None: none saved.
+        self.figure_interval: float | None = dashboard.DEFAULT_FIGURE_INTERVAL
 
     @property
     def optuna(self) -> Study:
@@ -100,18 +109,23 @@ class TraceStudy:
         if n_jobs != 1:
             raise ConfigurationError(
                 f"n_jobs={n_jobs} would run Trace steps in threads, and Trace's graph state is "
-                "process-wide: threads corrupt it. Start several processes instead, each calling "
-                "create_study(..., load_if_exists=True).optimize(), all on one storage."
+                "process-wide: threads corrupt it. Start several processes instead: "
+                "`trace-optuna workers --processes N ...` (see trace_optuna.workers), or your own "
+                "processes each calling create_study(..., load_if_exists=True).optimize(), all "
+                "on one storage."
             )
-        self._study.optimize(
+        figures = dashboard.FigureRefresher(self.figure_interval)  # for optuna-dashboard
+        _optimize(
+            self._study,
             self._objective,
             n_trials=n_trials,
             timeout=timeout,
             catch=(TrialFailed, *catch),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or ()), figures],
             gc_after_trial=gc_after_trial,
             show_progress_bar=show_progress_bar,
         )
+        figures.save(self._study)
 
     @property
     def trials(self) -> list[FrozenTrial]:
@@ -177,6 +191,12 @@ def create_study(
     seed: int | None = None,
     error_score: float | None = None,
     selector: str = "score",
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = None,
+    max_retry: int | None = MAX_RETRY,
+    artifact_dir: str | os.PathLike[str] | None = None,
+    artifact_store: ArtifactStore | None = None,
+    figure_interval: float | None = dashboard.DEFAULT_FIGURE_INTERVAL,
 ) -> TraceStudy:
     """Create (or, with ``load_if_exists``, reopen) a study whose trials are Trace steps.
 
@@ -199,6 +219,18 @@ def create_study(
         error_score: The score of a candidate whose code raises; None fails such trials.
         selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
             LLM preference judge, for tasks without a meaningful numeric score).
+        heartbeat_interval: Seconds between heartbeats of a running trial, so that a trial
+            whose worker died is marked FAIL and re-run by another worker (Optuna's heartbeat
+            on RDB storages, a lease on JournalStorage); None turns it off. Applies to storages
+            given as URLs (and to leases on any storage).
+        grace_period: Seconds without a heartbeat before a trial counts as dead; None is
+            twice ``heartbeat_interval``.
+        max_retry: How often a dead worker's trial is re-run (None: without limit).
+        artifact_dir: A directory for the study's artifacts (long LLM prompts and responses);
+            recorded in the study, so ``trace-optuna dashboard`` serves it.
+        artifact_store: Any Optuna artifact store instead of ``artifact_dir``.
+        figure_interval: Seconds between refreshes of the figures saved into the study for
+            optuna-dashboard while ``optimize`` runs (and once when it returns); None: none.
 
     Returns:
         The study.
@@ -230,7 +262,12 @@ def create_study(
         selector=selector,
         seed=seed,
     )
-    resolved = resolve_storage(storage)
+    resolved = resolve_storage(
+        storage,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
     study = optuna.create_study(
         study_name=study_name,
         storage=resolved,
@@ -239,7 +276,15 @@ def create_study(
         load_if_exists=load_if_exists,
     )
     _bind(study, objective, seed=seed, error_score=error_score)
-    return TraceStudy(study, objective)
+    objective.coordinator = coordinator_for(
+        resolved,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
+    return dashboard.wire(
+        TraceStudy(study, objective), artifact_dir, artifact_store, figure_interval
+    )
 
 
 def load_study(
@@ -253,6 +298,12 @@ def load_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     error_score: float | None = None,
     selector: str = "score",
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = None,
+    max_retry: int | None = MAX_RETRY,
+    artifact_dir: str | os.PathLike[str] | None = None,
+    artifact_store: ArtifactStore | None = None,
+    figure_interval: float | None = dashboard.DEFAULT_FIGURE_INTERVAL,
 ) -> TraceStudy:
     """Open an existing study to continue it or read its records.
 
@@ -267,11 +318,23 @@ def load_study(
             the study's stored seed.
         error_score: As for :func:`create_study`.
         selector: As for :func:`create_study`.
+        heartbeat_interval: As for :func:`create_study`.
+        grace_period: As for :func:`create_study`.
+        max_retry: As for :func:`create_study`.
+        artifact_dir: As for :func:`create_study`; None uses the directory the study
+            recorded, if any.
+        artifact_store: As for :func:`create_study`.
+        figure_interval: As for :func:`create_study`.
 
     Raises:
         ConfigurationError: If the study does not exist, or the agent or strategies differ.
     """
-    resolved = resolve_storage(storage)
+    resolved = resolve_storage(
+        storage,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
     try:
         study = optuna.load_study(study_name=study_name, storage=resolved)
     except KeyError:
@@ -292,7 +355,15 @@ def load_study(
         seed=seed,
     )
     _bind(study, objective, seed=None, error_score=error_score)
-    return TraceStudy(study, objective)
+    objective.coordinator = coordinator_for(
+        resolved,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
+    return dashboard.wire(
+        TraceStudy(study, objective), artifact_dir, artifact_store, figure_interval
+    )
 
 
 def _bind(
@@ -330,6 +401,59 @@ def _bind(
             f"got {objective.strategy_names}. The list is fixed for the life of a study "
             "(Optuna's categorical parameters cannot change their choices)."
         )
+
+
+def _optimize(
+    study: optuna.Study,
+    objective: TraceObjective,
+    *,
+    n_trials: int | None,
+    timeout: float | None,
+    callbacks: list[Callable[[Study, FrozenTrial], None]],
+    **kwargs: Any,
+) -> None:
+    """``study.optimize``, going on when another worker marked a trial of this one FAIL.
+
+    That happens when this worker's heartbeat could not be written for longer than the grace
+    period (a long database outage): the trial was re-queued elsewhere, and Optuna refuses to
+    finish it here. The trial counts towards ``n_trials``.
+    """
+    finished = 0
+
+    def count(study: Study, trial: FrozenTrial) -> None:
+        nonlocal finished
+        finished += 1
+
+    started = time.monotonic()
+    while True:
+        remaining = None if n_trials is None else n_trials - finished
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        if (remaining is not None and remaining <= 0) or (left is not None and left <= 0):
+            return
+        try:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=left,
+                callbacks=[*callbacks, count],
+                **kwargs,
+            )
+            return
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
+            if not _taken_over(error):
+                raise
+            finished += 1
+            _logger.warning(
+                "Another worker marked a trial of this worker FAIL (its heartbeat was late) "
+                "and re-queued it; going on. (%s)",
+                error,
+            )
+
+
+def _taken_over(error: Exception) -> bool:
+    if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    return str(error).startswith("Cannot tell a ")  # Optuna's tell() of a finished trial
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,309 @@
+"""Faults survived with nothing lost: workers killed mid-trial, the database restarting, the
+LLM endpoint failing. Worker processes run as users run them: ``trace-optuna workers``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+import dataclasses
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+import pytest
+from support_openai_server import OpenAIServer
+from support_openai_server import Reply
+import support_workers
+
+import trace_optuna as to
+from trace_optuna import records
+from trace_optuna.storage import resolve_storage
+from trace_optuna.workers import run_worker
+
+TESTS = Path(__file__).parent
+FAST_RETRY = {"retry-after-ms": "10"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def start_workers(
+    url: str, study_name: str, log: Path, *args: str, latency: float, processes: int = 4
+) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])),
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        TRACE_OPTUNA_TEST_LATENCY=str(latency),
+        # The first evaluation waits until every worker runs a trial: their baselines race.
+        TRACE_OPTUNA_TEST_BARRIER=f"{processes} {url} {study_name}",
+    )
+    command = [sys.executable, "-m", "trace_optuna", "workers", "--processes", str(processes)]
+    command += ["--storage", url, "--study", study_name, "--app", "support_workers:app", *args]
+    with log.open("w") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 180.0) -> Any:
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)  # polls what other processes stored
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def open_study(url: str, study_name: str) -> optuna.Study:
+    storage = resolve_storage(url, heartbeat_interval=None)
+
+    def load() -> optuna.Study | None:
+        try:
+            return optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            return None
+
+    return wait_until(load, f"study {study_name!r}")
+
+
+def states(study: optuna.Study) -> Counter:
+    return Counter(trial.state for trial in study.get_trials(deepcopy=False))
+
+
+def double_evaluations(trials: list[FrozenTrial]) -> int:
+    """Completed trials that evaluated a candidate an earlier completed trial had evaluated."""
+    evaluated = Counter(
+        trial.user_attrs[records.SNAPSHOT_HASH]
+        for trial in trials
+        if trial.state == TrialState.COMPLETE and records.DUPLICATE_OF not in trial.user_attrs
+    )
+    return sum(count - 1 for count in evaluated.values())
+
+
+def best_before(trials: list[FrozenTrial], moment: Any) -> int:
+    """The best new candidate among trials completed by ``moment`` (newest wins a tie)."""
+    done = [
+        trial
+        for trial in trials
+        if trial.state == TrialState.COMPLETE
+        and records.DUPLICATE_OF not in trial.user_attrs
+        and trial.datetime_complete is not None
+        and trial.datetime_complete <= moment
+    ]
+    return max(done, key=lambda trial: (trial.value, trial.number)).number
+
+
+def check_records(url: str, study_name: str, trials: list[FrozenTrial]) -> None:
+    """Every completed trial's record is whole: readable, with its snapshot and score."""
+    study = support_workers.app.study(study_name=study_name, storage=url)
+    for trial in trials:
+        if trial.state != TrialState.COMPLETE:
+            continue
+        record = study.record(trial.number)
+        assert isinstance(record.snapshot["x"], int)
+        assert record.value == trial.value == trial.user_attrs[records.SCORE]
+        assert record.strategy in ("baseline", "optoprime")
+        assert record.worker["pid"] > 0 and record.time["total_s"] > 0
+
+
+# -- a worker killed mid-trial --------------------------------------------------------------
+
+
+def _inside_a_step(study: optuna.Study) -> tuple[int, int] | None:
+    """(trial number, worker pid) of a trial that is inside its optimizer step (LLM call)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(records.WORKER)
+        if worker and "strategy" in trial.params:
+            return trial.number, int(worker["pid"])
+    return None
+
+
+@pytest.mark.parametrize("storage_url", ["postgresql", "mysql", "redis"], indirect=True)
+def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_path: Path) -> None:
+    trials = 10
+    log = tmp_path / "workers.log"
+    # The simulated model takes 0.5 s a call: a trial found inside its step is still there
+    # when the signal arrives.
+    workers = start_workers(storage_url, study_name, log, "--trials", str(trials), latency=0.5)
+    try:
+        study = open_study(storage_url, study_name)
+        killed, pid = wait_until(lambda: _inside_a_step(study), "a worker inside a step")
+        os.kill(pid, signal.SIGKILL)
+        assert workers.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if workers.poll() is None:
+            workers.kill()
+    output = log.read_text()
+    assert f"(pid {pid}) died (killed by SIGKILL)" in output
+    assert f"Trial#{killed} was left RUNNING" in output
+
+    all_trials = study.get_trials()
+    # Nothing lost: the workers finished their trials, the dead trial is FAIL and was re-run.
+    assert states(study) == {TrialState.COMPLETE: trials, TrialState.FAIL: 1}
+    dead = all_trials[killed]
+    assert dead.state == TrialState.FAIL
+    (retry,) = [t for t in all_trials if t.system_attrs.get("failed_trial") == killed]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == dead.params  # the same strategy and settings
+    assert retry.user_attrs[records.RETRY_OF] == killed
+    assert retry.user_attrs[records.PARENTS] == [best_before(all_trials, dead.datetime_start)]
+    # Nothing duplicated: the four baselines raced, one was evaluated and three reused it.
+    baselines = [t for t in all_trials if t.user_attrs.get(records.STRATEGY) == "baseline"]
+    assert len(baselines) == 4
+    assert sorted(t.user_attrs.get(records.DUPLICATE_OF, -1) for t in baselines) == [
+        -1,
+        *[baselines[0].number] * 3,
+    ]
+    assert double_evaluations(all_trials) == 0
+    check_records(storage_url, study_name, all_trials)
+
+
+def test_a_dead_workers_trial_is_rerun_from_the_same_parent(
+    tmp_path: Path, study_name: str
+) -> None:
+    # A journal file: no Optuna heartbeat, so this exercises trace_optuna's leases.
+    url = f"journal://{tmp_path / 'study.log'}"
+    study = support_workers.app.study(study_name=study_name, storage=url)
+    study.optimize(n_trials=3)
+    # A worker died inside a step: it took a trial, chose the strategy, and its lease ran out.
+    dead = study.optuna.ask()
+    dead.suggest_categorical("strategy", ["optoprime"])
+    study.objective.strategies["optoprime"].suggest_settings(dead)
+    storage = study.objective.coordinator.storage  # type: ignore[union-attr]
+    storage.set_trial_system_attr(
+        dead._trial_id, records.LEASE, {"until": time.time() - 1, "worker": "gone:1"}
+    )
+    parent = study.best_trial.number
+
+    study.optimize(n_trials=2)  # the first fails the dead trial and queues it; the second runs it
+    trials = study.trials
+    assert trials[dead.number].state == TrialState.FAIL
+    improved, retry = trials[dead.number + 1], trials[dead.number + 2]
+    assert improved.value > trials[parent].value  # the best moved on after the death...
+    assert retry.system_attrs["failed_trial"] == dead.number
+    record = study.record(retry.number)
+    assert record.parents == [parent]  # ...but the re-run starts where the dead trial did
+    assert record.params == trials[dead.number].params
+    assert retry.user_attrs[records.RETRY_OF] == dead.number
+
+
+# -- the database restarting ------------------------------------------------------------------
+
+
+def _postgresql(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def _postgresql_is_up() -> bool:
+    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
+def test_workers_ride_out_a_database_restart(
+    storage_url: str, study_name: str, tmp_path: Path
+) -> None:
+    if not os.path.isdir("/etc/postgresql"):
+        pytest.skip("needs a local PostgreSQL cluster managed by pg_ctlcluster")
+    trials = 20
+    log = tmp_path / "workers.log"
+    # A grace period longer than the outage: live trials must not look dead afterwards.
+    workers = start_workers(
+        storage_url,
+        study_name,
+        log,
+        "--trials",
+        str(trials),
+        "--heartbeat-interval",
+        "2",
+        "--grace-period",
+        "60",
+        latency=0.5,
+    )
+    try:
+        study = open_study(storage_url, study_name)
+        wait_until(lambda: states(study)[TrialState.COMPLETE] >= 6, "six completed trials")
+        _postgresql("stop")
+        try:
+            time.sleep(4)  # the outage itself, not a synchronisation
+        finally:
+            _postgresql("start")
+        assert workers.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if not _postgresql_is_up():
+            _postgresql("start")
+        if workers.poll() is None:
+            workers.kill()
+    output = log.read_text()
+    assert "Storage unreachable during" in output and "Storage reachable again" in output
+
+    wait_until(_postgresql_is_up, "PostgreSQL")
+    all_trials = study.get_trials()
+    assert states(study) == {TrialState.COMPLETE: trials}
+    assert double_evaluations(all_trials) == 0
+    check_records(storage_url, study_name, all_trials)
+
+
+# -- the LLM endpoint failing -----------------------------------------------------------------
+
+
+def test_llm_failures_fail_their_trials_and_the_worker_goes_on(
+    sqlite_url: str, study_name: str
+) -> None:
+    phases = [
+        Reply.error(429, headers={"Retry-After": "0.1"}),
+        Reply.error(500, headers=FAST_RETRY),
+        Reply.slow("too late", delay_s=10.0),
+        Reply.malformed(),
+        Reply.ok("TERMINATE"),  # the endpoint is back
+    ]
+    with OpenAIServer() as server:
+        llm = to.LLM(
+            "openai/test-model",
+            api_base=server.base_url,
+            api_key="sk-test",
+            num_retries=1,
+            timeout=0.5,
+        )
+        app = dataclasses.replace(support_workers.app, llm=llm)
+        requests: list[int] = []
+
+        def next_phase(study: optuna.Study, trial: FrozenTrial) -> None:
+            requests.append(len(server.requests))
+            if phases:
+                server.default = phases.pop(0)
+
+        finished = run_worker(
+            app, study_name=study_name, storage=sqlite_url, n_trials=6, callbacks=[next_phase]
+        )
+    assert finished == 6  # the worker lived through every failure
+    study = app.study(study_name=study_name, storage=sqlite_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] + [TrialState.FAIL] * 4 + [
+        TrialState.COMPLETE
+    ]
+    errors = [study.record(number).error or "" for number in range(1, 5)]
+    for error in errors:
+        assert error.startswith("LLMError: The LLM call to 'openai/test-model' failed")
+    assert "RateLimitError" in errors[0]
+    assert "InternalServerError" in errors[1] or "500" in errors[1]
+    assert "Timeout" in errors[2] or "timed out" in errors[2]
+    assert requests[0] == 0  # the baseline asks no LLM
+    per_trial = [after - before for before, after in zip(requests[:-1], requests[1:], strict=True)]
+    # Retried, and bounded: at most the SDK's and litellm's retries (2 * num_retries + 1).
+    for count in per_trial[:4]:
+        assert 2 <= count <= 3
+    assert per_trial[4] == 1
+    assert study.record(5).duplicate_of == 0  # TERMINATE: the parent again, not re-evaluated

@@ -1,0 +1,447 @@
+"""What workers sharing a study agree on beyond Optuna's trials: claims and leases.
+
+**Candidate claims.** Before a worker evaluates a candidate snapshot it claims the snapshot's
+hash in the storage with one atomic write: a row under a unique key in the table
+``trace_optuna_claims`` of an RDB storage's database, a ``SET NX`` key on Redis, a row in a
+SQLite file next to a journal file. A claim is held while the claiming trial is RUNNING. A
+worker that finds a live claim waits for that trial to finish and then reuses its stored score
+(``trace:duplicate_of``) instead of evaluating the same candidate at the same time; a claim
+whose trial ended without storing that candidate (it failed, or its worker died) is taken over
+with a compare-and-set.
+
+**Leases.** Optuna's heartbeat (RDB storages) lets the next worker mark a dead worker's trial
+FAIL and re-queue it. JournalStorage (Redis, file) has no heartbeat, so for it, and for any
+storage without Optuna's heartbeat, a worker renews a lease on its running trial every
+``heartbeat_interval`` seconds: the trial system attribute ``trace:lease`` holds the wall-clock
+time it expires. Before each trial, and while waiting for a claim, workers fail RUNNING trials
+whose lease has expired and re-queue them through the same
+:class:`~trace_optuna.storage.RetryStaleTrialCallback`. Leases compare wall clocks of different
+hosts: keep them in sync (NTP) to well within the grace period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import contextlib
+import copy
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+import warnings
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+import sqlalchemy
+
+from trace_optuna import records
+from trace_optuna.storage import HEARTBEAT_INTERVAL_S
+from trace_optuna.storage import MAX_RETRY
+from trace_optuna.storage import RETRY_TIMEOUT_S
+from trace_optuna.storage import RetryStaleTrialCallback
+from trace_optuna.storage import call_with_retry
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+_logger = logging.getLogger(__name__)
+
+CLAIMS_TABLE = "trace_optuna_claims"
+
+_metadata = sqlalchemy.MetaData()
+_claims = sqlalchemy.Table(
+    CLAIMS_TABLE,
+    _metadata,
+    sqlalchemy.Column("study_id", sqlalchemy.Integer, primary_key=True, autoincrement=False),
+    sqlalchemy.Column("snapshot_hash", sqlalchemy.String(64), primary_key=True),
+    sqlalchemy.Column("trial_id", sqlalchemy.Integer, nullable=False),
+)
+
+
+class _ClaimTable:
+    """Where claims live: ``insert`` is atomic, ``replace`` a compare-and-set."""
+
+    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        """Claim the hash for ``trial_id`` unless claimed; return the holder's trial id."""
+        raise NotImplementedError
+
+    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+        """Move the claim from trial ``old`` to ``new``; False if it no longer was ``old``'s."""
+        raise NotImplementedError
+
+
+class _SQLClaims(_ClaimTable):
+    def __init__(self, engine: sqlalchemy.engine.Engine, retry_timeout: float) -> None:
+        self._engine = engine
+        self._retry_timeout = retry_timeout
+        self._ready = False
+
+    def _create(self) -> None:
+        if self._ready:
+            return
+        try:
+            _metadata.create_all(self._engine, checkfirst=True)
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Another worker created it at the same moment; checking again must now see it.
+            _metadata.create_all(self._engine, checkfirst=True)
+        self._ready = True
+
+    def _insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        self._create()
+        key = (_claims.c.study_id == study_id) & (_claims.c.snapshot_hash == snapshot_hash)
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    _claims.insert().values(
+                        study_id=study_id, snapshot_hash=snapshot_hash, trial_id=trial_id
+                    )
+                )
+            return trial_id
+        except sqlalchemy.exc.IntegrityError:
+            with self._engine.connect() as connection:
+                holder = connection.execute(sqlalchemy.select(_claims.c.trial_id).where(key))
+                value = holder.scalar()
+        return trial_id if value is None else int(value)  # None: released meanwhile; retry
+
+    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        return call_with_retry(
+            self._insert,
+            study_id,
+            snapshot_hash,
+            trial_id,
+            what="claim a candidate",
+            timeout=self._retry_timeout,
+        )
+
+    def _replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                _claims.update()
+                .where(
+                    (_claims.c.study_id == study_id)
+                    & (_claims.c.snapshot_hash == snapshot_hash)
+                    & (_claims.c.trial_id == old)
+                )
+                .values(trial_id=new)
+            )
+            return result.rowcount == 1
+
+    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+        return call_with_retry(
+            self._replace,
+            study_id,
+            snapshot_hash,
+            old,
+            new,
+            what="take over a claim",
+            timeout=self._retry_timeout,
+        )
+
+
+_REDIS_REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class _RedisClaims(_ClaimTable):
+    def __init__(self, url: str, prefix: str, retry_timeout: float) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._prefix = f"{prefix}trace_optuna:claim:"
+        self._retry_timeout = retry_timeout
+
+    def _key(self, study_id: int, snapshot_hash: str) -> str:
+        return f"{self._prefix}{study_id}:{snapshot_hash}"
+
+    def _insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        key = self._key(study_id, snapshot_hash)
+        if self._client.set(key, trial_id, nx=True):
+            return trial_id
+        holder = self._client.get(key)
+        return trial_id if holder is None else int(holder)
+
+    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        return call_with_retry(
+            self._insert,
+            study_id,
+            snapshot_hash,
+            trial_id,
+            what="claim a candidate",
+            timeout=self._retry_timeout,
+        )
+
+    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+        key = self._key(study_id, snapshot_hash)
+        changed = call_with_retry(
+            self._client.eval,
+            _REDIS_REPLACE,
+            1,
+            key,
+            str(old),
+            str(new),
+            what="take over a claim",
+            timeout=self._retry_timeout,
+        )
+        return bool(changed)
+
+
+class _LocalClaims(_ClaimTable):
+    """Claims in this process's memory, for storages that only one process uses."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders: dict[tuple[int, str], int] = {}
+
+    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        with self._lock:
+            return self._holders.setdefault((study_id, snapshot_hash), trial_id)
+
+    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+        with self._lock:
+            if self._holders.get((study_id, snapshot_hash)) != old:
+                return False
+            self._holders[(study_id, snapshot_hash)] = new
+            return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """The outcome of :meth:`Coordinator.claim`.
+
+    Attributes:
+        held: True when this trial now holds the claim and may evaluate the candidate.
+        holder: The number of the RUNNING trial holding it when ``held`` is False.
+        taken_over: True when the claim was taken from a trial that has ended; the caller
+            should look again whether that trial stored the candidate.
+    """
+
+    held: bool
+    holder: int | None = None
+    taken_over: bool = False
+
+
+class Coordinator:
+    """Claims and leases for one storage. Build it with :func:`coordinator_for`.
+
+    Args:
+        storage: The Optuna storage (as given to ``optuna.create_study``).
+        claims: Where claims live.
+        heartbeat_interval: Seconds between lease renewals; None turns leases off.
+        grace_period: Seconds a lease lasts; None is twice ``heartbeat_interval``.
+        max_retry: How often a trial whose lease expired is re-queued.
+    """
+
+    def __init__(
+        self,
+        storage: BaseStorage,
+        claims: _ClaimTable,
+        *,
+        heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+        grace_period: int | None = None,
+        max_retry: int | None = MAX_RETRY,
+    ) -> None:
+        self.storage = storage
+        self._claims = claims
+        self.optuna_heartbeat = _has_heartbeat(storage)
+        self.lease_interval = None if self.optuna_heartbeat else heartbeat_interval
+        self.grace_period = grace_period or 2 * (heartbeat_interval or HEARTBEAT_INTERVAL_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self._retry = RetryStaleTrialCallback(max_retry)
+        self._study_ids: dict[str, int] = {}
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def study_id(self, study: optuna.Study) -> int:
+        name = study.study_name
+        if name not in self._study_ids:
+            self._study_ids[name] = self.storage.get_study_id_from_name(name)
+        return self._study_ids[name]
+
+    # -- claims ---------------------------------------------------------------------------
+
+    def claim(self, study: optuna.Study, trial_id: int, snapshot_hash: str) -> Claim:
+        """Claim a candidate's hash for a running trial before evaluating it."""
+        study_id = self.study_id(study)
+        while True:
+            holder_id = self._claims.insert(study_id, snapshot_hash, trial_id)
+            if holder_id == trial_id:
+                return Claim(held=True)
+            holder = self._trial(holder_id)
+            if holder is not None and holder.state == TrialState.RUNNING:
+                return Claim(held=False, holder=holder.number)
+            if self._claims.replace(study_id, snapshot_hash, holder_id, trial_id):
+                return Claim(held=True, taken_over=True)
+
+    def is_running(self, study: optuna.Study, number: int) -> bool:
+        """Whether trial ``number`` of ``study`` is still RUNNING in the storage."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study_id(study), number
+        )
+        trial = self._trial(trial_id)
+        return trial is not None and trial.state == TrialState.RUNNING
+
+    def _trial(self, trial_id: int) -> FrozenTrial | None:
+        try:
+            return self.storage.get_trial(trial_id)
+        except KeyError:
+            return None  # a claim left by a deleted study
+
+    # -- leases ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self, trial_id: int) -> Iterator[None]:
+        """Hold a lease on a running trial while the block runs (no-op with Optuna's heartbeat)."""
+        interval = self.lease_interval
+        if interval is None:
+            yield
+            return
+        stop = threading.Event()
+        self._renew(trial_id)
+        thread = threading.Thread(
+            target=self._keep_renewing,
+            args=(trial_id, interval, stop),
+            name=f"trace-optuna-lease-{trial_id}",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _renew(self, trial_id: int) -> None:
+        lease: dict[str, float | str] = {
+            "until": time.time() + self.grace_period,
+            "worker": self._worker,
+        }
+        self.storage.set_trial_system_attr(trial_id, records.LEASE, lease)
+
+    def _keep_renewing(self, trial_id: int, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            try:
+                self._renew(trial_id)
+            except UpdateFinishedTrialError:
+                return
+            except Exception as error:  # the storage is down: try again next time
+                _logger.warning("Trial id %d: lease not renewed (%r).", trial_id, error)
+
+    def fail_stale(self, study: optuna.Study) -> list[int]:
+        """Fail trials whose worker died (no heartbeat or lease) and re-queue them.
+
+        Returns:
+            The numbers of the trials failed through leases (Optuna's heartbeat does not say).
+        """
+        if self.optuna_heartbeat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            return []
+        if self.lease_interval is None:
+            return []
+        now = time.time()
+        failed = []
+        for trial in self.storage.get_all_trials(
+            self.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)
+        ):
+            lease = trial.system_attrs.get(records.LEASE)
+            if not isinstance(lease, dict) or float(lease.get("until", now)) >= now:
+                continue  # alive, or not leased (a trial run without trace_optuna)
+            try:
+                if not self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # another worker failed it first, or it just finished
+            _logger.warning(
+                "Trial#%d: the lease of worker %s expired %.1f s ago.",
+                trial.number,
+                lease.get("worker"),
+                now - float(lease["until"]),
+            )
+            self._retry(study, copy.deepcopy(self.storage.get_trial(trial._trial_id)))
+            failed.append(trial.number)
+        return failed
+
+
+def coordinator_for(
+    storage: BaseStorage,
+    *,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = None,
+    max_retry: int | None = MAX_RETRY,
+) -> Coordinator:
+    """The coordinator of a storage: claims where its data lives, leases if it has no heartbeat.
+
+    Args:
+        storage: An Optuna storage (possibly wrapped in Optuna's trial cache).
+        heartbeat_interval: Seconds between lease renewals on storages without Optuna's
+            heartbeat; None turns leases off.
+        grace_period: Seconds a lease lasts; None is twice ``heartbeat_interval``.
+        max_retry: How often a trial whose lease expired is re-queued.
+    """
+    backend = _unwrap(storage)
+    retry_timeout = getattr(backend, "retry_timeout", RETRY_TIMEOUT_S)
+    claims: _ClaimTable
+    if isinstance(backend, RDBStorage) and backend.engine.url.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        claims = _SQLClaims(backend.engine, retry_timeout)
+    elif isinstance(backend, optuna.storages.JournalStorage):
+        claims = _journal_claims(backend, retry_timeout)
+    else:
+        claims = _LocalClaims()
+    return Coordinator(
+        storage,
+        claims,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
+
+
+def _has_heartbeat(storage: BaseStorage) -> bool:
+    """Whether Optuna runs its heartbeat for this storage (RDBStorage with an interval)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
+
+
+def _unwrap(storage: BaseStorage) -> BaseStorage:
+    # Optuna wraps an RDBStorage in its trial cache when a study is made from it.
+    inner = getattr(storage, "_backend", None)
+    return inner if isinstance(inner, RDBStorage) else storage
+
+
+def _journal_claims(storage: optuna.storages.JournalStorage, retry_timeout: float) -> _ClaimTable:
+    # Optuna has no public accessor for a journal's backend; read it, and fall back to
+    # in-process claims for a backend we do not know.
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalRedisBackend
+
+    backend = getattr(storage, "_backend", None)
+    if isinstance(backend, JournalRedisBackend):
+        return _RedisClaims(backend._url, backend._prefix, retry_timeout)
+    if isinstance(backend, JournalFileBackend):
+        engine = sqlalchemy.create_engine(
+            f"sqlite:///{backend._file_path}.claims.sqlite3", connect_args={"timeout": 30}
+        )
+        return _SQLClaims(engine, retry_timeout)
+    _logger.warning(
+        "Candidate claims for %s are kept in this process only: several processes may "
+        "evaluate the same candidate at the same time.",
+        type(backend).__name__,
+    )
+    return _LocalClaims()
