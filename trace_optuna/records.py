@@ -45,6 +45,10 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 ``trace:error``                str, why the trial failed (or why the candidate's code raised)
 ``trace:traceback``            str, the traceback of that error
 ``trace:retry_of``             int, the trial whose worker died; this trial re-ran its step
+``trace:knobs``                {param: value}, the Optuna params ``evaluate(agent, trial)``
+                               suggested in this trial (the agent's own knobs)
+``trace:parent_knobs``         {parent trial number: {param: value}}, the knob values each
+                               parent re-run for its feedback used: the parent's own
 ``trace:artifacts``            {attribute key: {artifact_id, filename, chars}}: long LLM
                                texts uploaded to the study's artifact store; the attribute
                                keeps their start (see :mod:`trace_optuna.dashboard`)
@@ -105,6 +109,8 @@ DETAILS = "trace:details"
 ERROR = "trace:error"
 TRACEBACK = "trace:traceback"
 RETRY_OF = "trace:retry_of"
+KNOBS = "trace:knobs"
+PARENT_KNOBS = "trace:parent_knobs"
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -155,6 +161,8 @@ RESERVED = frozenset(
         ERROR,
         TRACEBACK,
         RETRY_OF,
+        KNOBS,
+        PARENT_KNOBS,
     }
 )
 
@@ -279,6 +287,9 @@ class TrialRecord:
         error: Why the trial failed, or why the candidate's code raised.
         traceback: The traceback of that error.
         params: The trial's Optuna parameters.
+        knobs: The params ``evaluate(agent, trial)`` suggested (the agent's own knobs).
+        parent_knobs: ``{parent number: {param: value}}``, the knob values each parent
+            re-run for its feedback used (the parent's own).
         schema: The record's layout version.
     """
 
@@ -304,6 +315,8 @@ class TrialRecord:
     error: str | None
     traceback: str | None
     params: dict[str, Any]
+    knobs: dict[str, Any]
+    parent_knobs: dict[int, dict[str, Any]]
     schema: int
 
 
@@ -381,5 +394,10 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         error=decode(attrs, ERROR),
         traceback=decode(attrs, TRACEBACK),
         params=dict(trial.params),
+        knobs=dict(decode(attrs, KNOBS) or {}),
+        parent_knobs={
+            int(number): dict(knobs)
+            for number, knobs in (decode(attrs, PARENT_KNOBS) or {}).items()
+        },
         schema=schema,
     )

@@ -10,8 +10,17 @@ The flow of one trial::
             proposal = strategy.propose(context)    e.g. best trial -> OptoPrime -> candidate
       candidate already evaluated in the study? -> reuse its score, say so
       another worker evaluating it right now?   -> wait for it, then reuse its score
-      else  claim it; restore(agent, candidate); evaluate(agent)
+      else  claim it; restore(agent, candidate); evaluate(agent)  (or evaluate(agent, trial))
       write every record attribute (records.py), then return the score for Optuna's tell()
+
+``evaluate(agent, trial)`` gets the running ``optuna.Trial``: the agent's own knobs it suggests
+are ordinary Optuna params of the trial, the same value however often the trial evaluates
+(Optuna returns a suggested param's value again). A parent re-run for its feedback gets a
+:class:`ParentTrial` instead, whose ``suggest_*`` return the parent's own stored values, so its
+feedback matches its stored score. Such an ``evaluate`` may depend on knobs sampled only while
+it runs, so a candidate another trial evaluated is evaluated again rather than its score reused.
+``evaluate`` may prune through ``trial.report``/``trial.should_prune``: ``optuna.TrialPruned``
+ends the trial PRUNED with what it recorded so far (candidate snapshot, parent feedback).
 
 Workers share nothing but the storage. A trial re-queued because its worker died (Optuna's
 heartbeat, or a lease on JournalStorage; see :mod:`trace_optuna.coordination`) replays the dead
@@ -40,7 +49,9 @@ from typing import Any
 from opto.trace.bundle import ExecutionError
 from opto.trace.containers import ParameterContainer
 from opto.trace.nodes import Node
+from optuna.exceptions import TrialPruned
 from optuna.study import StudyDirection
+from optuna.trial import FixedTrial
 
 from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
 from trace_optuna import graph
@@ -63,7 +74,11 @@ from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.judge import Selector
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import optuna
+    from optuna.distributions import CategoricalChoiceType
+    from optuna.trial import FrozenTrial
 
 _logger = logging.getLogger(__name__)
 
@@ -89,7 +104,9 @@ class TraceObjective:
 
     Args:
         agent: A function that builds a fresh agent (called once, here), or an agent instance.
-        evaluate: ``evaluate(agent) -> Evaluation``.
+        evaluate: ``evaluate(agent) -> Evaluation``, or ``evaluate(agent, trial)`` to sample the
+            agent's own knobs (``trial.suggest_*``) and prune (``trial.report``,
+            ``trial.should_prune``) in the same trial; see the module docstring.
         llm: A litellm model string or a :class:`~trace_optuna.LLM`.
         strategies: Strategy names or instances; the trial's ``strategy`` parameter picks one.
         error_score: The score of a candidate whose code raises when run. None (the default)
@@ -116,7 +133,8 @@ class TraceObjective:
         seed: int | None = None,
     ) -> None:
         self.make_agent = _agent_factory(agent)
-        self.evaluate = _check_evaluate(evaluate)
+        self.evaluate = evaluate
+        self.evaluate_takes_trial = _evaluate_takes_trial(evaluate)
         self.llm = _resolve_llm(llm)
         self.strategies = {strategy.name: strategy for strategy in resolve(list(strategies))}
         if error_score is not None and not isinstance(error_score, (int, float)):
@@ -133,6 +151,7 @@ class TraceObjective:
         self.artifact_store: Any = None  # create_study(artifact_dir=/artifact_store=) sets it
         self.coordinator: Coordinator | None = None
         self._claimed = False  # whether the running trial holds a candidate claim
+        self._knobs: set[str] = set()  # params the running trial's evaluate suggested
 
     @property
     def strategy_names(self) -> list[str]:
@@ -163,6 +182,7 @@ class TraceObjective:
         graph.release()  # earlier trials' nodes: only what this objective still holds lives
         dashboard.enter_trial(trial, attrs)  # HumanFeedback asks in this trial's form
         self._claimed = False
+        self._knobs = set()
         coordinator = self.coordinator_for(trial.study)
         if not coordinator.optuna_heartbeat:  # optimize() already did it for heartbeat storages
             self._fail_stale(coordinator, trial.study)
@@ -171,6 +191,10 @@ class TraceObjective:
                 # First, so that a running (or dead) trial shows which worker runs it.
                 trial.set_user_attr(records.WORKER, worker)
                 score = self._step(trial, attrs, timing)
+            except TrialPruned:
+                # Not a failure: Optuna ends the trial PRUNED; keep what it recorded so far.
+                self._record_failure(trial, attrs, None, timing, started)
+                raise
             except Exception as error:
                 self._record_failure(trial, attrs, error, timing, started)
                 raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
@@ -204,6 +228,7 @@ class TraceObjective:
             return a > b if maximize else a < b
 
         evaluated: list[tuple[dict[str, Any], RunResult]] = []
+        parent_knobs: dict[str, dict[str, Any]] = {}  # knobs of each parent re-run for feedback
         if view.best() is None:
             attrs[records.STRATEGY] = records.BASELINE
             proposal = Proposal(snapshot=dict(self.initial_snapshot), parents=[])
@@ -214,9 +239,31 @@ class TraceObjective:
             extra: dict[str, Any] = {}
 
             def evaluate(values: dict[str, Any]) -> RunResult:
-                result = self._evaluate_candidate(trial, population, values, timing)
+                try:
+                    result = self._evaluate_candidate(trial, population, values, timing)
+                except TrialPruned:
+                    # Pruned inside the strategy (e.g. one of several offspring): the trial's
+                    # candidate is the one being evaluated, measured against the first parent.
+                    first = reran[:1]
+                    attrs[records.PARENTS] = [parent.number for parent in first]
+                    if first:
+                        attrs[records.PARENT_SCORE] = first[0].score
+                        attrs[records.PARENT_FEEDBACK] = first[0].feedback
+                    self._record_candidate(
+                        trial.number, population, attrs[records.PARENTS], values, evaluated, attrs
+                    )
+                    raise
                 evaluated.append((dict(values), result))
                 return result
+
+            reran: list[ParentEvaluation] = []
+
+            def evaluate_parent(number: int) -> ParentEvaluation:
+                parent, knobs = self._evaluate_parent(trial, population, number, timing)
+                reran.append(parent)
+                parent_knobs.setdefault(str(number), knobs)
+                attrs[records.PARENT_KNOBS] = parent_knobs if any(parent_knobs.values()) else None
+                return parent
 
             context = StepContext(
                 trial=trial,
@@ -225,7 +272,7 @@ class TraceObjective:
                 parameters=self.parameters,
                 llm=self.llm,
                 settings=strategy.suggest_settings(trial),
-                evaluate_parent=lambda number: self._evaluate_parent(population, number, timing),
+                evaluate_parent=evaluate_parent,
                 evaluate=evaluate,
                 better=better,
                 select=lambda candidates: self.selector.select(candidates, better),
@@ -241,17 +288,9 @@ class TraceObjective:
         attrs[records.PARENT_FEEDBACK] = proposal.parent_feedback
 
         candidate = proposal.snapshot
-        for path, value in candidate.items():
-            snapshots.check_json_value(path, value)
-        candidate_hash = snapshots.snapshot_hash(candidate)
-        parent_snapshot = population.snapshot(proposal.parents[0]) if proposal.parents else {}
-        attrs[records.CHANGED] = snapshots.changed_paths(parent_snapshot, candidate)
-        attrs[records.DIFF] = snapshots.diff(parent_snapshot, candidate) if parent_snapshot else ""
-        self._add_snapshot_attrs(trial.number, population, candidate, candidate_hash, attrs)
-        if evaluated:
-            attrs[records.EVALUATED] = [
-                _evaluated_entry(values, result, parent_snapshot) for values, result in evaluated
-            ]
+        candidate_hash = self._record_candidate(
+            trial.number, population, proposal.parents, candidate, evaluated, attrs
+        )
 
         run = proposal.result
         if run is None:  # evaluated during this trial already? then not again
@@ -300,6 +339,10 @@ class TraceObjective:
         """
         for path, value in values.items():
             snapshots.check_json_value(path, value)
+        if self.evaluate_takes_trial:
+            # Its score may depend on this trial's knobs, sampled only as evaluate runs: another
+            # trial's score of the same snapshot came from other knob values. Nothing to reuse.
+            return self._run(values, timing, trial)
         candidate_hash = snapshots.snapshot_hash(values)
         coordinator = self.coordinator_for(trial.study)
         while True:
@@ -319,7 +362,7 @@ class TraceObjective:
                     population.refresh()
                     if population.trial_with_snapshot(candidate_hash) is not None:
                         continue
-                return self._run(values, timing)
+                return self._run(values, timing, trial)
             assert claim.holder is not None
             if self._claimed:
                 _logger.info(
@@ -328,7 +371,7 @@ class TraceObjective:
                     trial.number,
                     claim.holder,
                 )
-                return self._run(values, timing)
+                return self._run(values, timing, trial)
             self._wait_for(trial, coordinator, claim.holder)
             population.refresh()
 
@@ -343,6 +386,29 @@ class TraceObjective:
             time.sleep(delay)  # a poll of the storage: another process owns the answer
             delay = min(2 * delay, longest)
             self._fail_stale(coordinator, trial.study)  # its worker may have died
+
+    def _record_candidate(
+        self,
+        number: int,
+        population: Population,
+        parents: list[int],
+        candidate: dict[str, Any],
+        evaluated: list[tuple[dict[str, Any], RunResult]],
+        attrs: dict[str, Any],
+    ) -> str:
+        """Put the candidate (against its first parent) into ``attrs``; return its hash."""
+        for path, value in candidate.items():
+            snapshots.check_json_value(path, value)
+        candidate_hash = snapshots.snapshot_hash(candidate)
+        parent_snapshot = population.snapshot(parents[0]) if parents else {}
+        attrs[records.CHANGED] = snapshots.changed_paths(parent_snapshot, candidate)
+        attrs[records.DIFF] = snapshots.diff(parent_snapshot, candidate) if parent_snapshot else ""
+        self._add_snapshot_attrs(number, population, candidate, candidate_hash, attrs)
+        if evaluated:
+            attrs[records.EVALUATED] = [
+                _evaluated_entry(values, result, parent_snapshot) for values, result in evaluated
+            ]
+        return candidate_hash
 
     def _add_snapshot_attrs(
         self,
@@ -366,8 +432,13 @@ class TraceObjective:
         attrs[records.SNAPSHOT_HASH] = candidate_hash
 
     def _evaluate_parent(
-        self, population: Population, number: int, timing: dict[str, float]
-    ) -> ParentEvaluation:
+        self, trial: optuna.Trial, population: Population, number: int, timing: dict[str, float]
+    ) -> tuple[ParentEvaluation, dict[str, Any]]:
+        """Re-run a stored trial's candidate for its graph and feedback, with its own knobs.
+
+        Returns:
+            The evaluation, and the knob values it ran with (``{}`` without knobs).
+        """
         parent = population.trial(number)
         if parent.value is None:
             raise TraceOptunaError(f"Trial#{number} has no score and cannot be a parent.")
@@ -379,22 +450,39 @@ class TraceObjective:
             and snapshots.snapshot_hash(snapshots.snapshot(self.agent)) == live.snapshot_hash
         ):
             run = live.run  # its graph is live: a greedy chain evaluates once per trial
+            stored = records.decode(parent.user_attrs, records.KNOBS) or {}
+            knobs = {name: parent.params[name] for name in stored if name in parent.params}
         else:
-            run = self._run(parent_snapshot, timing)
+            parent_trial = ParentTrial(parent, trial)
+            run = self._run(parent_snapshot, timing, parent_trial)
+            knobs = parent_trial.knobs
+            self._knobs.update(parent_trial.not_in_parent)  # suggested on the running trial
         if run.output is None:
             raise ConfigurationError(
                 "evaluate() returned an Evaluation without output; set output= to the Trace "
                 "node the agent produced, so feedback can flow back to the parameters."
             )
-        return ParentEvaluation(number, parent_snapshot, parent.value, run.feedback, run.output)
+        evaluation = ParentEvaluation(
+            number, parent_snapshot, parent.value, run.feedback, run.output
+        )
+        return evaluation, knobs
 
-    def _run(self, values: dict[str, Any], timing: dict[str, float]) -> RunResult:
-        """Restore ``values`` into the agent and evaluate it."""
+    def _run(
+        self,
+        values: dict[str, Any],
+        timing: dict[str, float],
+        trial: optuna.Trial | ParentTrial,
+    ) -> RunResult:
+        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one)."""
         snapshots.restore(self.agent, values)
         self._live = None
         started = time.perf_counter()
+        suggested_before = set(trial.params)
         try:
-            evaluation = self.evaluate(self.agent)
+            if self.evaluate_takes_trial:
+                evaluation = self.evaluate(self.agent, trial)
+            else:
+                evaluation = self.evaluate(self.agent)
         except ExecutionError as error:
             # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
             # and its exception node the output, so the next step can repair the code.
@@ -406,6 +494,8 @@ class TraceObjective:
             )
         finally:
             timing["evaluate_s"] += time.perf_counter() - started
+            if not isinstance(trial, ParentTrial):  # what evaluate suggested: the agent's knobs
+                self._knobs.update(set(trial.params) - suggested_before)
         if not isinstance(evaluation, Evaluation):
             raise ConfigurationError(
                 f"evaluate() must return trace_optuna.Evaluation, got {type(evaluation).__name__}."
@@ -429,6 +519,9 @@ class TraceObjective:
         started: float,
     ) -> None:
         attrs.update(self._llm_attrs())
+        params = trial.params
+        knobs = {name: params[name] for name in sorted(self._knobs) if name in params}
+        attrs[records.KNOBS] = knobs or None
         llm_s = attrs[records.LLM]["latency_s"]
         attrs[records.TIME] = {
             "evaluate_s": round(timing["evaluate_s"], 6),
@@ -443,11 +536,12 @@ class TraceObjective:
         self,
         trial: optuna.Trial,
         attrs: dict[str, Any],
-        error: Exception,
+        error: Exception | None,
         timing: dict[str, float],
         started: float,
     ) -> None:
-        if not isinstance(error, _CandidateCodeFailed):
+        """Store what a trial that did not complete recorded; ``error`` None: it was pruned."""
+        if error is not None and not isinstance(error, _CandidateCodeFailed):
             attrs[records.ERROR] = _reason(error)
             attrs[records.TRACEBACK] = "".join(traceback.format_exception(error))
         try:
@@ -480,6 +574,70 @@ class TraceObjective:
 
 class _CandidateCodeFailed(Exception):
     """The candidate's code raised and the study has no ``error_score``."""
+
+
+class ParentTrial(FixedTrial):
+    """The trial ``evaluate(agent, trial)`` gets when the step re-runs a parent for feedback.
+
+    Its ``suggest_*`` return the values the parent trial ran with (its stored Optuna params),
+    so the feedback that drives the step comes from the configuration that earned the parent's
+    stored score. A knob the parent never suggested (it ran before the knob existed) is
+    suggested on the running trial instead, with a warning. ``report`` does nothing and
+    ``should_prune`` is False: this run is not the running trial's evaluation, and a pruner
+    must not judge the running trial by it. ``number`` is the parent's trial number.
+
+    Args:
+        parent: The parent's finished trial.
+        running: The running trial, for knobs the parent does not have.
+    """
+
+    def __init__(self, parent: FrozenTrial, running: optuna.Trial) -> None:
+        super().__init__(dict(parent.params), number=parent.number)
+        self._stored = dict(parent.params)
+        self._running = running
+        self.not_in_parent: dict[str, Any] = {}
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The knob values this run used: the parent's, then any taken from the running trial."""
+        return {**self.params, **self.not_in_parent}
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        if name in self._stored:
+            return super().suggest_float(name, low, high, step=step, log=log)
+        return self._from_running(
+            name, self._running.suggest_float(name, low, high, step=step, log=log)
+        )
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        if name in self._stored:
+            return super().suggest_int(name, low, high, step=step, log=log)
+        return self._from_running(
+            name, self._running.suggest_int(name, low, high, step=step, log=log)
+        )
+
+    def suggest_categorical(  # type: ignore[override]
+        self, name: str, choices: Sequence[CategoricalChoiceType]
+    ) -> Any:
+        if name in self._stored:
+            return super().suggest_categorical(name, choices)
+        return self._from_running(name, self._running.suggest_categorical(name, choices))
+
+    def _from_running(self, name: str, value: Any) -> Any:
+        _logger.warning(
+            "Trial#%d: its parent Trial#%d has no param %r; its re-run for feedback uses the "
+            "running trial's value %r.",
+            self._running.number,
+            self.number,
+            name,
+            value,
+        )
+        self.not_in_parent[name] = value
+        return value
 
 
 def _strategy_attrs(name: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -536,23 +694,28 @@ def _agent_factory(agent: Any) -> Callable[[], Any]:
     )
 
 
-def _check_evaluate(evaluate: Any) -> Callable[..., Evaluation]:
+def _evaluate_takes_trial(evaluate: Any) -> bool:
+    """Whether ``evaluate`` is ``evaluate(agent, trial)`` (True) or ``evaluate(agent)``."""
     if not callable(evaluate):
         raise ConfigurationError(
-            f"evaluate must be a function evaluate(agent) -> Evaluation, got "
-            f"{type(evaluate).__name__}."
+            f"evaluate must be a function evaluate(agent) or evaluate(agent, trial) -> "
+            f"Evaluation, got {type(evaluate).__name__}."
         )
     try:
-        inspect.signature(evaluate).bind(object())
-    except TypeError:
-        raise ConfigurationError(
-            f"evaluate must accept the agent as its one argument: evaluate(agent) -> "
-            f"Evaluation; {getattr(evaluate, '__name__', evaluate)!r} has signature "
-            f"{inspect.signature(evaluate)}."
-        ) from None
-    except ValueError:
-        pass  # builtins without a signature: trust the caller
-    return evaluate
+        signature = inspect.signature(evaluate)
+    except (TypeError, ValueError):
+        return False  # builtins without a signature: trust the caller with evaluate(agent)
+    for arguments, takes_trial in (((object(), object()), True), ((object(),), False)):
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            continue
+        return takes_trial
+    raise ConfigurationError(
+        f"evaluate must accept the agent, and optionally the Optuna trial, as positional "
+        f"arguments: evaluate(agent) or evaluate(agent, trial) -> Evaluation; "
+        f"{getattr(evaluate, '__name__', evaluate)!r} has signature {signature}."
+    )
 
 
 def _resolve_llm(llm: Any) -> LLM:

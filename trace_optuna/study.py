@@ -204,7 +204,9 @@ def create_study(
         agent: A function that builds a fresh agent (each process calls it once), or an
             agent: a ``@trace.model`` instance, a trace Module, or a dict of
             ``{name: ParameterNode | trainable bundled function}``.
-        evaluate: ``evaluate(agent) -> Evaluation``.
+        evaluate: ``evaluate(agent) -> Evaluation``, or ``evaluate(agent, trial)`` to sample
+            the agent's own knobs and prune in the same trial (see
+            :class:`~trace_optuna.TraceObjective`).
         llm: A litellm model string (``"openai/gpt-4o-mini"``;
             ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
         study_name: The study's name; Optuna makes one up when None.

@@ -124,10 +124,12 @@ class StepContext:
         settings: What :meth:`Strategy.suggest_settings` returned.
         evaluate_parent: Re-runs a stored trial's candidate in this process and returns a
             :class:`ParentEvaluation` (reusing the live graph when this process evaluated
-            that candidate last).
+            that candidate last). ``evaluate(agent, trial)`` then gets the parent's own knob
+            values (:class:`~trace_optuna.step.ParentTrial`).
         evaluate: Evaluates any candidate snapshot and returns a :class:`RunResult`; a snapshot
             the study already evaluated is not run again (``reused_from`` says which trial's
-            score was reused). Each call is recorded in the trial.
+            score was reused), unless ``evaluate`` takes the trial: its score then depends on
+            the trial's own knobs. Each call is recorded in the trial.
         better: ``better(a, b)`` is True when score ``a`` is better than ``b``.
         select: Picks the best of several evaluated candidates, by score or, with the study's
             ``selector="llm"``, by a pairwise LLM judge; returns the winner's index.

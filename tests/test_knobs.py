@@ -1,0 +1,305 @@
+"""Optuna-native use: ``evaluate(agent, trial)`` samples the agent's own knobs in the step's trial.
+
+Every study here is a user's own ``optuna.create_study`` on a SQLite file, optimizing
+``TraceObjective`` directly, and is read back with ``to.load_study``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+from support_agents import REQUIRED
+from support_agents import Greeter
+from support_agents import make_greeter
+
+import trace_optuna as to
+from trace_optuna.step import ParentTrial
+
+SIMULATED = "simulated/feedback-follower"
+KNOBS = ("agent.exclaim", "agent.temperature")
+
+
+@dataclasses.dataclass
+class Run:
+    """One call of ``evaluate``: which trial object it got, and what it saw and scored."""
+
+    parent_run: bool
+    number: int
+    knobs: dict[str, Any]
+    greeting: str
+    score: float
+
+
+class KnobEvaluate:
+    """Scores a Greeter by the phrases it mentions, plus a bonus that depends on two knobs.
+
+    It reports one intermediate value (the knob bonus, before any phrase is checked) and asks
+    whether to prune, as a multi-example evaluation would after its first example.
+    """
+
+    def __init__(self, knobs: tuple[str, ...] = KNOBS) -> None:
+        self.knobs = knobs
+        self.runs: list[Run] = []
+
+    def __call__(self, agent: Greeter, trial: optuna.Trial) -> to.Evaluation:
+        values: dict[str, Any] = {}
+        if "agent.exclaim" in self.knobs:
+            values["agent.exclaim"] = trial.suggest_int("agent.exclaim", 0, 3)
+        if "agent.temperature" in self.knobs:
+            values["agent.temperature"] = trial.suggest_float("agent.temperature", 0.0, 1.0)
+        bonus = 0.1 * (1.0 - values.get("agent.temperature", 0.0)) + 0.01 * values.get(
+            "agent.exclaim", 0
+        )
+        trial.report(bonus, 0)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"bonus {bonus:.3f} after the first example")
+        out = agent.reply()
+        missing = [phrase for phrase in REQUIRED if phrase not in out.data.lower()]
+        score = (len(REQUIRED) - len(missing)) / len(REQUIRED) + bonus
+        self.runs.append(
+            Run(isinstance(trial, ParentTrial), trial.number, values, agent.greeting.data, score)
+        )
+        feedback = (
+            f'The reply should mention "{missing[0]}". Add "{missing[0]}" to greeting.'
+            if missing
+            else "The reply is perfect."
+        )
+        return to.Evaluation(score=score, feedback=feedback, output=out)
+
+
+def objective(evaluate: Any, **kwargs: Any) -> to.TraceObjective:
+    return to.TraceObjective(make_greeter, evaluate, SIMULATED, seed=0, **kwargs)
+
+
+def user_study(sqlite_url: str, study_name: str, **kwargs: Any) -> optuna.Study:
+    options: dict[str, Any] = dict(
+        storage=sqlite_url,
+        study_name=study_name,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+        load_if_exists=True,
+    )
+    options.update(kwargs)
+    return optuna.create_study(**options)
+
+
+def reopen(sqlite_url: str, study_name: str, **kwargs: Any) -> to.TraceStudy:
+    return to.load_study(
+        study_name=study_name,
+        storage=sqlite_url,
+        agent=make_greeter,
+        evaluate=KnobEvaluate(),
+        llm=SIMULATED,
+        **kwargs,
+    )
+
+
+def test_knobs_are_params_of_a_user_study_and_reload(sqlite_url: str, study_name: str) -> None:
+    evaluate = KnobEvaluate()
+    seen: list[tuple[int, TrialState]] = []
+    study = user_study(sqlite_url, study_name)
+    study.optimize(
+        objective(evaluate),
+        n_trials=5,
+        callbacks=[lambda study, trial: seen.append((trial.number, trial.state))],
+        catch=(to.TrialFailed,),
+    )
+
+    assert seen == [(number, TrialState.COMPLETE) for number in range(5)]
+    reopened = reopen(sqlite_url, study_name)
+    for trial in study.trials:
+        assert set(KNOBS) <= set(trial.params)
+        knobs = {name: trial.params[name] for name in KNOBS}
+        record = reopened.record(trial.number)
+        assert record.knobs == knobs  # only evaluate's params: not strategy or its settings
+        assert record.params == trial.params
+        # The trial's value is what its candidate scored with the trial's own knob values.
+        (run,) = [r for r in evaluate.runs if r.number == trial.number and not r.parent_run]
+        assert run.knobs == knobs and run.score == trial.value
+    assert set(study.trials[1].params) == {
+        "strategy",
+        "optoprime.temperature",
+        "optoprime.memory_size",
+        *KNOBS,
+    }
+    # Optuna's own tools see the knobs next to the strategy's settings.
+    importances = optuna.importance.get_param_importances(
+        study, params=["agent.temperature", "optoprime.temperature"]
+    )
+    assert set(importances) == {"agent.temperature", "optoprime.temperature"}
+    assert "params_agent.temperature" in study.trials_dataframe().columns
+
+
+class TwoCandidates(to.Strategy):
+    """Evaluates the best trial's snapshot unchanged and with one phrase more; keeps the best."""
+
+    name = "two-candidates"
+
+    def propose(self, context: to.StepContext) -> to.Proposal:
+        best = context.population.best()
+        assert best is not None
+        same = context.population.snapshot(best.number)
+        missing = [phrase for phrase in REQUIRED if phrase not in same["greeting"]]
+        more = {**same, "greeting": f"{same['greeting']} {' '.join(missing[:1])}".strip()}
+        evaluated = [(same, context.evaluate(same)), (more, context.evaluate(more))]
+        snapshot, result = evaluated[context.select(evaluated)]
+        return to.Proposal(snapshot, [best.number], result=result)
+
+
+def test_several_evaluations_in_one_trial_use_its_knob_values(
+    sqlite_url: str, study_name: str
+) -> None:
+    evaluate = KnobEvaluate()
+    study = user_study(sqlite_url, study_name)
+    study.optimize(objective(evaluate, strategies=[TwoCandidates()]), n_trials=3)
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    for trial in study.trials[1:]:
+        runs = [r for r in evaluate.runs if r.number == trial.number and not r.parent_run]
+        assert len(runs) == 2 and runs[0].greeting != runs[1].greeting
+        knobs = {name: trial.params[name] for name in KNOBS}
+        assert all(r.knobs == knobs for r in runs)  # both with the trial's one set of knobs
+        # The unchanged snapshot was evaluated again, not reused: the earlier trial's score
+        # came from other knob values.
+        assert "trace:duplicate_of" not in trial.user_attrs
+        assert [entry["reused_from"] for entry in trial.user_attrs["trace:evaluated"]] == [
+            None,
+            None,
+        ]
+
+
+def test_a_parent_rerun_uses_the_parents_own_knobs(sqlite_url: str, study_name: str) -> None:
+    study = user_study(sqlite_url, study_name)
+    evaluates = []
+    for _ in range(4):  # a fresh objective per trial, as a new worker: the parent is re-run
+        evaluate = KnobEvaluate()
+        study.optimize(objective(evaluate), n_trials=1)
+        evaluates.append(evaluate)
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    reopened = reopen(sqlite_url, study_name)
+    differed = False
+    for number in (1, 2, 3):
+        trial, record = study.trials[number], reopened.record(number)
+        (parent_number,) = record.parents
+        parent = study.trials[parent_number]
+        parent_knobs = {name: parent.params[name] for name in KNOBS}
+        (rerun,) = [r for r in evaluates[number].runs if r.parent_run]
+        assert rerun.number == parent_number and rerun.knobs == parent_knobs
+        # Same snapshot, same knobs: the feedback comes from the run that earned the score.
+        assert rerun.score == parent.value
+        assert record.parent_knobs == {parent_number: parent_knobs}
+        assert record.knobs == {name: trial.params[name] for name in KNOBS}
+        differed = differed or record.knobs != parent_knobs
+        # The parent's report went nowhere: the trial holds only its candidate's.
+        assert list(trial.intermediate_values) == [0]
+    assert differed  # otherwise this test could not tell the parent's knobs from the trial's
+
+
+def test_a_parent_graph_kept_live_records_the_parents_knobs(
+    sqlite_url: str, study_name: str
+) -> None:
+    evaluate = KnobEvaluate()
+    study = user_study(sqlite_url, study_name)
+    study.optimize(objective(evaluate), n_trials=3)
+
+    assert not any(r.parent_run for r in evaluate.runs)  # one process: graphs stayed live
+    reopened = reopen(sqlite_url, study_name)
+    for number in (1, 2):
+        record = reopened.record(number)
+        (parent_number,) = record.parents
+        parent = study.trials[parent_number]
+        assert record.parent_knobs == {
+            parent_number: {name: parent.params[name] for name in KNOBS}
+        }
+
+
+def test_a_knob_the_parent_lacks_comes_from_the_running_trial(
+    sqlite_url: str, study_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = user_study(sqlite_url, study_name)
+    study.optimize(objective(KnobEvaluate(knobs=("agent.exclaim",))), n_trials=1)
+    evaluate = KnobEvaluate()
+    with caplog.at_level(logging.WARNING, logger="trace_optuna"):
+        study.optimize(objective(evaluate), n_trials=1)
+
+    trial = study.trials[1]
+    assert trial.state == TrialState.COMPLETE
+    (rerun,) = [r for r in evaluate.runs if r.parent_run]
+    assert rerun.knobs == {
+        "agent.exclaim": study.trials[0].params["agent.exclaim"],
+        "agent.temperature": trial.params["agent.temperature"],
+    }
+    assert "parent Trial#0 has no param 'agent.temperature'" in caplog.text
+    record = reopen(sqlite_url, study_name).record(1)
+    assert record.parent_knobs == {0: rerun.knobs}
+
+
+def test_a_pruned_trial_is_recorded_and_the_study_goes_on(
+    sqlite_url: str, study_name: str
+) -> None:
+    # The first report is the knob bonus 0.1 * (1 - temperature) (+0.01 * exclaim): below
+    # 0.05 for a temperature of 0.9, so that trial is pruned while its candidate is evaluated.
+    study = user_study(sqlite_url, study_name, pruner=optuna.pruners.ThresholdPruner(lower=0.05))
+    for temperature in (0.1, 0.9, 0.2):
+        study.enqueue_trial({"agent.temperature": temperature, "agent.exclaim": 0})
+    seen: list[TrialState] = []
+    study.optimize(
+        objective(KnobEvaluate()),
+        n_trials=3,
+        callbacks=[lambda study, trial: seen.append(trial.state)],
+        catch=(to.TrialFailed,),
+    )
+
+    assert seen == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    pruned = study.trials[1]
+    assert pruned.value == pytest.approx(0.01)  # Optuna keeps the last reported value
+    record = reopen(sqlite_url, study_name).record(1)
+    assert record.state == "PRUNED" and record.error is None and record.traceback is None
+    assert record.strategy == "optoprime" and record.parents == [0]
+    assert record.parent_feedback.startswith('The reply should mention "order number"')
+    assert record.feedback is None  # the candidate's evaluation did not finish
+    assert record.changed == ["greeting"] and "order number" in record.snapshot["greeting"]
+    assert record.knobs == {"agent.exclaim": 0, "agent.temperature": 0.9}
+    assert record.llm["calls"] == 1
+    # The pruned candidate is no parent: trial 2 continues from trial 0.
+    assert reopen(sqlite_url, study_name).record(2).parents == [0]
+
+
+def test_pruning_inside_a_strategy_records_the_candidate_being_evaluated(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = user_study(sqlite_url, study_name, pruner=optuna.pruners.ThresholdPruner(lower=0.05))
+    for temperature in (0.1, 0.9):
+        study.enqueue_trial({"agent.temperature": temperature, "agent.exclaim": 0})
+    strategy = to.strategies.EvolutionaryStrategy(mu=1, offspring=2)
+    study.optimize(objective(KnobEvaluate(), strategies=[strategy]), n_trials=2)
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    record = reopen(sqlite_url, study_name, strategies=[strategy]).record(1)
+    assert record.parents == [0] and record.parent_feedback
+    assert record.snapshot and record.changed  # the offspring whose evaluation was pruned
+    assert record.error is None
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "takes_trial"),
+    [
+        (lambda agent: None, False),
+        (lambda agent, trial: None, True),
+        (lambda agent, trial=None: None, True),
+        (lambda *args: None, True),
+    ],
+)
+def test_the_trial_argument_is_detected_by_signature(evaluate: Any, takes_trial: bool) -> None:
+    assert objective(evaluate).evaluate_takes_trial is takes_trial
+
+
+def test_an_evaluate_taking_neither_form_is_refused() -> None:
+    with pytest.raises(to.ConfigurationError, match=r"evaluate\(agent, trial\)"):
+        objective(lambda agent, trial, extra: None)
