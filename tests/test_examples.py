@@ -27,3 +27,17 @@ def test_quickstart_runs_and_resumes(tmp_path: Path) -> None:
     second = run()  # continues the same study: 5 more trials
     assert "after 10 trials" in second
     assert (tmp_path / "quickstart.db").exists()
+
+
+def test_hybrid_knobs_tunes_the_prompt_and_the_knobs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "hybrid_knobs.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "prompt score of the best trial: 1.0" in result.stdout
+    importances = result.stdout.split("param importances", 1)[1]
+    assert "agent.temperature" in importances and "retriever.top_k" in importances
