@@ -277,15 +277,18 @@ def create_study(
         sampler=sampler if sampler is not None else StrategyBandit(seed=seed),
         load_if_exists=load_if_exists,
     )
-    _bind(study, objective, seed=seed, error_score=error_score)
-    objective.coordinator = coordinator_for(
+    return _assemble(
+        study,
+        objective,
         resolved,
+        seed=seed,
+        error_score=error_score,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_retry=max_retry,
-    )
-    return dashboard.wire(
-        TraceStudy(study, objective), artifact_dir, artifact_store, figure_interval
+        artifact_dir=artifact_dir,
+        artifact_store=artifact_store,
+        figure_interval=figure_interval,
     )
 
 
@@ -356,7 +359,37 @@ def load_study(
         selector=selector,
         seed=seed,
     )
-    _bind(study, objective, seed=None, error_score=error_score)
+    return _assemble(
+        study,
+        objective,
+        resolved,
+        seed=None,
+        error_score=error_score,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+        artifact_dir=artifact_dir,
+        artifact_store=artifact_store,
+        figure_interval=figure_interval,
+    )
+
+
+def _assemble(
+    study: optuna.Study,
+    objective: TraceObjective,
+    resolved: BaseStorage,
+    *,
+    seed: int | None,
+    error_score: float | None,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    max_retry: int | None,
+    artifact_dir: str | os.PathLike[str] | None,
+    artifact_store: ArtifactStore | None,
+    figure_interval: float | None,
+) -> TraceStudy:
+    """Bind the objective to the study, give it the storage's coordinator, wire the dashboard."""
+    _bind(study, objective, seed=seed, error_score=error_score)
     objective.coordinator = coordinator_for(
         resolved,
         heartbeat_interval=heartbeat_interval,
