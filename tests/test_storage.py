@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+import subprocess
+import sys
+import time
 import urllib.parse
 
 from opto import trace
@@ -9,6 +12,7 @@ import pytest
 import sqlalchemy
 
 import trace_optuna as to
+from trace_optuna import testing
 from trace_optuna.storage import ResilientRDBStorage
 from trace_optuna.storage import RetryStaleTrialCallback
 from trace_optuna.storage import SQLModeWarning
@@ -138,3 +142,39 @@ def test_non_strict_mysql_warns_and_a_large_code_parameter_survives(
     record = reopened.record(0)
     assert record.state == "COMPLETE"
     assert record.snapshot["program"] == BIG_PROGRAM
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_workers_opening_an_empty_database_together_all_succeed(kind: str) -> None:
+    # Each process creates Optuna's tables; all but one find the version row inserted by
+    # another at the same moment. Every one of them must still open the storage.
+    try:
+        database = testing.ServerDatabase(kind)
+    except testing.ServerUnavailable as error:
+        if testing.databases_required():
+            pytest.fail(f"TRACE_OPTUNA_REQUIRE_DATABASES is set but {error}")
+        pytest.skip(f"needs a database server: {error}")
+    start = time.time() + 3.0  # a common moment, after every process has imported
+    code = (
+        "import sys, time\n"
+        "from trace_optuna.storage import resolve_storage\n"
+        f"time.sleep(max(0.0, {start} - time.time()))\n"
+        "resolve_storage(sys.argv[1], heartbeat_interval=None)\n"
+    )
+    try:
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, database.url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outputs = [process.communicate(timeout=120)[0] for process in processes]
+        failed = [
+            out for process, out in zip(processes, outputs, strict=True) if process.returncode
+        ]
+        assert not failed, failed[0][-2000:]
+    finally:
+        database.drop()

@@ -355,7 +355,20 @@ class ResilientRDBStorage(RDBStorage):
 
     def __init__(self, url: str, *, retry_timeout: float = RETRY_TIMEOUT_S, **kwargs: Any) -> None:
         self.retry_timeout = retry_timeout
-        super().__init__(url, **kwargs)
+        for attempt in range(3):
+            try:
+                super().__init__(url, **kwargs)
+                return
+            except (
+                optuna.exceptions.StorageInternalError,
+                sqlalchemy.exc.SQLAlchemyError,
+            ) as error:
+                # Workers started together on an empty database all create Optuna's schema:
+                # the others' tables or version row appear under them. Opened again, it is there.
+                if attempt == 2 or not _created_concurrently(error):
+                    raise
+                _logger.info("Another process created the storage's tables at the same time.")
+                time.sleep(0.2 * (attempt + 1))
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -388,6 +401,15 @@ class ResilientRDBStorage(RDBStorage):
         return call_with_retry(
             set_state, what=f"set_trial_state_values({state.name})", timeout=self.retry_timeout
         )
+
+
+def _created_concurrently(error: BaseException | None) -> bool:
+    """Whether ``error`` says another process created the same tables or rows just now."""
+    while error is not None:
+        if isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error):
+            return True
+        error = error.__cause__
+    return False
 
 
 def _retried(name: str) -> Callable[..., Any]:
