@@ -14,13 +14,22 @@ What is measured:
 * duplicates: completed trials that evaluated a candidate an earlier completed trial had
   evaluated (trials that reused a stored score, ``trace:duplicate_of``, are not duplicates).
 * lost: trials left RUNNING or failed by anything but the step itself.
-* join: a study is filled with ``--join-trials`` copies of real trace_optuna trials; then a fresh
-  process (imports done before the clock starts) opens it as a worker does and finishes one trial.
+* join: a study of ``--join-trials`` trials of the demo agent (its grader, once satisfied, asks
+  for one more word, so every trial stores a new candidate): 30 trials run by trace_optuna, then
+  copies of them, each with the same params, user attributes and optuna-dashboard note as the
+  trial it copies, added with ``optuna.trial.create_trial`` and ``Study.add_trials`` in batches
+  (minutes, where running 10,000 real trials took hours). Then ``--join-repeat`` fresh processes,
+  one after another (imports done before the clock starts), each open the study as a worker
+  does and run ``optimize(n_trials=1)``: seconds to open, until the trial is told (finished),
+  and until ``optimize`` returned (it may save the figures after the trial). The first joiner
+  finds no figures saved; later ones find the figures the first saved, while they are fresh.
+  ``--join-profile DIR`` writes a cProfile of the last join per storage and prints its top.
 
 Usage::
 
     python benchmarks/scaling.py --quick     # 1, 2, 4 workers, 20 s, SQLite/PostgreSQL/Redis
     python benchmarks/scaling.py             # 1, 2, 4, 8 workers, 60 s; join at 10,000 trials
+    python benchmarks/scaling.py --storages "" --join-profile /tmp/join   # the join alone
 
 The storages are the test servers (``TRACE_OPTUNA_TEST_POSTGRESQL``, ``TRACE_OPTUNA_TEST_REDIS``,
 each in a fresh database/prefix dropped afterwards) and SQLite files in a temporary directory.
@@ -31,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+import json
 import os
 from pathlib import Path
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +59,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 import trace_optuna as to  # noqa: E402
+from trace_optuna import demo  # noqa: E402
 from trace_optuna import records  # noqa: E402
 from trace_optuna import testing  # noqa: E402
 from trace_optuna.storage import resolve_storage  # noqa: E402
@@ -185,49 +197,132 @@ def storage_url(kind: str, directory: Path) -> tuple[str, testing.ServerDatabase
     return server.url, server
 
 
-def fill(url: str, study_name: str, count: int) -> None:
-    """A study of ``count`` trials: a few real ones, then copies of them."""
-    study = app.study(study_name=study_name, storage=url)
-    study.optimize(n_trials=3)
-    real = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    copies = []
-    for index in range(count - len(study.trials)):
-        model = real[1 + index % (len(real) - 1)]
-        copies.append(
-            optuna.trial.create_trial(
-                params=model.params,
-                distributions=model.distributions,
-                value=model.value,
-                user_attrs=model.user_attrs,
-            )
-        )
+def join_evaluate(agent: Any) -> to.Evaluation:
+    """The demo grader; once it is satisfied, one more word forever (as ``soak.py``), so that
+    every real trial of the join study stores a new candidate."""
+    result = demo.evaluate(agent)
+    if result.score < 1.0:
+        return result
+    words = int(agent.max_words.data)
+    return to.Evaluation(
+        score=1.0 + words * 1e-4,
+        feedback="The reply is good. Increase max_words by 1.",
+        output=result.output,
+        details=result.details,
+    )
+
+
+join_app = App(
+    agent=demo.make_agent,
+    evaluate=join_evaluate,
+    llm=to.LLM(demo.DEMO_LLM, simulated_seed=0),
+    seed=0,
+)
+
+
+def fill(url: str, study_name: str, count: int, real: int = 30) -> None:
+    """A study of ``count`` trials of the demo agent: ``real`` trials run by trace_optuna, then
+    copies of them with the same params, user attributes (the same keys and sizes) and
+    optuna-dashboard notes, added in batches with ``create_trial`` + ``add_trials``."""
+    study = join_app.study(study_name=study_name, storage=url)
+    study.figure_interval = None  # no figures yet: the first joining worker finds them stale
+    study.optimize(n_trials=real)
+    templates = [
+        t
+        for t in study.optuna.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE and t.number > 0
+    ]
+    # Each trial's optuna-dashboard note: study system attributes "dashboard:<trial id>:...".
+    storage, study_id = study.optuna._storage, study.optuna._study_id
+    system_attrs = storage.get_study_system_attrs(study_id)
+    notes = {
+        template._trial_id: {
+            key.removeprefix(f"dashboard:{template._trial_id}:"): value
+            for key, value in system_attrs.items()
+            if key.startswith(f"dashboard:{template._trial_id}:")
+        }
+        for template in templates
+    }
+    keys = statistics.mean(len(t.user_attrs) for t in templates)
+    size = statistics.mean(len(json.dumps(t.user_attrs)) for t in templates)
+    note_keys = statistics.mean(len(note) for note in notes.values())
+    log(
+        f"  {len(templates)} real trials to copy: {keys:.1f} user attributes, {size:,.0f} bytes "
+        f"of JSON, {note_keys:.1f} note keys a trial"
+    )
     batch = 500
-    for first in range(0, len(copies), batch):
-        study.optuna.add_trials(copies[first : first + batch])
-        log(f"  filled {min(first + batch, len(copies)) + 3} / {count}")
+    started = time.perf_counter()
+    for first in range(real, count, batch):
+        models = [templates[i % len(templates)] for i in range(first, min(first + batch, count))]
+        study.optuna.add_trials(
+            [
+                optuna.trial.create_trial(
+                    params=model.params,
+                    distributions=model.distributions,
+                    value=model.value,
+                    user_attrs=model.user_attrs,
+                )
+                for model in models
+            ]
+        )
+        added = study.optuna.get_trials(deepcopy=False)[first : first + len(models)]
+        for trial, model in zip(added, models, strict=True):
+            for suffix, value in notes[model._trial_id].items():
+                storage.set_study_system_attr(
+                    study_id, f"dashboard:{trial._trial_id}:{suffix}", value
+                )
+        log(
+            f"  filled {first + len(models):,} / {count:,} ({time.perf_counter() - started:.0f} s)"
+        )
 
 
 JOIN_CODE = """
 import sys, time
 sys.path.insert(0, {here!r})
+import optuna
 import scaling
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+told = []
+profile = None
+if {profile!r}:
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
 started = time.perf_counter()
-study = scaling.app.study(study_name={name!r}, storage={url!r})
+study = scaling.join_app.study(study_name={name!r}, storage={url!r})
 opened = time.perf_counter()
-study.optimize(n_trials=1)
+study.optimize(n_trials=1, callbacks=[lambda study, trial: told.append(time.perf_counter())])
 done = time.perf_counter()
-print(opened - started, done - started)
+if profile is not None:
+    profile.disable()
+    profile.dump_stats({profile!r})
+print("joined with", scaling.to.__file__, file=sys.stderr)
+print(opened - started, told[0] - started, done - started)
 """
 
 
-def join_time(url: str, study_name: str) -> tuple[float, float]:
-    code = JOIN_CODE.format(here=str(HERE), name=study_name, url=url)
-    env = dict(os.environ, SCALING_LATENCY="0")
+def join_time(url: str, study_name: str, profile: str = "") -> tuple[float, float, float]:
+    """A fresh process joins the study: seconds to open it, to finish its first trial (told),
+    and until ``optimize`` returned (after what it does once the trial is told: figures)."""
+    code = JOIN_CODE.format(here=str(HERE), name=study_name, url=url, profile=profile)
     result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
-    opened, first_trial = (float(v) for v in result.stdout.split()[-2:])
-    return opened, first_trial
+    if result.returncode != 0:
+        raise RuntimeError(f"the joining worker failed:\n{result.stderr[-3000:]}")
+    log("  " + result.stderr.strip().splitlines()[-1])
+    opened, told, returned = (float(v) for v in result.stdout.split()[-3:])
+    return opened, told, returned
+
+
+def print_profile(path: str, top: int = 25) -> None:
+    """The top entries of a join's cProfile, by cumulative time, to stderr."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(path, stream=out).sort_stats("cumulative").print_stats(top)
+    log(out.getvalue())
 
 
 def main() -> int:
@@ -239,8 +334,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="per run (default 60)")
     parser.add_argument("--latency", type=float, default=0.5, help="simulated s per LLM call")
     parser.add_argument("--join-trials", type=int, default=10_000)
-    parser.add_argument("--join-storages", default="sqlite,postgresql")
+    parser.add_argument("--join-storages", default="sqlite,postgresql,redis")
+    parser.add_argument(
+        "--join-repeat", type=int, default=2, help="fresh workers joining one after another"
+    )
+    parser.add_argument(
+        "--join-profile", default="", help="directory for a cProfile of each storage's last join"
+    )
     args = parser.parse_args()
+    # SIGTERM runs the cleanup below too: the databases made for the run are dropped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     counts = [int(n) for n in (args.workers or ("1,2,4" if args.quick else "1,2,4,8")).split(",")]
     seconds = args.seconds or (20.0 if args.quick else 60.0)
     log(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}")
@@ -270,10 +373,21 @@ def main() -> int:
                 url, server = storage_url(kind, Path(directory))
                 if server is not None:
                     servers.append(server)
-                log(f"{kind}: filling a study of {args.join_trials} trials ...")
-                fill(url, "scaling-join", args.join_trials)
-                opened, first = join_time(url, "scaling-join")
-                join_rows.append((kind, args.join_trials, opened, first))
+                name = f"scaling-join-{uuid.uuid4().hex[:6]}"
+                log(f"{kind}: filling a study of {args.join_trials:,} trials ...")
+                fill(url, name, args.join_trials)
+                for attempt in range(1, args.join_repeat + 1):
+                    profile = ""
+                    if args.join_profile and attempt == args.join_repeat:
+                        Path(args.join_profile).mkdir(parents=True, exist_ok=True)
+                        profile = str(Path(args.join_profile) / f"join-{kind}.pstats")
+                    load = os.getloadavg()[0]
+                    times = join_time(url, name, profile)
+                    worker = f"{attempt} (cProfile)" if profile else str(attempt)
+                    join_rows.append((kind, args.join_trials, worker, *times, load))
+                    log(f"  join {attempt}: {times} (load average {load:.1f})")
+                    if profile:
+                        print_profile(profile)
         finally:
             for server in servers:
                 server.drop()
@@ -288,11 +402,20 @@ def main() -> int:
             f"| {row['kind']} | {row['workers']} | {row['trials_per_s']:.2f} | "
             f"{row['ratio']:.2f} | {row['db_ms']:.0f} | {row['duplicates']} | {row['lost']} |"
         )
-    print("\nA fresh worker joining a big study (process already started, imports done)\n")
-    print("| storage | trials | open the study s | open + first trial s |")
-    print("|---|---|---|---|")
-    for kind, count, opened, first in join_rows:
-        print(f"| {kind} | {count:,} | {opened:.2f} | {first:.2f} |")
+    print(
+        "\nA fresh worker joining a big study of the demo agent (its process started, imports "
+        "done; workers join one after another)\n"
+    )
+    print(
+        "| storage | trials | worker | open the study s | open + first trial told s | "
+        "optimize returned s | load average |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for kind, count, worker, opened, told, returned, load in join_rows:
+        print(
+            f"| {kind} | {count:,} | {worker} | {opened:.2f} | {told:.2f} | {returned:.2f} | "
+            f"{load:.1f} |"
+        )
     return 0
 
 

@@ -5,7 +5,7 @@
 
 Any litellm model string works (``anthropic/claude-3-5-haiku-latest``, ``azure/<deployment>``,
 ``ollama/llama3`` with a local server...). Tokens and cost per trial are stored in
-``trace:llm``; the prompts and raw responses in ``trace:llm:<i>:*``.
+``trace:llm``; the prompts and raw responses in ``trace:llm_calls``.
 """
 
 from __future__ import annotations

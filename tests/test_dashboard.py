@@ -24,8 +24,13 @@ import trace_optuna as to
 from trace_optuna import demo
 from trace_optuna import records
 from trace_optuna.dashboard import LONG_TEXT_CHARS
+from trace_optuna.dashboard import FigureRefresher
 from trace_optuna.dashboard import HumanFeedback
 from trace_optuna.dashboard import _fenced
+from trace_optuna.dashboard import figure_chunk_key
+from trace_optuna.dashboard import figures_stamp
+from trace_optuna.dashboard import note_chunk_key
+from trace_optuna.dashboard import note_version_key
 from trace_optuna.dashboard import read_text
 from trace_optuna.dashboard import split_diff
 from trace_optuna.dashboard import stored_artifact_store
@@ -212,7 +217,7 @@ def test_long_prompts_go_to_artifacts_that_the_dashboard_serves(
     offloaded = frozen.user_attrs[records.ARTIFACTS]
     key = records.llm_call_key(0, "user")
     assert key in offloaded
-    head = frozen.user_attrs[key]
+    head = records.decode(frozen.user_attrs, key)  # in trace:llm_calls, as stored
     assert len(head) < 1_000 and offloaded[key]["filename"] in head
     assert study.optuna.user_attrs[records.STUDY_ARTIFACT_DIR] == str(artifact_dir.resolve())
     with pytest.raises(RecordError, match="artifact"):
@@ -501,3 +506,97 @@ def _note(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> str:
 def test_a_negative_figure_interval_is_refused(sqlite_url: str) -> None:
     with pytest.raises(ConfigurationError, match="figure_interval"):
         demo_study(sqlite_url, "bad-interval", None, figure_interval=-1)
+
+
+# -- what a trial costs: figures once per interval for all workers, no dashboard import -------
+
+
+def test_note_and_figure_keys_are_optuna_dashboards_own() -> None:
+    from optuna_dashboard import _custom_plot_data
+    from optuna_dashboard import _note
+
+    body = "".join(chr(0x41 + i % 50) for i in range(5_000))  # three chunks
+    assert _note.split_body(body, 7) == {
+        note_chunk_key(7, index): body[index * 2045 : (index + 1) * 2045] for index in range(3)
+    }
+    assert _note.note_ver_key(7) == note_version_key(7)
+    prefix = _custom_plot_data.SYSTEM_ATTR_PLOT_DATA + "trace-cost:"
+    assert _custom_plot_data.split_plot_data(body, prefix) == {
+        figure_chunk_key("trace-cost", index): body[index * 2045 : (index + 1) * 2045]
+        for index in range(3)
+    }
+    assert _note.SYSTEM_ATTR_MAX_LENGTH == _custom_plot_data.SYSTEM_ATTR_MAX_LENGTH == 2045
+
+
+def test_a_trial_imports_neither_optuna_dashboard_nor_plotly(sqlite_url: str) -> None:
+    code = f"""
+import sys
+import trace_optuna as to
+from trace_optuna import demo
+study = to.create_study(study_name="imports", storage={sqlite_url!r}, agent=demo.make_agent,
+                        evaluate=demo.evaluate, llm=demo.DEMO_LLM, figure_interval=None)
+study.optimize(n_trials=3)
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("optuna_dashboard", "plotly")))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    # ...and the trials have their notes, as optuna-dashboard reads them.
+    study = optuna.load_study(study_name="imports", storage=sqlite_url)
+    for frozen in study.trials:
+        assert _note(study, frozen).startswith(f"## Trial {frozen.number}: ")
+
+
+def saved_figures(study: optuna.Study) -> dict[str, str]:
+    """The figures' JSON as optuna-dashboard reads it from the study."""
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    return get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
+
+
+def test_two_workers_save_the_figures_at_most_once_per_interval(
+    storage_url: str, study_name: str
+) -> None:
+    first = demo_study(storage_url, study_name, None, figure_interval=3600)
+    second = demo_study(storage_url, study_name, None, figure_interval=3600)  # another worker
+    first.optimize(n_trials=2)
+    stamp = figures_stamp(first.optuna)
+    assert stamp is not None and set(stamp["chunks"]) == {
+        "trace-score-history",
+        "trace-strategy-usage",
+        "trace-lineage",
+        "trace-cost",
+        "trace-parameter-sensitivity",
+        "trace-stop-versions",
+    }
+    figures = saved_figures(first.optuna)
+    assert len(json.loads(figures["trace-score-history"])["data"][1]["x"]) == 1
+
+    # Fresh figures: the other worker's trials and its optimize's return save none, nor does
+    # the worker that saved them when it optimizes again.
+    second.optimize(n_trials=2)
+    first.optimize(n_trials=1)
+    assert figures_stamp(second.optuna) == stamp
+    assert saved_figures(second.optuna) == figures
+
+    # An hour later both workers find them stale at the same moment: one of them saves.
+    first.optuna.set_user_attr(records.STUDY_FIGURES, {**stamp, "saved_at": time.time() - 3700})
+    barrier = threading.Barrier(2)
+    saved: list[bool] = []
+
+    def refresh(study: to.TraceStudy) -> None:
+        refresher = FigureRefresher(3600, study.objective.coordinator_for(study.optuna))
+        barrier.wait()
+        saved.append(refresher.refresh(study.optuna))
+
+    threads = [threading.Thread(target=refresh, args=(study,)) for study in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(saved) == [False, True]
+    stamp_now = figures_stamp(second.optuna)
+    assert stamp_now is not None and stamp_now["saved_at"] > stamp["saved_at"]
+    history = json.loads(saved_figures(second.optuna)["trace-score-history"])
+    assert len(history["data"][1]["x"]) == 4  # the five trials: a baseline and four steps

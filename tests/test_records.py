@@ -6,6 +6,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+import trace_optuna as to
+from trace_optuna import demo
 from trace_optuna import records
 from trace_optuna.exceptions import RecordError
 from trace_optuna.storage import resolve_storage
@@ -78,6 +80,49 @@ def test_frozen_schema_1_record_still_decodes() -> None:
     assert record.llm["calls"] == 1 and record.llm_calls[0]["response"].startswith("{")
     assert record.worker["pid"] == 4242
     assert record.params == {"strategy": "optoprime"}
+
+
+def test_frozen_schema_2_record_decodes_and_reads_call_texts_by_their_schema_1_names() -> None:
+    """Schema 2 packs each LLM call's three texts into ``trace:llm_calls``."""
+    sample = json.loads((DATA / "record_v2.json").read_text())
+    attrs = sample["user_attrs"]
+    trial = optuna.trial.create_trial(value=sample["value"], user_attrs=attrs)
+    trial.number = 1
+    record = records.build_record(trial, {"instructions": "Mention the order number."})
+    assert record.schema == 2
+    assert [call["response"][:8] for call in record.llm_calls] == ["[error] ", '{"reason']
+    assert record.llm_calls[1]["user"].startswith("#Variables")
+    assert record.diff.startswith("--- instructions (parent)")
+    assert records.decode(attrs, records.llm_call_key(1, "response")).startswith("{")
+    assert records.decode(attrs, records.llm_call_key(2, "response"), "none") == "none"
+    v1 = json.loads((DATA / "record_v1.json").read_text())["user_attrs"]
+    assert records.decode(v1, records.llm_call_key(0, "response")).startswith("{")
+    assert records.llm_calls(v1) == [
+        {part: v1[records.llm_call_key(0, part)] for part in records.LLM_PARTS}
+    ]
+
+
+def test_a_trial_stores_its_llm_texts_in_one_attribute_however_many_calls(
+    storage_url: str, study_name: str
+) -> None:
+    study = to.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=demo.make_agent,
+        evaluate=demo.evaluate,
+        llm=to.LLM(demo.DEMO_LLM, simulated_seed=0),
+        strategies=[to.strategies.EvolutionaryStrategy(mu=1, offspring=3)],
+        seed=0,
+        figure_interval=None,
+    )
+    study.optimize(n_trials=2)
+    step = study.trials[1]
+    assert step.user_attrs[records.LLM]["calls"] == 3
+    llm_keys = sorted(key for key in step.user_attrs if key.startswith("trace:llm"))
+    assert llm_keys == [records.LLM, records.LLM_CALLS]  # not three attributes per call
+    calls = study.record(1).llm_calls
+    assert len(calls) == 3
+    assert all(len(call["system"]) > 1_000 and call["user"] and call["response"] for call in calls)
 
 
 def test_newer_schema_is_refused_with_a_clear_error() -> None:

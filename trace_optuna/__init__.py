@@ -30,6 +30,8 @@ from trace_optuna.exceptions import TraceOptunaError  # noqa: E402
 from trace_optuna.exceptions import TrialFailed  # noqa: E402
 from trace_optuna.llm import LLM  # noqa: E402
 from trace_optuna.records import TrialRecord  # noqa: E402
+from trace_optuna.registry import ParameterSet  # noqa: E402
+from trace_optuna.registry import registry_history  # noqa: E402
 from trace_optuna.snapshots import restore  # noqa: E402
 from trace_optuna.snapshots import snapshot  # noqa: E402
 from trace_optuna.step import TraceObjective  # noqa: E402
@@ -48,6 +50,7 @@ __all__ = [
     "HumanFeedback",
     "LLM",
     "LLMError",
+    "ParameterSet",
     "Proposal",
     "RecordError",
     "SnapshotError",
@@ -61,6 +64,7 @@ __all__ = [
     "__version__",
     "create_study",
     "load_study",
+    "registry_history",
     "restore",
     "samplers",
     "snapshot",

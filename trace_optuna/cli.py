@@ -72,6 +72,14 @@ def _best(args: argparse.Namespace) -> int:
         return 2
     population = Population(study)
     population.refresh()
+    if population.multi_objective:
+        front = [trial.number for trial in population.pareto_front()]
+        print(
+            f"error: study {args.study!r} has {len(study.directions)} objectives: no single "
+            f"best trial. Its Pareto front is trials {front}.",
+            file=sys.stderr,
+        )
+        return 2
     best = population.best()
     if best is None:
         print(f"error: study {args.study!r} has no completed trial yet", file=sys.stderr)

@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -262,6 +263,8 @@ class Coordinator:
             self._retry = RetryStaleTrialCallback(max_retry)
         self._study_ids: dict[str, int] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
+        # Holds this coordinator's claim_once claims; negative, so never a trial id.
+        self._token = -1 - secrets.randbelow(2**31 - 1)
 
     def study_id(self, study: optuna.Study) -> int:
         name = study.study_name
@@ -283,6 +286,15 @@ class Coordinator:
                 return Claim(held=False, holder=holder.number)
             if self._claims.replace(study_id, snapshot_hash, holder_id, trial_id):
                 return Claim(held=True, taken_over=True)
+
+    def claim_once(self, study: optuna.Study, key: str) -> bool:
+        """Claim ``key`` in the study for this coordinator, once among all workers.
+
+        True for the first caller in all processes sharing the storage, False for every other
+        (such claims are never released). The key shares the candidate claims' table: keep it
+        under 64 characters and unlike a snapshot hash (``figures:...``).
+        """
+        return self._claims.insert(self.study_id(study), key, self._token) == self._token
 
     def is_running(self, study: optuna.Study, number: int) -> bool:
         """Whether trial ``number`` of ``study`` is still RUNNING in the storage."""
@@ -391,17 +403,12 @@ def coordinator_for(
         grace_period: Seconds a lease lasts; None is twice ``heartbeat_interval``.
         max_retry: How often a trial whose lease expired is re-queued.
     """
-    backend = _unwrap(storage)
-    retry_timeout = getattr(backend, "retry_timeout", RETRY_TIMEOUT_S)
+    place = shared_place(storage)
     claims: _ClaimTable
-    if isinstance(backend, RDBStorage) and backend.engine.url.database not in (
-        None,
-        "",
-        ":memory:",
-    ):
-        claims = _SQLClaims(backend.engine, retry_timeout)
-    elif isinstance(backend, optuna.storages.JournalStorage):
-        claims = _journal_claims(backend, retry_timeout)
+    if place.engine is not None:
+        claims = _SQLClaims(place.engine, place.retry_timeout)
+    elif place.redis is not None:
+        claims = _RedisClaims(*place.redis, place.retry_timeout)
     else:
         claims = _LocalClaims()
     return Coordinator(
@@ -411,6 +418,42 @@ def coordinator_for(
         grace_period=grace_period,
         max_retry=max_retry,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedPlace:
+    """Where the workers of one storage keep what Optuna's trials do not hold.
+
+    Attributes:
+        engine: The SQL database to put tables in: an RDB storage's own database, or a SQLite
+            file next to a journal file. None when ``redis`` is set or nothing is shared.
+        redis: ``(url, key prefix)`` of a Redis journal.
+        retry_timeout: How long to retry a call while the database is unreachable.
+        storage: The storage, unwrapped from Optuna's trial cache; when neither ``engine`` nor
+            ``redis`` is set, only this process sees it, and state is kept per storage object.
+    """
+
+    engine: sqlalchemy.engine.Engine | None
+    redis: tuple[str, str] | None
+    retry_timeout: float
+    storage: BaseStorage
+
+
+def shared_place(storage: BaseStorage) -> SharedPlace:
+    """Where claims, leases and the parameter registry of ``storage`` live."""
+    backend = _unwrap(storage)
+    retry_timeout = getattr(backend, "retry_timeout", RETRY_TIMEOUT_S)
+    engine: sqlalchemy.engine.Engine | None = None
+    redis: tuple[str, str] | None = None
+    if isinstance(backend, RDBStorage) and backend.engine.url.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        engine = backend.engine
+    elif isinstance(backend, optuna.storages.JournalStorage):
+        engine, redis = _journal_place(backend)
+    return SharedPlace(engine, redis, retry_timeout, backend)
 
 
 def _has_heartbeat(storage: BaseStorage) -> bool:
@@ -425,23 +468,25 @@ def _unwrap(storage: BaseStorage) -> BaseStorage:
     return inner if isinstance(inner, RDBStorage) else storage
 
 
-def _journal_claims(storage: optuna.storages.JournalStorage, retry_timeout: float) -> _ClaimTable:
+def _journal_place(
+    storage: optuna.storages.JournalStorage,
+) -> tuple[sqlalchemy.engine.Engine | None, tuple[str, str] | None]:
     # Optuna has no public accessor for a journal's backend; read it, and fall back to
-    # in-process claims for a backend we do not know.
+    # this process for a backend we do not know.
     from optuna.storages.journal import JournalFileBackend
     from optuna.storages.journal import JournalRedisBackend
 
     backend = getattr(storage, "_backend", None)
     if isinstance(backend, JournalRedisBackend):
-        return _RedisClaims(backend._url, backend._prefix, retry_timeout)
+        return None, (backend._url, backend._prefix)
     if isinstance(backend, JournalFileBackend):
         engine = sqlalchemy.create_engine(
             f"sqlite:///{backend._file_path}.claims.sqlite3", connect_args={"timeout": 30}
         )
-        return _SQLClaims(engine, retry_timeout)
+        return engine, None
     _logger.warning(
-        "Candidate claims for %s are kept in this process only: several processes may "
-        "evaluate the same candidate at the same time.",
+        "Candidate claims and the parameter registry for %s are kept in this process only: "
+        "several processes may evaluate the same candidate at the same time.",
         type(backend).__name__,
     )
-    return _LocalClaims()
+    return None, None

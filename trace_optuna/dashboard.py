@@ -33,11 +33,13 @@ from collections.abc import Mapping
 import contextvars
 import dataclasses
 import datetime
+import importlib.util
 import inspect
 import logging
 import math
 import os
 from pathlib import Path
+import socket
 import sys
 import tempfile
 import threading
@@ -58,6 +60,8 @@ from trace_optuna.exceptions import TraceOptunaError
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
     from optuna.trial import FrozenTrial
+
+    from trace_optuna.coordination import Coordinator
 
 _logger = logging.getLogger(__name__)
 
@@ -87,22 +91,54 @@ def _optuna_dashboard() -> Any:
     return optuna_dashboard
 
 
-_missing_logged = False
+_installed: bool | None = None
 
 
-def _dashboard_or_none() -> Any:
-    global _missing_logged
-    try:
-        return _optuna_dashboard()
-    except ImportError:
-        if not _missing_logged:
-            _missing_logged = True
+def _dashboard_installed() -> bool:
+    """Whether optuna-dashboard is installed, found without importing it: its import pulls in
+    its web app and scikit-learn (about a second), which no trial should pay."""
+    global _installed
+    if _installed is None:
+        _installed = importlib.util.find_spec("optuna_dashboard") is not None
+        if not _installed:
             _logger.info(
                 "optuna-dashboard is not installed: trials get no note and no figures are saved "
                 "(pip install %s).",
                 EXTRA,
             )
-        return None
+    return _installed
+
+
+# optuna-dashboard keeps notes and figures in study system attributes, in chunks of this many
+# characters, under the keys below (optuna_dashboard/_note.py, _custom_plot_data.py). They are
+# written here without importing optuna-dashboard; tests/test_dashboard.py checks them against
+# optuna-dashboard's own key builders, and reads what is written through its REST API.
+DASHBOARD_CHUNK_CHARS = 2045
+
+
+def note_version_key(trial_id: int) -> str:
+    """optuna-dashboard's key of a trial note's version."""
+    return f"dashboard:{trial_id}:note_ver"
+
+
+def note_chunk_key(trial_id: int, index: int) -> str:
+    """optuna-dashboard's key of chunk ``index`` of a trial's note."""
+    return f"dashboard:{trial_id}:note_str:{index}"
+
+
+_PLOT_DATA = "dashboard:plot_data:"
+
+
+def figure_chunk_key(graph_object_id: str, index: int) -> str:
+    """optuna-dashboard's key of chunk ``index`` of a saved plotly figure's JSON."""
+    return f"{_PLOT_DATA}{graph_object_id}:{index}"
+
+
+def _chunks(text: str) -> list[str]:
+    return [
+        text[start : start + DASHBOARD_CHUNK_CHARS]
+        for start in range(0, len(text), DASHBOARD_CHUNK_CHARS)
+    ]
 
 
 # -- the study: metric name, description, artifact store --------------------------------------
@@ -221,6 +257,8 @@ def describe_study(
 
 
 def _artifact_directory(artifact_store: Any) -> str | None:
+    if artifact_store is None:
+        return None  # and optuna.artifacts (it imports boto3) stays unimported
     from optuna.artifacts import FileSystemArtifactStore
 
     if isinstance(artifact_store, FileSystemArtifactStore):
@@ -275,7 +313,7 @@ def before_write(
 def after_write(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Called by the step after it wrote the record (the trial still runs): write the note."""
     _RUNNING.set(None)
-    if _dashboard_or_none() is None:
+    if not _dashboard_installed():
         return
     try:
         write_note(trial, trial_note(trial.number, attrs, dict(trial.params)))
@@ -294,22 +332,18 @@ def write_note(trial: optuna.Trial, body: str) -> None:
     ``optuna_dashboard.save_note`` reads every study system attribute (all notes and figures
     of the study) twice per call, so its cost grows with the study. A trial's note is written
     only by the process running it (and by a person, in the dashboard, usually later), so this
-    writes the same keys, built by optuna-dashboard's own functions, without reading: the
-    version and the chunks, and blanks for chunks a longer earlier note of this process left.
+    writes optuna-dashboard's keys without reading (and without importing optuna-dashboard):
+    the version and the chunks, and blanks for chunks a longer earlier note of this process left.
     """
-    _optuna_dashboard()
-    from optuna_dashboard import _note
-
     trial_id = trial._trial_id
     storage, study_id = trial.storage, trial.study._study_id
     version, chunks_before = _note_versions.get(trial_id, (0, 0))
-    chunks = _note.split_body(body, trial_id)
-    storage.set_study_system_attr(study_id, _note.note_ver_key(trial_id), version + 1)
-    for key, value in chunks.items():
-        storage.set_study_system_attr(study_id, key, value)
-    prefix = _note.note_str_key_prefix(trial_id)
+    chunks = _chunks(body)
+    storage.set_study_system_attr(study_id, note_version_key(trial_id), version + 1)
+    for index, chunk in enumerate(chunks):
+        storage.set_study_system_attr(study_id, note_chunk_key(trial_id, index), chunk)
     for index in range(len(chunks), chunks_before):
-        storage.set_study_system_attr(study_id, f"{prefix}{index}", "")
+        storage.set_study_system_attr(study_id, note_chunk_key(trial_id, index), "")
     _note_versions[trial_id] = (version + 1, max(len(chunks), chunks_before))
     if len(_note_versions) > 10_000:  # only running trials matter; forget old ones
         _note_versions.pop(next(iter(_note_versions)))
@@ -340,7 +374,7 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
         headline = f"score {_number(score)}"
         improvement = attrs.get(records.IMPROVEMENT)
         if improvement is not None:
-            headline += f" ({improvement:+.4g})"
+            headline += f" ({_signed(improvement)})"
     lines = [f"## Trial {number}: `{strategy}`, {headline}", ""]
 
     settings = {
@@ -364,7 +398,7 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
         improvement = attrs.get(records.IMPROVEMENT)
         text = _number(score)
         if improvement is not None:
-            text += f", improvement {improvement:+.4g} over the parent"
+            text += f", improvement {_signed(improvement)} over the parent"
         lines.append(f"- **Score:** {text}")
     duplicate = attrs.get(records.DUPLICATE_OF)
     if duplicate is not None:
@@ -415,16 +449,19 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
         ]
         offloaded = attrs.get(records.ARTIFACTS) or {}
         where = []
-        for index in range(int(llm.get("calls") or 0)):
-            parts = []
-            for part in ("system", "user", "response"):
+        for index, _ in enumerate(records.llm_calls(attrs)):
+            parts, kept = [], []
+            for part in records.LLM_PARTS:
                 key = records.llm_call_key(index, part)
                 if key in offloaded:
                     parts.append(f"{part}: artifact `{offloaded[key]['filename']}`")
-                elif key in attrs:
+                elif key in attrs:  # schema 1: an attribute per text
                     parts.append(f"{part}: `{key}`")
-            if parts:
-                where.append(f"- call {index}: " + ", ".join(parts))
+                else:
+                    kept.append(part)
+            if kept:
+                parts.insert(0, f"{', '.join(kept)} in `{records.LLM_CALLS}`")
+            where.append(f"- call {index}: " + ", ".join(parts))
         if where:
             lines += ["Prompts and responses:", "", *where, ""]
     timing = attrs.get(records.TIME)
@@ -463,6 +500,16 @@ def _settings(settings: Mapping[str, Any]) -> str:
 def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list):  # a multi-objective score: one number per direction
+        return "[" + ", ".join(_number(item) for item in value) + "]"
+    return str(value)
+
+
+def _signed(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:+.4g}"
+    if isinstance(value, list):  # per objective, in a multi-objective study
+        return "[" + ", ".join(_signed(item) for item in value) + "]"
     return str(value)
 
 
@@ -485,23 +532,20 @@ def offload_long_texts(
     trial: optuna.Trial, attrs: dict[str, Any], artifact_store: ArtifactStore
 ) -> None:
     """Upload LLM prompts and responses longer than :data:`LONG_TEXT_CHARS` as artifacts of the
-    trial; their attributes keep the first :data:`HEAD_CHARS` characters and
-    ``trace:artifacts`` maps each key to its artifact. An upload that fails leaves the text in
-    its attribute (chunked as usual)."""
+    trial; ``trace:llm_calls`` keeps their first :data:`HEAD_CHARS` characters and
+    ``trace:artifacts`` maps each text's name (``trace:llm:<i>:<part>``) to its artifact. An
+    upload that fails leaves the text in the record (chunked as usual)."""
     from optuna.artifacts import upload_artifact
 
     offloaded: dict[str, Any] = dict(attrs.get(records.ARTIFACTS) or {})
-    llm = attrs.get(records.LLM) or {}
-    keys = [
-        records.llm_call_key(index, part)
-        for index in range(int(llm.get("calls") or 0))
-        for part in ("system", "user", "response")
-    ]
+    calls = attrs.get(records.LLM_CALLS) or []
+    texts = [(index, call, part) for index, call in enumerate(calls) for part in records.LLM_PARTS]
     with tempfile.TemporaryDirectory(prefix="trace-optuna-") as directory:
-        for key in keys:
-            text = attrs.get(key)
+        for index, call, part in texts:
+            text = call.get(part)
             if not isinstance(text, str) or len(text) <= LONG_TEXT_CHARS:
                 continue
+            key = records.llm_call_key(index, part)
             filename = (
                 f"trial{trial.number}-{key.removeprefix(records.PREFIX).replace(':', '-')}.txt"
             )
@@ -525,7 +569,7 @@ def offload_long_texts(
                 )
                 continue
             offloaded[key] = {"artifact_id": artifact_id, "filename": filename, "chars": len(text)}
-            attrs[key] = (
+            call[part] = (
                 text[:HEAD_CHARS]
                 + f"\n... [{len(text) - HEAD_CHARS:,} more characters: artifact {filename} "
                 f"({artifact_id})]"
@@ -575,67 +619,144 @@ def dashboard_trial_url(study: optuna.Study) -> Callable[[int], str]:
 
 def save_figures(study: optuna.Study) -> list[str]:
     """Save every figure of :mod:`trace_optuna.visualization` into the study, so
-    optuna-dashboard shows them; each is overwritten under its fixed id.
+    optuna-dashboard shows them; each is overwritten under its fixed id. The study's
+    ``trace:figures`` attribute then says when they were saved (see :class:`FigureRefresher`).
+
+    Written as ``optuna_dashboard.save_plotly_graph_object`` writes them, without its read of
+    every study system attribute (all notes) per figure: the stamp remembers how many chunks
+    each figure has, so the chunks a shorter figure leaves are blanked without reading.
 
     Returns:
         The graph object ids written (``trace-score-history``...).
-
-    Raises:
-        ImportError: If optuna-dashboard is not installed (names the extra).
     """
-    module = _optuna_dashboard()
     from trace_optuna import visualization
 
-    ids = []
+    started = time.time()
+    stamp = figures_stamp(study)
+    written = stamp.get("chunks") if stamp is not None else None
+    if not isinstance(written, dict):  # never saved, or saved by an older trace_optuna
+        written = _stored_figure_chunks(study)
+    storage, study_id = study._storage, study._study_id
+    chunks: dict[str, int] = {}
     for figure_id, figure in visualization.figures(
         study, trial_url=dashboard_trial_url(study)
     ).items():
         graph_id = FIGURE_PREFIX + figure_id
         # optuna-dashboard draws custom figures in half-width boxes 450 px high.
         figure.update_layout(height=450, margin={"l": 60, "r": 20, "t": 60, "b": 50})
-        module.save_plotly_graph_object(study, figure, graph_object_id=graph_id)
-        ids.append(graph_id)
-    return ids
+        parts = _chunks(figure.to_json())
+        for index, part in enumerate(parts):
+            storage.set_study_system_attr(study_id, figure_chunk_key(graph_id, index), part)
+        before = int(written.get(graph_id, 0))
+        for index in range(len(parts), before):
+            storage.set_study_system_attr(study_id, figure_chunk_key(graph_id, index), "")
+        chunks[graph_id] = max(len(parts), before)
+    study.set_user_attr(
+        records.STUDY_FIGURES,
+        {
+            "saved_at": time.time(),
+            "took_s": round(time.time() - started, 3),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "chunks": chunks,
+        },
+    )
+    return list(chunks)
+
+
+def figures_stamp(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's ``trace:figures`` attribute: when its figures were saved (``saved_at``, unix
+    time), how long that took (``took_s``), by which worker, and each figure's chunk count."""
+    stamp = study.user_attrs.get(records.STUDY_FIGURES)
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _stored_figure_chunks(study: optuna.Study) -> dict[str, int]:
+    """How many chunks each saved figure has, read from the study system attributes."""
+    counts: dict[str, int] = {}
+    for key in study._storage.get_study_system_attrs(study._study_id):
+        if key.startswith(_PLOT_DATA + FIGURE_PREFIX):
+            graph_id, _, index = key.removeprefix(_PLOT_DATA).rpartition(":")
+            if index.isdigit():
+                counts[graph_id] = max(counts.get(graph_id, 0), int(index) + 1)
+    return counts
 
 
 class FigureRefresher:
-    """An Optuna callback that re-saves the figures at most every ``interval`` seconds while
-    ``optimize`` runs; :meth:`save` once more when it returns. ``TraceStudy.optimize`` uses it.
+    """An Optuna callback that keeps the figures saved in the study fresh, for all its workers.
 
-    Saving costs one storage write per 2 KB of figure JSON, and the figures grow with the
-    study, so the refreshes also wait at least :data:`FIGURE_COST_FACTOR` times as long as the
-    last save took: figures never take more than a tenth of a worker's time.
+    The study's ``trace:figures`` attribute says when its figures were last saved, by any
+    worker, and how long that took. After a trial (from ``interval`` seconds after
+    ``optimize`` started) and when ``optimize`` returns (:meth:`refresh`), they are saved again
+    only when they are older than ``interval`` seconds and than :data:`FIGURE_COST_FACTOR`
+    times the last save took (saving costs one storage write per 2 KB of figure JSON and grows
+    with the study, so figures never take more than a tenth of the study's time). So across
+    all workers the figures are saved at most once per interval: a worker that finds them
+    stale claims the refresh through the storage
+    (:meth:`~trace_optuna.coordination.Coordinator.claim_once`), and workers that find them
+    stale at the same moment leave it to the one that claimed it. A worker joining a study
+    whose figures are fresh saves none. ``TraceStudy.optimize`` uses it.
 
     Args:
         interval: Seconds between refreshes; None disables saving figures.
+        coordinator: The study's coordinator, through which workers claim a refresh; None
+            when only this process runs the study.
     """
 
-    def __init__(self, interval: float | None = DEFAULT_FIGURE_INTERVAL) -> None:
+    def __init__(
+        self,
+        interval: float | None = DEFAULT_FIGURE_INTERVAL,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         if interval is not None and (not isinstance(interval, (int, float)) or interval < 0):
             raise ConfigurationError(
                 f"figure_interval must be a number of seconds >= 0 or None, got {interval!r}."
             )
         self.interval = interval
-        self._last = time.monotonic()
-        self._took = 0.0
+        self.coordinator = coordinator
+        self._started = time.time()
+        self._fresh_until = 0.0  # unix time until which the stored figures are known fresh
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.interval is None:
-            return
-        if time.monotonic() - self._last >= max(self.interval, FIGURE_COST_FACTOR * self._took):
-            self.save(study)
+        # Not right after the first trials: a short run saves once, when it returns.
+        if self.interval is not None and time.time() >= self._started + self.interval:
+            self.refresh(study)
+
+    def refresh(self, study: optuna.Study) -> bool:
+        """Save the figures if the study's are stale and no other worker claimed the refresh.
+
+        Returns:
+            Whether this call saved them.
+        """
+        if self.interval is None or time.time() < self._fresh_until:
+            return False
+        if not _dashboard_installed():
+            return False
+        stamp = figures_stamp(study)
+        wait = max(self.interval, FIGURE_COST_FACTOR * float((stamp or {}).get("took_s", 0.0)))
+        now = time.time()
+        if stamp is not None and now < float(stamp.get("saved_at", 0.0)) + wait:
+            self._fresh_until = float(stamp["saved_at"]) + wait
+            return False
+        # One claim per stretch of `wait` seconds: of the workers that find the figures stale
+        # at the same moment, one saves them.
+        key = f"figures:{int(now // max(wait, 1.0))}"
+        if self.coordinator is not None and not self.coordinator.claim_once(study, key):
+            self._fresh_until = now + wait  # another worker is saving them
+            return False
+        self.save(study)
+        return True
 
     def save(self, study: optuna.Study) -> None:
         """Save the figures now (nothing when disabled or optuna-dashboard is missing)."""
-        started = self._last = time.monotonic()
-        if self.interval is None or _dashboard_or_none() is None:
+        if self.interval is None or not _dashboard_installed():
             return
+        started = time.time()
         try:
             save_figures(study)
         except Exception:  # figures are a view: never fail the study over them
             _logger.warning("Could not save the figures into the study.", exc_info=True)
-        self._took = time.monotonic() - started
-        self._last = time.monotonic()
+        took = time.time() - started
+        self._fresh_until = time.time() + max(self.interval, FIGURE_COST_FACTOR * took)
 
 
 # -- human feedback ---------------------------------------------------------------------------

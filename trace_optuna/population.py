@@ -4,6 +4,15 @@ A :class:`Population` reads the study through Optuna, whose storage caches finis
 process, so each :meth:`Population.refresh` only indexes trials that finished since the last one.
 Everything a step needs to continue a lineage (parents, snapshots, feedback) comes from storage,
 never from one process's memory, so any worker can continue any lineage.
+
+Multi-objective studies (``directions=[...]``): a score is a list, one number per direction,
+and "better" is Pareto dominance (:meth:`Population.better`). The candidates no other candidate
+dominates form the Pareto front (:meth:`Population.pareto_front`). There is no single best
+candidate, so :meth:`Population.best` (where a greedy step starts) is the front member the
+fewest completed trials have started from, the newest among ties: a new front member is tried
+next, and the greedy steps go round the front instead of all starting from one end of it.
+Ranked queries (:meth:`Population.top_k`, :meth:`Population.tournament`) rank by Pareto layer
+(the front first, then the front of what is left, ...), the newest first within a layer.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from trace_optuna.evaluation import Score
+
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 _SNAPSHOT_CACHE_SIZE = 256
 
@@ -42,12 +53,15 @@ class Population:
     def __init__(self, study: optuna.Study, *, finished_before: datetime | None = None) -> None:
         self._study = study
         self._finished_before = finished_before
-        self._maximize = study.direction == StudyDirection.MAXIMIZE
+        # +1 per maximized objective, -1 per minimized one: "better" is sign * value larger.
+        self._signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+        self._maximize = self._signs[0] > 0.0
         self._trials: list[FrozenTrial] = []
         self._scan_from = 0  # every trial before this number is finished and indexed
         self._indexed: set[int] = set()  # indexed trials at or after _scan_from
         self._completed: list[int] = []
         self._best: FrozenTrial | None = None
+        self._front: list[FrozenTrial] = []  # multi-objective: candidates none dominates
         self._holders: dict[tuple[str, str], int] = {}
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._by_hash: dict[str, int] = {}
@@ -80,6 +94,13 @@ class Population:
             self._children.setdefault(int(parent), []).append(trial.number)
         if records.DUPLICATE_OF in trial.user_attrs:
             return  # a reused score of an earlier candidate is not a new candidate
+        if len(self._signs) > 1:  # no single best: keep the Pareto front; best() picks there
+            score = score_of(trial)
+            # Dominance is transitive: what a removed member dominated, the newcomer does too.
+            if not any(self.better(score_of(member), score) for member in self._front):
+                self._front = [m for m in self._front if not self.better(score, score_of(m))]
+                self._front.append(trial)
+            return
         if self._best is None or _better(trial, self._best, self._maximize):
             self._best = trial
 
@@ -96,14 +117,56 @@ class Population:
         """Completed trials that hold a trace_optuna snapshot, in trial order."""
         return [self._trials[number] for number in sorted(self._completed)]
 
-    def best(self) -> FrozenTrial | None:
-        """The completed trial with the best score, or None.
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the study has several directions (scores are lists)."""
+        return len(self._signs) > 1
 
-        Among equal scores the newest candidate wins, so a greedy search accepts sideways
-        moves and can cross a plateau instead of restarting from the same trial forever.
+    def better(self, a: Score, b: Score) -> bool:
+        """Whether score ``a`` is better than ``b`` in the study's direction(s).
+
+        Single-objective: strictly larger when maximizing, smaller when minimizing.
+        Multi-objective: ``a`` dominates ``b`` (Pareto): no objective worse, at least one
+        strictly better.
+        """
+        if isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(self._signs) or len(b) != len(self._signs):
+                raise ValueError(
+                    f"Scores {a} and {b} must have one number per direction ({len(self._signs)})."
+                )
+            pairs = [(sign * x, sign * y) for sign, x, y in zip(self._signs, a, b, strict=True)]
+            return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+        if isinstance(a, list) or isinstance(b, list):
+            raise ValueError(f"Cannot compare a score list with a number: {a!r}, {b!r}.")
+        return a > b if self._maximize else a < b
+
+    def best(self) -> FrozenTrial | None:
+        """The completed trial a greedy step starts from, or None.
+
+        Single-objective: the best score. Among equal scores the newest candidate wins, so a
+        greedy search accepts sideways moves and can cross a plateau instead of restarting
+        from the same trial forever. Multi-objective: the member of the Pareto front that the
+        fewest completed trials name as a parent (:meth:`children`), the newest among ties.
         Trials that reused an earlier candidate's score do not count as new candidates.
         """
-        return self._best
+        if len(self._signs) == 1:
+            return self._best
+        if not self._front:
+            return None
+        return min(self._front, key=lambda t: (len(self._children.get(t.number, ())), -t.number))
+
+    def pareto_front(self) -> list[FrozenTrial]:
+        """The candidates no other candidate dominates, in trial order.
+
+        In a single-objective study: every candidate with the best score. Trials that reused
+        an earlier candidate's score are left out (their candidate is already counted).
+        """
+        if len(self._signs) == 1:
+            best = self._best
+            if best is None:
+                return []
+            return [trial for trial in self.candidates() if trial.value == best.value]
+        return sorted(self._front, key=lambda trial: trial.number)
 
     def candidates(self) -> list[FrozenTrial]:
         """Completed trials that evaluated a new candidate (reused duplicates left out)."""
@@ -112,7 +175,12 @@ class Population:
         ]
 
     def top_k(self, k: int) -> list[FrozenTrial]:
-        """The ``k`` best candidates, best first (newest first among equal scores)."""
+        """The ``k`` best candidates, best first (newest first among equal scores).
+
+        Multi-objective: by Pareto layer, the newest first within a layer.
+        """
+        if len(self._signs) > 1 and len(self._front) >= k:
+            return sorted(self._front, key=lambda trial: trial.number, reverse=True)[:k]
         return self.top_k_of(self.candidates(), k)
 
     def tournament(
@@ -126,9 +194,31 @@ class Population:
         return self.top_k_of(drawn, 1)[0]
 
     def top_k_of(self, trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
-        """The ``k`` best of the given trials, best first."""
+        """The ``k`` best of the given trials, best first.
+
+        Multi-objective: by Pareto layer among the given trials, the newest first within a
+        layer.
+        """
         ranked = sorted(trials, key=lambda trial: trial.number, reverse=True)
+        if len(self._signs) > 1:
+            return self._pareto_layers(ranked, k)
         ranked.sort(key=lambda trial: _value(trial), reverse=self._maximize)
+        return ranked[:k]
+
+    def _pareto_layers(self, trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
+        """The first ``k`` of ``trials`` (newest first) ordered by Pareto layer."""
+        ranked: list[FrozenTrial] = []
+        remaining = trials
+        while remaining and len(ranked) < k:
+            layer: list[FrozenTrial] = []
+            for trial in remaining:
+                score = score_of(trial)
+                if not any(self.better(score_of(member), score) for member in layer):
+                    layer = [m for m in layer if not self.better(score, score_of(m))]
+                    layer.append(trial)
+            chosen = {trial.number for trial in layer}
+            ranked += layer  # newest first: ``remaining`` is, and removals keep the order
+            remaining = [trial for trial in remaining if trial.number not in chosen]
         return ranked[:k]
 
     def children(self, number: int) -> list[int]:
@@ -187,6 +277,18 @@ class Population:
 
 def _finished_by(trial: FrozenTrial, moment: datetime) -> bool:
     return trial.datetime_complete is not None and trial.datetime_complete <= moment
+
+
+def score_of(trial: FrozenTrial) -> Score:
+    """A completed trial's score: its value, or its list of values in a multi-objective study.
+
+    Raises:
+        RecordError: If the trial has no value (it did not complete).
+    """
+    values = trial.values
+    if values is None:
+        raise RecordError(f"Trial#{trial.number} has no score (state {trial.state.name}).")
+    return float(values[0]) if len(values) == 1 else [float(value) for value in values]
 
 
 def _value(trial: FrozenTrial) -> float:

@@ -7,7 +7,7 @@ A longer value is split: the first part stays under its key (so a person still r
 it), the rest goes to ``<key>:chunk:1``, ``<key>:chunk:2``..., and ``<key>:chunks`` says how many
 parts there are and whether they join into a string or into JSON text.
 
-Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instructions``):
+Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instructions``):
 
 =============================  ===========================================================
 ``trace:schema``               int, the layout version of this record
@@ -25,9 +25,8 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 ``trace:snapshot_hash``        str, content hash of the whole candidate snapshot
 ``trace:llm``                  {model, calls, prompt_tokens, completion_tokens, cost_usd,
                                latency_s}
-``trace:llm:<i>:system``       str, the system prompt of LLM call i
-``trace:llm:<i>:user``         str, the user prompt of LLM call i
-``trace:llm:<i>:response``     str, the raw response of LLM call i (or its error)
+``trace:llm_calls``            list, one {system, user, response} per LLM call: the prompts
+                               sent and the raw response (or its error); chunked as one value
 ``trace:time``                 {evaluate_s, llm_s, total_s}
 ``trace:worker``               {host, pid}
 ``trace:duplicate_of``         int, the trial that already evaluated this exact candidate
@@ -49,6 +48,12 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
                                suggested in this trial (the agent's own knobs)
 ``trace:parent_knobs``         {parent trial number: {param: value}}, the knob values each
                                parent re-run for its feedback used: the parent's own
+``trace:registry``             {name, version}: the shared-parameter registry version the
+                               trial ran with (studies over a ParameterSet selection only)
+``trace:publish``              {status, version, base, paths, score, conflicts}: what the
+                               trial published to the registry; status ``published``,
+                               ``conflict_skipped`` or ``conflict_rejected``; each conflict
+                               {base, newest, paths, versions} (see trace_optuna.registry)
 ``trace:artifacts``            {attribute key: {artifact_id, filename, chars}}: long LLM
                                texts uploaded to the study's artifact store; the attribute
                                keeps their start (see :mod:`trace_optuna.dashboard`)
@@ -59,12 +64,25 @@ Trial user attributes (schema 1; ``<path>`` is a parameter path such as ``instru
 ``trace:human_feedback``       str, the feedback text a person entered there
 =============================  ===========================================================
 
+Schema history. Every reader here reads every earlier schema (``tests/data/record_v<n>.json``
+freeze a sample of each):
+
+* 2: an LLM call's three texts are entries of ``trace:llm_calls`` instead of three attributes
+  ``trace:llm:<i>:system|user|response``. Optuna's first read of a study builds one object per
+  stored attribute, so a worker joining a big study paid for three per call: at 10,000 trials
+  of the demo agent that read is most of the join. :func:`decode` of ``trace:llm:<i>:<part>``
+  (:func:`llm_call_key`, the name ``trace:artifacts`` uses) reads either layout.
+* 1: the first layout.
+
 Study user attributes: ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
 optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
-``trace:parameters`` (the agent's parameter paths), ``trace:strategies`` (fixed for the life of
-the study), ``trace:seed``, ``trace:error_score``, ``trace:agent`` and ``trace:evaluation``
+``trace:parameters`` (the agent's parameter paths; the selected ones for a study over shared
+parameters, with ``trace:registry``: {name, on_conflict}), ``trace:strategies`` (fixed for the
+life of the study), ``trace:seed``, ``trace:error_score``, ``trace:agent`` and ``trace:evaluation``
 (qualified name and first docstring line of each), ``trace:strategy_docs`` ({strategy: what it
-does}), ``trace:artifact_dir`` (for ``trace-optuna dashboard``); STOP's improver versions:
+does}), ``trace:artifact_dir`` (for ``trace-optuna dashboard``), ``trace:figures`` (when the
+figures were last saved into the study, by which worker, how long that took, and each figure's
+chunk count; see :class:`~trace_optuna.dashboard.FigureRefresher`); STOP's improver versions:
 ``trace:stop:version:<id>`` (id, parent, creating trial, source hash; written last),
 ``trace:stop:source:<id>`` (the source, chunked) and ``trace:stop:status:<id>`` (accepted,
 trialled or reverted, why, and the meta-utility), with ids ``seed`` and ``t<trial number>``.
@@ -84,7 +102,7 @@ from trace_optuna.snapshots import value_hash
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ATTR_BYTES = 60_000
 
 PREFIX = "trace:"
@@ -101,6 +119,8 @@ DIFF = "trace:diff"
 SNAPSHOT = "trace:snapshot"
 SNAPSHOT_HASH = "trace:snapshot_hash"
 LLM = "trace:llm"
+LLM_CALLS = "trace:llm_calls"
+LLM_PARTS = ("system", "user", "response")
 TIME = "trace:time"
 WORKER = "trace:worker"
 DUPLICATE_OF = "trace:duplicate_of"
@@ -111,6 +131,8 @@ TRACEBACK = "trace:traceback"
 RETRY_OF = "trace:retry_of"
 KNOBS = "trace:knobs"
 PARENT_KNOBS = "trace:parent_knobs"
+REGISTRY = "trace:registry"
+PUBLISH = "trace:publish"
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -130,12 +152,14 @@ STUDY_ARTIFACT_DIR = "trace:artifact_dir"
 STUDY_AGENT = "trace:agent"
 STUDY_EVALUATION = "trace:evaluation"
 STUDY_STRATEGY_DOCS = "trace:strategy_docs"
+STUDY_FIGURES = "trace:figures"  # when the figures were last saved, by any worker
 
 # Trial system attribute: the lease a worker renews on its running trial where the storage has
 # no Optuna heartbeat (JournalStorage): {until: unix time it expires, worker: "host:pid"}.
 LEASE = "trace:lease"
 
 BASELINE = "baseline"
+REGISTRY_PICKUP = "registry"  # the strategy of a trial evaluating values another study published
 
 # Keys of the trial record itself; strategies store their own under other ``trace:`` keys.
 RESERVED = frozenset(
@@ -153,6 +177,7 @@ RESERVED = frozenset(
         SNAPSHOT,
         SNAPSHOT_HASH,
         LLM,
+        LLM_CALLS,
         TIME,
         WORKER,
         DUPLICATE_OF,
@@ -163,6 +188,8 @@ RESERVED = frozenset(
         RETRY_OF,
         KNOBS,
         PARENT_KNOBS,
+        REGISTRY,
+        PUBLISH,
     }
 )
 
@@ -173,8 +200,20 @@ def value_key(path: str) -> str:
 
 
 def llm_call_key(index: int, part: str) -> str:
-    """The attribute key of one part (``system``, ``user``, ``response``) of LLM call ``index``."""
+    """The name of one text (``system``, ``user``, ``response``) of LLM call ``index``.
+
+    Its own attribute in schema 1; since schema 2 an entry of ``trace:llm_calls``, which
+    :func:`decode` reads under this name too. ``trace:artifacts`` names offloaded texts so.
+    """
     return f"trace:llm:{index}:{part}"
+
+
+def _llm_call_of(key: str) -> tuple[int, str] | None:
+    """``(index, part)`` when ``key`` names an LLM call's text (see :func:`llm_call_key`)."""
+    index, _, part = key.removeprefix("trace:llm:").partition(":")
+    if key.startswith("trace:llm:") and index.isdigit() and part in LLM_PARTS:
+        return int(index), part
+    return None
 
 
 def _chunk_key(key: str, index: int) -> str:
@@ -230,11 +269,18 @@ def _split(text: str) -> list[str]:
 def decode(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
     """Read one logical attribute back, joining chunks.
 
+    ``trace:llm:<i>:<part>`` (:func:`llm_call_key`) is read from either schema's layout.
+
     Raises:
         RecordError: If chunks are missing (a write was interrupted) or do not parse.
     """
     if key not in attrs:
-        return default
+        call = _llm_call_of(key)
+        if call is None or LLM_CALLS not in attrs:
+            return default
+        index, part = call
+        calls = llm_calls(attrs)
+        return calls[index][part] if index < len(calls) else default
     meta = attrs.get(_chunks_key(key))
     if meta is None:
         return attrs[key]
@@ -246,6 +292,23 @@ def decode(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
         raise RecordError(
             f"Attribute {key!r} is chunked but its chunks are broken: {error!r}"
         ) from None
+
+
+def llm_calls(attrs: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Each LLM call's ``{system, user, response}`` texts of a trial record, in call order.
+
+    Raises:
+        RecordError: If ``trace:llm_calls`` is chunked and its chunks are broken.
+    """
+    if LLM_CALLS in attrs:
+        stored = decode(attrs, LLM_CALLS) or []
+        return [{part: str(call.get(part) or "") for part in LLM_PARTS} for call in stored]
+    summary = attrs.get(LLM) or {}
+    return [  # schema 1: one attribute per text
+        {part: decode(attrs, llm_call_key(index, part), "") for part in LLM_PARTS}
+        for index in range(int(summary.get("calls", 0)))
+        if llm_call_key(index, "response") in attrs
+    ]
 
 
 def write(set_attr: Any, values: Mapping[str, Any]) -> None:
@@ -363,14 +426,7 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
     attrs = trial.user_attrs
     schema = check_schema(attrs, f"Trial#{trial.number}")
     summary = attrs.get(LLM) or {}
-    calls = [
-        {
-            part: decode(attrs, llm_call_key(index, part), "")
-            for part in ("system", "user", "response")
-        }
-        for index in range(int(summary.get("calls", 0)))
-        if llm_call_key(index, "response") in attrs
-    ]
+    calls = llm_calls(attrs)
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,

@@ -14,7 +14,8 @@ Why reward the improvement and not the trial's value
     whose LLM-choosing bandit is rewarded by improvement over the parent with decay 0.95.
 
 The algorithm: discounted UCB (Garivier and Moulines, 2011), scale-free
-    * Reward of a finished trial that picked arm ``a``: its improvement (negated when minimizing),
+    * Reward of a finished trial that picked arm ``a``: its improvement (negated when minimizing;
+      for multi-objective studies see below),
       with regressions counted as 0 (``clip_negative``): the search keeps its best candidates, so
       a step worse than its parent costs one trial, not a loss of that size, and one broken
       candidate scored at a study's ``error_score`` cannot sink an arm for hundreds of trials.
@@ -45,6 +46,17 @@ The algorithm: discounted UCB (Garivier and Moulines, 2011), scale-free
       uncertainty.
     * Trials that other workers are running count as pulls of their arm at its current mean,
       so workers asking at the same moment spread over arms instead of all taking the leader.
+
+Multi-objective studies (``directions=[...]``)
+    ``trace:improvement`` is then a list (score minus parent score, per objective), and there
+    is no one number to add up. A step's reward is 1 when its candidate improves on its first
+    parent in at least one objective (in that objective's direction): the child is then not
+    dominated by its parent and differs from it, so it dominates the parent or trades one
+    objective for another, which is how the Pareto front grows. It is 0 when the parent
+    dominates the child or they score the same. In a single-objective study this is exactly
+    "improvement > 0", the case the clipped reward pays for. ``per_llm_call`` divides it by
+    the trial's LLM calls as usual; ``clip_negative`` has nothing to clip. FAIL trials count
+    with ``failure_reward`` as in a single-objective study.
 
 State lives in storage only
     Rewards are read from the study's trials on every pick, so every worker (every
@@ -176,10 +188,10 @@ class _Rewards:
     appears, and ``scan_from`` marks the oldest trial not yet finished.
     """
 
-    def __init__(self, storage: object, study_id: int, sign: float) -> None:
+    def __init__(self, storage: object, study_id: int, signs: list[float]) -> None:
         self.storage = storage
         self.study_id = study_id
-        self.sign = sign
+        self.signs = signs  # +1 per maximized objective, -1 per minimized one
         self.clock = 0
         self.scan_from = 0
         self.folded: set[int] = set()  # folded trials numbered at or after scan_from
@@ -206,8 +218,9 @@ class StrategyBandit(BaseSampler):
     """Optuna sampler: a discounted UCB bandit picks ``strategy``; a base sampler does the rest.
 
     The default sampler of trace_optuna studies. The module docstring describes the algorithm,
-    why it is rewarded by ``trace:improvement`` rather than by trial values, and which other
-    Optuna samplers suit this search space.
+    why it is rewarded by ``trace:improvement`` rather than by trial values, the reward of a
+    multi-objective study (1 when the step improved some objective over its parent, else 0),
+    and which other Optuna samplers suit this search space.
 
     Args:
         seed: Seeds the bandit's random choices (per trial, from ``(seed, trial.number)``) and
@@ -411,18 +424,14 @@ class StrategyBandit(BaseSampler):
 
     def _refresh(self, study: Study, trials: list[FrozenTrial], current: int) -> dict[Any, int]:
         """Fold newly finished trials into the sums; return the running pulls per arm."""
-        if len(study.directions) > 1:
-            raise ConfigurationError(
-                "StrategyBandit needs a single-objective study: its reward is one improvement."
-            )
         rewards = self._rewards
         if (
             rewards is None
             or rewards.storage is not study._storage
             or (rewards.study_id != study._study_id)
         ):
-            sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-            rewards = self._rewards = _Rewards(study._storage, study._study_id, sign)
+            signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+            rewards = self._rewards = _Rewards(study._storage, study._study_id, signs)
         rewards.advance(current, self._decay)
         start = rewards.scan_from
         if not (start < len(trials) and trials[start].number == start):
@@ -451,12 +460,22 @@ class StrategyBandit(BaseSampler):
                 return
             reward = self._failure_reward
         else:
-            improvement = _finite(trial.user_attrs.get(records.IMPROVEMENT))
-            if improvement is None:
-                return  # the baseline, or a trial that never scored
-            reward = rewards.sign * improvement
-            if self._clip_negative:
-                reward = max(reward, 0.0)
+            stored = trial.user_attrs.get(records.IMPROVEMENT)
+            if len(rewards.signs) > 1:
+                improvements = _finite_list(stored, len(rewards.signs))
+                if improvements is None:
+                    return  # the baseline, or a trial that never scored
+                # Not dominated by its parent and not equal to it: better in some objective.
+                signed = zip(rewards.signs, improvements, strict=True)
+                improved = any(sign * improvement > 0.0 for sign, improvement in signed)
+                reward = 1.0 if improved else 0.0
+            else:
+                improvement = _finite(stored)
+                if improvement is None:
+                    return  # the baseline, or a trial that never scored
+                reward = rewards.signs[0] * improvement
+                if self._clip_negative:
+                    reward = max(reward, 0.0)
             if self._per_llm_call:
                 reward /= _llm_calls(trial)
         rewards.advance(trial.number, self._decay)
@@ -520,6 +539,19 @@ def _finite(value: object) -> float | None:
         if math.isfinite(number):
             return number
     return None
+
+
+def _finite_list(value: object, count: int) -> list[float] | None:
+    """``value`` as ``count`` finite floats if it is a list of them, else None."""
+    if not isinstance(value, list) or len(value) != count:
+        return None
+    result = []
+    for item in value:
+        number = _finite(item)
+        if number is None:
+            return None
+        result.append(number)
+    return result
 
 
 def _llm_calls(trial: FrozenTrial) -> int:

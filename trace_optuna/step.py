@@ -19,8 +19,20 @@ are ordinary Optuna params of the trial, the same value however often the trial 
 :class:`ParentTrial` instead, whose ``suggest_*`` return the parent's own stored values, so its
 feedback matches its stored score. Such an ``evaluate`` may depend on knobs sampled only while
 it runs, so a candidate another trial evaluated is evaluated again rather than its score reused.
+(Suggesting the knobs before ``evaluate`` runs, to reuse by snapshot and knob values, would be
+unsound: a knob ``evaluate`` asks for only in some configurations would become a param of every
+trial, and one whose range depends on another knob could get a value outside the range
+``evaluate`` asks for, since Optuna returns an already suggested value with only a warning.)
 ``evaluate`` may prune through ``trial.report``/``trial.should_prune``: ``optuna.TrialPruned``
 ends the trial PRUNED with what it recorded so far (candidate snapshot, parent feedback).
+
+Multi-objective studies (``directions=[...]``): ``Evaluation.score`` is a list, one number per
+direction (checked at every evaluation), returned to Optuna as the trial's values and stored as
+``trace:score``; ``trace:improvement`` is the per-objective difference to the parent. Strategies
+compare scores by Pareto dominance and greedy steps start from the Pareto front (see
+:mod:`trace_optuna.population`); a strategy that needs one number (``multi_objective = False``,
+e.g. ``stop``) is refused with a ``ConfigurationError`` by ``create_study``, or by the first
+trial of a study of your own (it raises out of ``optimize``).
 
 Workers share nothing but the storage. A trial re-queued because its worker died (Optuna's
 heartbeat, or a lease on JournalStorage; see :mod:`trace_optuna.coordination`) replays the dead
@@ -56,20 +68,30 @@ from optuna.trial import FixedTrial
 from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
 from trace_optuna import graph
 from trace_optuna import records
+from trace_optuna import registry as registry_module
 from trace_optuna import snapshots
 from trace_optuna.coordination import Coordinator
 from trace_optuna.coordination import coordinator_for
 from trace_optuna.evaluation import Evaluation
+from trace_optuna.evaluation import Score
+from trace_optuna.evaluation import check_score
+from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TraceOptunaError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.llm import LLM
 from trace_optuna.population import Population
+from trace_optuna.population import score_of
+from trace_optuna.registry import CONFLICT_POLICIES
+from trace_optuna.registry import Registry
+from trace_optuna.registry import Selection
+from trace_optuna.registry import State
 from trace_optuna.strategies.base import ParentEvaluation
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
+from trace_optuna.strategies.base import registered
 from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.judge import Selector
 
@@ -83,6 +105,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 STRATEGY_PARAM = "strategy"
+_MAX_PUBLISH_ATTEMPTS = 3  # conflicts a trial resolves by re-evaluating before it gives up
 _CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
 
 
@@ -93,6 +116,7 @@ class _Live:
     number: int
     snapshot_hash: str
     run: RunResult
+    registry_version: int | None = None  # the shared parameters' version it ran with
 
 
 class TraceObjective:
@@ -109,7 +133,8 @@ class TraceObjective:
             ``trial.should_prune``) in the same trial; see the module docstring.
         llm: A litellm model string or a :class:`~trace_optuna.LLM`.
         strategies: Strategy names or instances; the trial's ``strategy`` parameter picks one.
-        error_score: The score of a candidate whose code raises when run. None (the default)
+        error_score: The score of a candidate whose code raises when run (in a
+            multi-objective study, a list with one number per direction). None (the default)
             fails such a trial instead; the error is stored as its feedback either way.
         selector: How strategies pick among candidates they evaluated: ``"score"`` (by
             ``evaluate``'s score) or ``"llm"`` (a pairwise LLM preference judge, for tasks
@@ -123,28 +148,42 @@ class TraceObjective:
 
     def __init__(
         self,
-        agent: Any,
-        evaluate: Callable[..., Evaluation],
-        llm: str | LLM,
+        agent: Any = None,
+        evaluate: Callable[..., Evaluation] | None = None,
+        llm: str | LLM | None = None,
         *,
+        parameters: Selection | None = None,
+        on_conflict: str = "reevaluate",
         strategies: Any = ("optoprime",),
-        error_score: float | None = None,
+        error_score: float | Sequence[float] | None = None,
         selector: str = "score",
         seed: int | None = None,
     ) -> None:
-        self.make_agent = _agent_factory(agent)
+        if evaluate is None or llm is None:
+            raise ConfigurationError("TraceObjective needs evaluate= and llm=.")
+        self.shared = _shared(agent, parameters, on_conflict)
+        self.make_agent = (
+            self.shared.selection.parameter_set.make
+            if self.shared is not None
+            else _agent_factory(agent)
+        )
         self.evaluate = evaluate
         self.evaluate_takes_trial = _evaluate_takes_trial(evaluate)
         self.llm = _resolve_llm(llm)
         self.strategies = {strategy.name: strategy for strategy in resolve(list(strategies))}
-        if error_score is not None and not isinstance(error_score, (int, float)):
-            raise ConfigurationError(f"error_score must be a number or None, got {error_score!r}.")
-        self.error_score = None if error_score is None else float(error_score)
+        # A number, or one per direction of a multi-objective study (checked at each trial).
+        self.error_score = None if error_score is None else check_score(error_score, "error_score")
         self.selector = Selector(selector, self.llm)
         self.seed = seed
         self.agent = self.make_agent()
         self.parameters = snapshots.parameters(self.agent)
+        self._nodes = list(self.parameters.values())  # all of them, shared ones included
         self.initial_snapshot = snapshots.snapshot(self.agent)
+        if self.shared is not None:  # the study optimizes its selection; the rest is context
+            self.shared.check(self.initial_snapshot)
+            owned = self.shared.selection.paths
+            self.parameters = {path: self.parameters[path] for path in owned}
+            self.initial_snapshot = {path: self.initial_snapshot[path] for path in owned}
         self._population: Population | None = None
         self._population_study: optuna.Study | None = None
         self._live: _Live | None = None
@@ -152,6 +191,24 @@ class TraceObjective:
         self.coordinator: Coordinator | None = None
         self._claimed = False  # whether the running trial holds a candidate claim
         self._knobs: set[str] = set()  # params the running trial's evaluate suggested
+        self._directions: list[StudyDirection] = [StudyDirection.MAXIMIZE]  # the running study's
+        self._study_name = ""
+
+    def check_directions(self, directions: Sequence[StudyDirection]) -> None:
+        """Refuse a multi-objective study if a strategy needs a single score.
+
+        Raises:
+            ConfigurationError: Naming the strategies that need a single-objective study.
+        """
+        if len(directions) < 2:
+            return
+        single = [name for name, s in self.strategies.items() if not s.multi_objective]
+        if single:
+            raise ConfigurationError(
+                f"Strategy {single[0]!r} needs a single-objective study (it compares candidates "
+                f"by one number); this study has {len(directions)} directions. Use strategies "
+                f"that handle Pareto scores ({_multi_objective_names()}), or one direction."
+            )
 
     @property
     def strategy_names(self) -> list[str]:
@@ -173,7 +230,7 @@ class TraceObjective:
             self.coordinator = coordinator_for(study._storage)
         return self.coordinator
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> Score:
         started = time.perf_counter()
         worker = {"host": socket.gethostname(), "pid": os.getpid()}
         attrs: dict[str, Any] = {records.SCHEMA: records.SCHEMA_VERSION, records.WORKER: worker}
@@ -183,6 +240,9 @@ class TraceObjective:
         dashboard.enter_trial(trial, attrs)  # HumanFeedback asks in this trial's form
         self._claimed = False
         self._knobs = set()
+        self._directions = list(trial.study.directions)  # scores are checked against them
+        self._study_name = trial.study.study_name
+        self.check_directions(self._directions)
         coordinator = self.coordinator_for(trial.study)
         if not coordinator.optuna_heartbeat:  # optimize() already did it for heartbeat storages
             self._fail_stale(coordinator, trial.study)
@@ -210,9 +270,8 @@ class TraceObjective:
 
     # -- the step -------------------------------------------------------------------------
 
-    def _step(self, trial: optuna.Trial, attrs: dict[str, Any], timing: dict[str, float]) -> float:
+    def _step(self, trial: optuna.Trial, attrs: dict[str, Any], timing: dict[str, float]) -> Score:
         population = self.population(trial.study)
-        maximize = trial.study.direction == StudyDirection.MAXIMIZE
         # A retry of a dead worker's trial replays its step: the population as it was when
         # that trial started and its random seed, so the strategy picks the same parents.
         original = _retried_from(population, trial.number)
@@ -224,14 +283,22 @@ class TraceObjective:
             )
             view.refresh()
 
-        def better(a: float, b: float) -> bool:
-            return a > b if maximize else a < b
+        better = view.better  # Pareto dominance in a multi-objective study
 
+        shared_state = self._read_registry(trial, attrs)
+        best_before = view.best()
         evaluated: list[tuple[dict[str, Any], RunResult]] = []
         parent_knobs: dict[str, dict[str, Any]] = {}  # knobs of each parent re-run for feedback
-        if view.best() is None:
+        registry_values = None if self.shared is None else self.shared.owned_values()
+        if best_before is None:
             attrs[records.STRATEGY] = records.BASELINE
-            proposal = Proposal(snapshot=dict(self.initial_snapshot), parents=[])
+            start = registry_values or dict(self.initial_snapshot)
+            proposal = Proposal(snapshot=start, parents=[])
+        elif registry_values is not None and _pickup_due(view, registry_values):
+            # Another study published values of this study's parameters: evaluate them as they
+            # are, so they join this study's population and its strategies can build on them.
+            attrs[records.STRATEGY] = records.REGISTRY_PICKUP
+            proposal = Proposal(snapshot=registry_values, parents=[])
         else:
             name = trial.suggest_categorical(STRATEGY_PARAM, self.strategy_names)
             strategy = self.strategies[str(name)]
@@ -312,16 +379,111 @@ class TraceObjective:
             attrs[records.ERROR] = run.code_error
             if self.error_score is None:
                 raise _CandidateCodeFailed(run.code_error)
-            score = self.error_score
+            score = score_for_study(
+                self.error_score, self._directions, self._study_name, "error_score"
+            )
         else:
             assert run.score is not None
             score = run.score
             if run.output is not None:
-                self._live = _Live(trial.number, candidate_hash, run)
+                version = None if shared_state is None else shared_state.version
+                self._live = _Live(trial.number, candidate_hash, run, version)
         attrs[records.SCORE] = score
         if proposal.parent_score is not None:
-            attrs[records.IMPROVEMENT] = score - proposal.parent_score
+            attrs[records.IMPROVEMENT] = _improvement(score, proposal.parent_score)
+        publishable = isinstance(score, float) and run.reused_from is None
+        if shared_state is not None and publishable and run.code_error is None:
+            assert isinstance(score, float)
+            if best_before is None or better(score, _value_of(best_before)):
+                attrs[records.PUBLISH] = self._publish(
+                    trial, candidate, score, shared_state, best_before, better, timing, attrs
+                )
         return score
+
+    # -- shared parameters (see trace_optuna.registry) ------------------------------------
+
+    def _read_registry(self, trial: optuna.Trial, attrs: dict[str, Any]) -> State | None:
+        """Run this trial with the registry's newest values of the paths the study does not
+        select; record the version. None for a study that owns all its parameters."""
+        if self.shared is None:
+            return None
+        state = self.shared.read(trial.study)
+        if self._live is not None and self._live.registry_version != state.version:
+            self._live = None  # its run saw other values of the parameters around it
+        attrs[records.REGISTRY] = {"name": self.shared.registry_name, "version": state.version}
+        return state
+
+    def _publish(
+        self,
+        trial: optuna.Trial,
+        candidate: dict[str, Any],
+        score: float,
+        state: State,
+        best: FrozenTrial | None,
+        better: Callable[[float, float], bool],
+        timing: dict[str, float],
+        attrs: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Publish the values the candidate changed (a compare-and-set on the version the
+        trial ran with); resolve a conflict by the study's ``on_conflict`` policy."""
+        assert self.shared is not None
+        changed = registry_module.changed_values(candidate, state)
+        conflicts: list[dict[str, Any]] = []
+        outcome: dict[str, Any] = {"paths": sorted(changed), "score": score}
+        while changed:
+            published = self.shared.registry.publish(
+                changed,
+                base=state.version,
+                owned=self.shared.selection.paths,
+                study=trial.study.study_name,
+                trial=trial.number,
+                score=score,
+                worker=attrs[records.WORKER],
+                conflicts=[version for conflict in conflicts for version in conflict["versions"]],
+            )
+            if published.version is not None:
+                return {
+                    "status": "published",
+                    "version": published.version,
+                    "base": state.version,
+                    "paths": sorted(changed),
+                    "score": score,
+                    "conflicts": conflicts,
+                }
+            conflicts.append(
+                {
+                    "base": state.version,
+                    "newest": published.state.version,
+                    "paths": list(published.conflicting_paths),
+                    "versions": list(published.conflicting_versions),
+                }
+            )
+            _logger.warning(
+                "Trial#%d: version(s) %s of registry %r changed %s after this trial read "
+                "version %d; on_conflict=%r.",
+                trial.number,
+                list(published.conflicting_versions),
+                self.shared.registry_name,
+                list(published.conflicting_paths),
+                state.version,
+                self.shared.on_conflict,
+            )
+            if self.shared.on_conflict == "skip" or len(conflicts) >= _MAX_PUBLISH_ATTEMPTS:
+                return {"status": "conflict_skipped", **outcome, "conflicts": conflicts}
+            # Re-evaluate the changes on top of the newer values, in this trial.
+            state = self.shared.use(published.state)
+            merged = {**self.shared.owned_values(), **changed}
+            run = self._run(merged, timing, trial)
+            self._live = None
+            outcome = {"paths": sorted(changed), "score": run.score}
+            if not isinstance(run.score, float) or (
+                best is not None and not better(run.score, _value_of(best))
+            ):
+                return {"status": "conflict_rejected", **outcome, "conflicts": conflicts}
+            score = run.score
+            changed = registry_module.changed_values(merged, state)
+        # Nothing (left) to publish: the registry holds these values already.
+        return {"status": "unchanged", **outcome, "conflicts": conflicts} if conflicts else None
 
     def _evaluate_candidate(
         self,
@@ -350,7 +512,7 @@ class TraceObjective:
             if earlier is not None:
                 stored = population.trial(earlier)
                 return RunResult(
-                    score=stored.value,
+                    score=score_of(stored),
                     feedback=records.decode(stored.user_attrs, records.FEEDBACK, ""),
                     details=records.decode(stored.user_attrs, records.DETAILS),
                     reused_from=earlier,
@@ -440,14 +602,14 @@ class TraceObjective:
             The evaluation, and the knob values it ran with (``{}`` without knobs).
         """
         parent = population.trial(number)
-        if parent.value is None:
+        if parent.values is None:
             raise TraceOptunaError(f"Trial#{number} has no score and cannot be a parent.")
         parent_snapshot = population.snapshot(number)
         live = self._live
         if (
             live is not None
             and live.number == number
-            and snapshots.snapshot_hash(snapshots.snapshot(self.agent)) == live.snapshot_hash
+            and snapshots.snapshot_hash(self._owned_snapshot()) == live.snapshot_hash
         ):
             run = live.run  # its graph is live: a greedy chain evaluates once per trial
             stored = records.decode(parent.user_attrs, records.KNOBS) or {}
@@ -463,7 +625,7 @@ class TraceObjective:
                 "node the agent produced, so feedback can flow back to the parameters."
             )
         evaluation = ParentEvaluation(
-            number, parent_snapshot, parent.value, run.feedback, run.output
+            number, parent_snapshot, score_of(parent), run.feedback, run.output
         )
         return evaluation, knobs
 
@@ -473,8 +635,15 @@ class TraceObjective:
         timing: dict[str, float],
         trial: optuna.Trial | ParentTrial,
     ) -> RunResult:
-        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one)."""
-        snapshots.restore(self.agent, values)
+        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one).
+
+        In a study over shared parameters, ``values`` are the study's own; the others come from
+        the registry version the trial runs with.
+        """
+        context = {} if self.shared is None else self.shared.context_values()
+        snapshots.restore(self.agent, {**context, **values})
+        for node in self._nodes:  # every run starts clean: no feedback of an earlier backward
+            node.zero_feedback()
         self._live = None
         started = time.perf_counter()
         suggested_before = set(trial.params)
@@ -505,9 +674,12 @@ class TraceObjective:
                 "Evaluation.output must be the Trace node the agent produced, got "
                 f"{type(evaluation.output).__name__}."
             )
-        return RunResult(
-            evaluation.score, evaluation.feedback, evaluation.output, evaluation.details
-        )
+        score = score_for_study(evaluation.score, self._directions, self._study_name, "evaluate()")
+        return RunResult(score, evaluation.feedback, evaluation.output, evaluation.details)
+
+    def _owned_snapshot(self) -> dict[str, Any]:
+        """The agent's current values of the parameters this study optimizes."""
+        return {path: node._data for path, node in self.parameters.items()}
 
     # -- recording ------------------------------------------------------------------------
 
@@ -562,14 +734,127 @@ class TraceObjective:
                 "latency_s": round(sum(call.latency_s for call in calls), 6),
             }
         }
-        for index, call in enumerate(calls):
+        # All calls' texts in one attribute (schema 2): Optuna reads a study one attribute row
+        # at a time, and a joining worker reads every trial's.
+        texts = []
+        for call in calls:
             system = "\n\n".join(m["content"] for m in call.messages if m["role"] == "system")
             user = "\n\n".join(m["content"] for m in call.messages if m["role"] != "system")
             response = call.response if call.error is None else f"[error] {call.error}"
-            attrs[records.llm_call_key(index, "system")] = system
-            attrs[records.llm_call_key(index, "user")] = user
-            attrs[records.llm_call_key(index, "response")] = response or ""
+            texts.append({"system": system, "user": user, "response": response or ""})
+        attrs[records.LLM_CALLS] = texts or None
         return attrs
+
+
+class _Shared:
+    """A study's selection of a :class:`~trace_optuna.registry.ParameterSet` and the registry
+    it shares with other studies (bound to the study's storage at its first trial)."""
+
+    def __init__(self, selection: Selection, on_conflict: str) -> None:
+        self.selection = selection
+        self.on_conflict = on_conflict
+        self._registry: Registry | None = None
+        self._state: State | None = None
+
+    @property
+    def registry_name(self) -> str:
+        return self.selection.parameter_set.name
+
+    @property
+    def registry(self) -> Registry:
+        assert self._registry is not None, "read() binds the registry first"
+        return self._registry
+
+    def check(self, values: dict[str, Any]) -> None:
+        """The agent the set's function built now must have the set's paths."""
+        expected = self.selection.parameter_set.paths
+        if tuple(values) != expected:
+            raise ConfigurationError(
+                f"ParameterSet {self.registry_name!r} built an agent with parameters "
+                f"{list(values)}, not {list(expected)} as before: its function must build the "
+                "same agent every time."
+            )
+
+    def read(self, study: optuna.Study) -> State:
+        """The registry's newest state, which the running trial then uses."""
+        if self._registry is None:
+            if len(study.directions) > 1:
+                raise ConfigurationError(
+                    f"Study {study.study_name!r} has {len(study.directions)} objectives; studies "
+                    "over shared parameters publish by one score and must have one direction."
+                )
+            self._registry = Registry(study._storage, self.registry_name)
+            return self.use(self._registry.initialize(self.selection.parameter_set.initial))
+        return self.use(self._registry.state())
+
+    def use(self, state: State) -> State:
+        self._state = state
+        return state
+
+    def owned_values(self) -> dict[str, Any]:
+        """The registry's values of the study's own paths, in the state in use."""
+        assert self._state is not None
+        return {path: self._state.values[path] for path in self.selection.paths}
+
+    def context_values(self) -> dict[str, Any]:
+        """The registry's values of every other path, in the state in use."""
+        assert self._state is not None
+        owned = set(self.selection.paths)
+        return {path: v for path, v in self._state.values.items() if path not in owned}
+
+
+def _shared(agent: Any, parameters: Selection | None, on_conflict: str) -> _Shared | None:
+    if parameters is None:
+        if agent is None:
+            raise ConfigurationError(
+                "Give agent= (the agent, or a function that builds it), or parameters= (a "
+                "ParameterSet's selection, to share parameters with other studies)."
+            )
+        return None
+    if agent is not None:
+        raise ConfigurationError(
+            "Give agent= or parameters=, not both: parameters=team.select(...) names the agent "
+            "already (the ParameterSet builds it)."
+        )
+    if not isinstance(parameters, Selection):
+        raise ConfigurationError(
+            "parameters must be a selection of a trace_optuna.ParameterSet "
+            f"(team.select('agent1.*')), got {type(parameters).__name__}."
+        )
+    if on_conflict not in CONFLICT_POLICIES:
+        raise ConfigurationError(
+            f"on_conflict must be one of {list(CONFLICT_POLICIES)}, got {on_conflict!r}."
+        )
+    return _Shared(parameters, on_conflict)
+
+
+def _pickup_due(population: Population, registry_values: dict[str, Any]) -> bool:
+    """Whether the registry holds values of the study's paths it never evaluated, and the
+    study's newest trial was not a pick-up: where others publish often, every other trial
+    still takes a step."""
+    if population.trial_with_snapshot(snapshots.snapshot_hash(registry_values)) is not None:
+        return False
+    completed = population.completed()
+    newest = completed[-1].user_attrs.get(records.STRATEGY) if completed else None
+    return newest != records.REGISTRY_PICKUP
+
+
+def _value_of(trial: FrozenTrial) -> float:
+    assert trial.value is not None  # completed single-objective trials have one
+    return float(trial.value)
+
+
+def _improvement(score: Score, parent_score: Score) -> Score:
+    """Score minus parent score; per objective (a list) in a multi-objective study."""
+    if isinstance(score, list) and isinstance(parent_score, list):
+        return [value - parent for value, parent in zip(score, parent_score, strict=True)]
+    assert not isinstance(score, list) and not isinstance(parent_score, list)
+    return score - parent_score
+
+
+def _multi_objective_names() -> str:
+    names = [name for name, cls in registered().items() if cls.multi_objective]
+    return ", ".join(sorted(names))
 
 
 class _CandidateCodeFailed(Exception):

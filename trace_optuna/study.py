@@ -24,6 +24,7 @@ from optuna.study import StudyDirection
 from trace_optuna import dashboard  # optuna-dashboard: figures, artifacts, description
 from trace_optuna import records
 from trace_optuna.coordination import coordinator_for
+from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
@@ -36,6 +37,8 @@ from trace_optuna.storage import MAX_RETRY
 from trace_optuna.storage import resolve_storage
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from trace_optuna.evaluation import Evaluation
     from trace_optuna.llm import LLM
     from trace_optuna.records import TrialRecord
+    from trace_optuna.registry import Selection
 
 _logger = logging.getLogger(__name__)
 
@@ -114,7 +118,10 @@ class TraceStudy:
                 "processes each calling create_study(..., load_if_exists=True).optimize(), all "
                 "on one storage."
             )
-        figures = dashboard.FigureRefresher(self.figure_interval)  # for optuna-dashboard
+        # Figures for optuna-dashboard, saved at most once per interval by all workers together.
+        figures = dashboard.FigureRefresher(
+            self.figure_interval, self._objective.coordinator_for(self._study)
+        )
         _optimize(
             self._study,
             self._objective,
@@ -125,7 +132,7 @@ class TraceStudy:
             gc_after_trial=gc_after_trial,
             show_progress_bar=show_progress_bar,
         )
-        figures.save(self._study)
+        figures.refresh(self._study)  # unless a worker saved them within the interval
 
     @property
     def trials(self) -> list[FrozenTrial]:
@@ -134,7 +141,12 @@ class TraceStudy:
 
     @property
     def best_trial(self) -> FrozenTrial:
-        """The completed trial with the best score."""
+        """The completed trial with the best score (single-objective studies only).
+
+        Raises:
+            ConfigurationError: In a multi-objective study: use :attr:`best_trials`.
+        """
+        self._single_objective("best_trial")
         best = self._population().best()
         if best is None:
             raise ValueError(f"Study {self.study_name!r} has no completed trial yet.")
@@ -142,15 +154,37 @@ class TraceStudy:
 
     @property
     def best_value(self) -> float:
-        """The best score."""
+        """The best score (single-objective studies only)."""
+        self._single_objective("best_value")
         value = self.best_trial.value
         assert value is not None
         return value
 
     @property
     def best_snapshot(self) -> dict[str, Any]:
-        """The best trial's parameters, ``{path: value}``."""
+        """The best trial's parameters, ``{path: value}`` (single-objective studies only)."""
+        self._single_objective("best_snapshot")
         return self._population().snapshot(self.best_trial.number)
+
+    @property
+    def best_trials(self) -> list[FrozenTrial]:
+        """The Pareto front: completed candidates no other candidate dominates, in trial order.
+
+        As Optuna's ``Study.best_trials``, but a trial that reused an earlier identical
+        candidate's score is left out. In a single-objective study: every candidate with the
+        best score. ``study.record(trial.number).snapshot`` holds each one's parameters.
+        """
+        return self._population().pareto_front()
+
+    def _single_objective(self, name: str) -> None:
+        directions = self._study.directions
+        if len(directions) > 1:
+            raise ConfigurationError(
+                f"Study {self.study_name!r} has {len(directions)} objectives "
+                f"({[d.name.lower() for d in directions]}): there is no single best trial, so "
+                f"no {name}. Use study.best_trials (the Pareto front) and "
+                "study.record(trial.number).snapshot."
+            )
 
     def load_best(self) -> Any:
         """A fresh agent (built by the study's agent function) holding the best parameters."""
@@ -179,17 +213,20 @@ class TraceStudy:
 
 def create_study(
     *,
-    agent: Any,
+    agent: Any = None,
     evaluate: Callable[..., Evaluation],
     llm: str | LLM,
+    parameters: Selection | None = None,
+    on_conflict: str = "reevaluate",
     study_name: str | None = None,
     storage: str | BaseStorage | None = None,
-    direction: str = "maximize",
+    direction: str | None = None,
+    directions: Sequence[str] | None = None,
     load_if_exists: bool = False,
     strategies: Any = ("optoprime",),
     sampler: optuna.samplers.BaseSampler | None = None,
     seed: int | None = None,
-    error_score: float | None = None,
+    error_score: float | Sequence[float] | None = None,
     selector: str = "score",
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
     grace_period: int | None = None,
@@ -209,16 +246,31 @@ def create_study(
             :class:`~trace_optuna.TraceObjective`).
         llm: A litellm model string (``"openai/gpt-4o-mini"``;
             ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
+        parameters: Instead of ``agent``: the paths of a shared
+            :class:`~trace_optuna.ParameterSet` this study optimizes
+            (``team.select("agent1.*")``); every other parameter takes its newest value in the
+            set's registry in the same storage, and improvements are published there (see
+            :mod:`trace_optuna.registry`).
+        on_conflict: With ``parameters``: what a trial does when another study published one
+            of this study's paths since the trial started: ``"reevaluate"`` its changes on the
+            newer values and publish if still better, or ``"skip"`` publishing.
         study_name: The study's name; Optuna makes one up when None.
         storage: A storage URL or object; None is the SQLite file ``trace_optuna.db``.
-        direction: ``"maximize"`` or ``"minimize"`` the score.
+        direction: ``"maximize"`` (the default) or ``"minimize"`` the score.
+        directions: Instead of ``direction``, for a multi-objective study: one
+            ``"maximize"``/``"minimize"`` per objective, e.g. ``["maximize", "minimize"]``;
+            ``evaluate`` then returns ``Evaluation(score=[...])`` with one number per
+            direction, greedy steps start from the Pareto front
+            (:meth:`~trace_optuna.population.Population.best`), and ``best_trials`` replaces
+            ``best_trial``. Strategies that need one number (``stop``) are refused.
         load_if_exists: Continue an existing study of that name instead of failing.
         strategies: Strategy names or instances the ``strategy`` parameter chooses from.
             Fixed for the life of a study.
         sampler: The Optuna sampler; None is :class:`~trace_optuna.samplers.StrategyBandit`
             seeded with ``seed`` (a bandit over strategies, TPE for their settings).
         seed: Recorded in the study and used to seed the default sampler.
-        error_score: The score of a candidate whose code raises; None fails such trials.
+        error_score: The score of a candidate whose code raises (one number per direction in
+            a multi-objective study); None fails such trials.
         selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
             LLM preference judge, for tasks without a meaningful numeric score).
         heartbeat_interval: Seconds between heartbeats of a running trial, so that a trial
@@ -232,7 +284,8 @@ def create_study(
             recorded in the study, so ``trace-optuna dashboard`` serves it.
         artifact_store: Any Optuna artifact store instead of ``artifact_dir``.
         figure_interval: Seconds between refreshes of the figures saved into the study for
-            optuna-dashboard while ``optimize`` runs (and once when it returns); None: none.
+            optuna-dashboard, by all workers together: after a trial or when ``optimize``
+            returns, they are saved if no worker saved them within the interval; None: none.
 
     Returns:
         The study.
@@ -253,17 +306,23 @@ def create_study(
         >>> study.best_value > 0
         True
     """
-    if direction not in ("maximize", "minimize"):
-        raise ConfigurationError(f"direction must be 'maximize' or 'minimize', got {direction!r}.")
+    study_directions = _directions(direction, directions)
     objective = TraceObjective(
         agent,
         evaluate,
         llm,
+        parameters=parameters,
+        on_conflict=on_conflict,
         strategies=strategies,
         error_score=error_score,
         selector=selector,
         seed=seed,
     )
+    # Refused now rather than at the first trial: a strategy needing one number, and an
+    # error_score without one number per direction.
+    objective.check_directions(study_directions)
+    if error_score is not None:
+        score_for_study(error_score, study_directions, study_name or "(new)", "error_score")
     resolved = resolve_storage(
         storage,
         heartbeat_interval=heartbeat_interval,
@@ -273,7 +332,7 @@ def create_study(
     study = optuna.create_study(
         study_name=study_name,
         storage=resolved,
-        direction=StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE,
+        directions=study_directions,
         sampler=sampler if sampler is not None else StrategyBandit(seed=seed),
         load_if_exists=load_if_exists,
     )
@@ -296,12 +355,14 @@ def load_study(
     *,
     study_name: str,
     storage: str | BaseStorage | None,
-    agent: Any,
+    agent: Any = None,
     evaluate: Callable[..., Evaluation],
     llm: str | LLM,
+    parameters: Selection | None = None,
+    on_conflict: str = "reevaluate",
     strategies: Any = ("optoprime",),
     sampler: optuna.samplers.BaseSampler | None = None,
-    error_score: float | None = None,
+    error_score: float | Sequence[float] | None = None,
     selector: str = "score",
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
     grace_period: int | None = None,
@@ -318,6 +379,8 @@ def load_study(
         agent: As for :func:`create_study`; it must have the study's parameter paths.
         evaluate: As for :func:`create_study`.
         llm: As for :func:`create_study`.
+        parameters: Instead of ``agent``, as for :func:`create_study`: the same selection.
+        on_conflict: As for :func:`create_study`.
         strategies: Must be the strategy list the study was created with.
         sampler: The Optuna sampler for further trials; None is a StrategyBandit seeded with
             the study's stored seed.
@@ -354,6 +417,8 @@ def load_study(
         agent,
         evaluate,
         llm,
+        parameters=parameters,
+        on_conflict=on_conflict,
         strategies=strategies,
         error_score=error_score,
         selector=selector,
@@ -380,7 +445,7 @@ def _assemble(
     resolved: BaseStorage,
     *,
     seed: int | None,
-    error_score: float | None,
+    error_score: float | Sequence[float] | None,
     heartbeat_interval: int | None,
     grace_period: int | None,
     max_retry: int | None,
@@ -401,28 +466,80 @@ def _assemble(
     )
 
 
+def _directions(direction: str | None, directions: Sequence[str] | None) -> list[StudyDirection]:
+    """The study's directions from ``create_study``'s ``direction`` or ``directions``."""
+    if direction is not None and directions is not None:
+        raise ConfigurationError(
+            "Give direction= (one objective) or directions= (one per objective), not both; got "
+            f"direction={direction!r} and directions={directions!r}."
+        )
+    if directions is None:
+        chosen = ["maximize" if direction is None else direction]
+        name = "direction"
+    else:
+        if isinstance(directions, str) or not directions:
+            raise ConfigurationError(
+                "directions must be a non-empty list of 'maximize'/'minimize', one per "
+                f"objective, got {directions!r}."
+            )
+        chosen = list(directions)
+        name = "directions"
+    for value in chosen:
+        if value not in ("maximize", "minimize"):
+            raise ConfigurationError(
+                f"{name} must be 'maximize' or 'minimize'"
+                + (" for each objective" if directions is not None else "")
+                + f", got {value!r}."
+            )
+    return [StudyDirection[value.upper()] for value in chosen]
+
+
 def _bind(
-    study: optuna.Study, objective: TraceObjective, *, seed: int | None, error_score: float | None
+    study: optuna.Study,
+    objective: TraceObjective,
+    *,
+    seed: int | None,
+    error_score: float | Sequence[float] | None,
 ) -> None:
     """Write the study's trace attributes on first use; check them when reopening."""
     attrs = study.user_attrs
     paths = sorted(objective.parameters)
     if records.SCHEMA not in attrs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC_NAME])
+        if study.metric_names is None:  # names the user gave their own study are kept
+            count = len(study.directions)
+            names = [METRIC_NAME] if count == 1 else [f"{METRIC_NAME}[{i}]" for i in range(count)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(names)
         values = {
-            records.SCHEMA: records.SCHEMA_VERSION,
             records.STUDY_VERSIONS: _versions(),
             records.STUDY_LLM_SETTINGS: objective.llm.settings(),
             records.STUDY_PARAMETERS: paths,
             records.STUDY_STRATEGIES: objective.strategy_names,
             records.STUDY_SEED: seed,
             records.STUDY_ERROR_SCORE: error_score,
+            records.REGISTRY: _registry_attr(objective),
+            # Last: another worker opening the study at this moment reads a study with a
+            # schema as complete, or binds it too (with the same values).
+            records.SCHEMA: records.SCHEMA_VERSION,
         }
         records.write(study.set_user_attr, values)
         return
     records.check_schema(attrs, f"Study {study.study_name!r}")
+    stored_registry = attrs.get(records.REGISTRY)
+    registry = _registry_attr(objective)
+    if (stored_registry or {}).get("name") != (registry or {}).get("name"):
+        raise ConfigurationError(
+            f"Study {study.study_name!r} was created "
+            + (
+                f"over the shared parameters {stored_registry['name']!r}"
+                if stored_registry
+                else "with its own agent"
+            )
+            + "; this objective has "
+            + (f"the shared parameters {registry['name']!r}" if registry else "its own agent")
+            + ". Reopen it the way it was created."
+        )
     stored_paths = attrs.get(records.STUDY_PARAMETERS)
     if stored_paths is not None and stored_paths != paths:
         raise ConfigurationError(
@@ -436,6 +553,12 @@ def _bind(
             f"got {objective.strategy_names}. The list is fixed for the life of a study "
             "(Optuna's categorical parameters cannot change their choices)."
         )
+
+
+def _registry_attr(objective: TraceObjective) -> dict[str, Any] | None:
+    if objective.shared is None:
+        return None
+    return {"name": objective.shared.registry_name, "on_conflict": objective.shared.on_conflict}
 
 
 def _optimize(

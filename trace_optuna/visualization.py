@@ -16,10 +16,17 @@ small data object is gathered first and then rendered:
 :func:`plot_parameter_sensitivity` per parameter path: how often a step changed it and the score
                                    change that followed
 :func:`plot_stop_versions`         STOP: the meta-utility of each improver version
+:func:`plot_registry_history`      shared parameters: which study changed each parameter, at
+                                   which registry version (the lineage marks each trial that
+                                   published)
 =================================  ===============================================================
 
 :func:`write_report` writes all of them into one HTML page with plotly.js embedded, so it opens
 offline (``trace-optuna report``).
+
+A multi-objective study's figures show its **first objective** only (scores, best so far,
+improvements), and every label naming the metric says so (``score[0] (objective 1 of 2)``);
+for the trade-offs use Optuna's ``optuna.visualization.plot_pareto_front(study.optuna)``.
 
 Example:
     >>> import trace_optuna as to
@@ -50,6 +57,9 @@ from optuna.trial import TrialState
 from trace_optuna import records
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
     import plotly.graph_objects as go
 
@@ -114,6 +124,7 @@ class _Trial:
     cost_usd: float | None
     duplicate_of: int | None
     stop_version: str | None
+    published: int | None = None  # the registry version it published (shared parameters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +168,12 @@ def _gather(study: optuna.Study | TraceStudy) -> _StudyData:
         if name not in strategies:
             strategies.append(name)
     metric = (inner.metric_names or ["score"])[0] or "score"
+    directions = inner.directions
+    if len(directions) > 1:  # the figures show the first objective, and say so
+        metric = f"{metric} (objective 1 of {len(directions)})"
     return _StudyData(
         name=inner.study_name,
-        maximize=inner.direction == StudyDirection.MAXIMIZE,
+        maximize=directions[0] == StudyDirection.MAXIMIZE,
         metric=metric,
         strategies=strategies,
         trials=trials,
@@ -171,13 +185,18 @@ def _read(frozen: FrozenTrial) -> _Trial:
     llm = record.llm
     cost = llm.get("cost_usd")
     stop_version = frozen.user_attrs.get("trace:stop_version")  # strategies.stop.VERSION_ATTR
+    # A multi-objective trial: its first objective (the figures say so in their labels).
+    values = frozen.values if frozen.state == TrialState.COMPLETE else None
+    improvement = record.improvement
+    if isinstance(improvement, list):
+        improvement = improvement[0] if improvement else None
     return _Trial(
         number=record.number,
         state=record.state,
-        value=record.value,
+        value=values[0] if values else record.value,
         strategy=record.strategy or "unknown",
         parents=[int(parent) for parent in record.parents],
-        improvement=record.improvement,
+        improvement=improvement,
         changed=record.changed,
         feedback=record.feedback or "",
         error=record.error or "",
@@ -185,7 +204,15 @@ def _read(frozen: FrozenTrial) -> _Trial:
         cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
         duplicate_of=record.duplicate_of,
         stop_version=stop_version if isinstance(stop_version, str) else None,
+        published=_published_version(frozen),
     )
+
+
+def _published_version(frozen: FrozenTrial) -> int | None:
+    publish = frozen.user_attrs.get(records.PUBLISH)
+    if isinstance(publish, dict) and publish.get("status") == "published":
+        return int(publish["version"])
+    return None
 
 
 def _colours(data: _StudyData) -> dict[str, str]:
@@ -523,11 +550,86 @@ def plot_lineage(
                 ),
             )
         )
+    published = [trial for trial in nodes.values() if trial.published is not None]
+    if published:  # a study over shared parameters: what it published to the registry
+        figure.add_trace(
+            go.Scatter(
+                x=[trial.number for trial in published],
+                y=[trial.value for trial in published],
+                mode="markers",
+                name="published to the registry",
+                marker={"symbol": "star-open", "size": 18, "color": _BEST_COLOUR},
+                customdata=[[trial.number, trial.published] for trial in published],
+                hovertemplate=(
+                    "Trial %{customdata[0]} published registry version %{customdata[1]}"
+                    "<extra></extra>"
+                ),
+            )
+        )
     figure.update_layout(
         title=title,
         xaxis_title="Trial",
         yaxis_title=data.metric,
         legend_title="strategy",
+    )
+    return figure
+
+
+def plot_registry_history(
+    storage: str | BaseStorage | None, registry: str, paths: Sequence[str] | None = None
+) -> go.Figure:
+    """Who changed each shared parameter, and when: one row per parameter path, one marker per
+    registry version that set it, coloured by the publishing study (hover: the change, the
+    trial and its score). See :mod:`trace_optuna.registry`.
+
+    Args:
+        storage: The storage URL or object the studies use.
+        registry: The :class:`~trace_optuna.ParameterSet`'s name.
+        paths: The parameter paths to show; None: all of them.
+    """
+    from trace_optuna.registry import Registry
+    from trace_optuna.storage import resolve_storage
+
+    go = _plotly()
+    versions = Registry(resolve_storage(storage), registry).versions()
+    title = f"Registry {registry!r}: who changed each parameter"
+    if not versions:
+        return _empty(title, "The registry is empty.")
+    shown = list(paths) if paths is not None else sorted(versions[0].values)
+    figure = go.Figure()
+    by_study: dict[str, list[tuple[int, str, str]]] = {}
+    current = dict(versions[0].values)
+    for version in versions:
+        who = version.study or "initial values"
+        for path, value in version.values.items():
+            change = f"{_short(str(current.get(path)), 60)} → {_short(str(value), 60)}"
+            if version.number == 0:
+                change = _short(str(value), 60)
+            elif version.trial is not None:
+                change += f"<br>trial {version.trial}, score {version.score:.4g}"
+            if path in shown:
+                by_study.setdefault(who, []).append((version.number, path, change))
+        current.update(version.values)
+    for who, points in by_study.items():
+        figure.add_trace(
+            go.Scatter(
+                x=[number for number, _, _ in points],
+                y=[path for _, path, _ in points],
+                mode="markers",
+                name=who,
+                marker={"size": 11, "symbol": "circle" if who != "initial values" else "square"},
+                customdata=[[number, text] for number, _, text in points],
+                hovertemplate=(
+                    f"{html.escape(who)} · version %{{customdata[0]}}<br>%{{y}}: "
+                    "%{customdata[1]}<extra></extra>"
+                ),
+            )
+        )
+    figure.update_layout(
+        title=title,
+        xaxis_title="Registry version",
+        yaxis={"title": "parameter", "categoryorder": "array", "categoryarray": shown[::-1]},
+        legend_title="published by",
     )
     return figure
 

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
     from trace_optuna.evaluation import Evaluation
     from trace_optuna.llm import LLM
+    from trace_optuna.registry import Selection
     from trace_optuna.study import TraceStudy
 
 _logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ EXIT_CONFIGURATION = 2
 EXIT_INTERRUPTED = 130
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class App:
     """What a worker process needs to run a study's trials. Define one in your module.
 
@@ -91,6 +92,11 @@ class App:
         agent: A function that builds a fresh agent (each process calls it once).
         evaluate: ``evaluate(agent) -> Evaluation``.
         llm: A litellm model string or a :class:`~trace_optuna.LLM`.
+        parameters: Instead of ``agent``: the paths of a shared
+            :class:`~trace_optuna.ParameterSet` the study optimizes (see
+            :mod:`trace_optuna.registry`).
+        on_conflict: With ``parameters``: ``"reevaluate"`` or ``"skip"``, as for
+            :func:`~trace_optuna.create_study`.
         strategies: Strategy names or instances; fixed for the life of the study.
         direction: ``"maximize"`` or ``"minimize"`` the score.
         sampler: A function returning the Optuna sampler (each process builds its own); None is
@@ -112,9 +118,11 @@ class App:
         2
     """
 
-    agent: Callable[[], Any]
+    agent: Callable[[], Any] | None = None
     evaluate: Callable[..., Evaluation]
     llm: str | LLM
+    parameters: Selection | None = None
+    on_conflict: str = "reevaluate"
     strategies: Sequence[Any] = ("optoprime",)
     direction: str = "maximize"
     sampler: Callable[[], optuna.samplers.BaseSampler] | None = None
@@ -138,6 +146,8 @@ class App:
             agent=self.agent,
             evaluate=self.evaluate,
             llm=self.llm,
+            parameters=self.parameters,
+            on_conflict=self.on_conflict,
             study_name=study_name,
             storage=storage,
             direction=self.direction,

@@ -23,7 +23,12 @@ Rules:
 * Raise :class:`~trace_optuna.exceptions.LLMError` when the LLM gave nothing usable, and any
   other exception for a real failure: the trial is recorded as FAIL with the reason and the
   study goes on. Do not catch-and-hide errors to return the parent unchanged.
-* Scores follow the study's direction: ``context.better(a, b)`` says which is better.
+* Scores follow the study's direction: ``context.better(a, b)`` says which is better. In a
+  multi-objective study a score is a list (one number per direction) and ``better`` is Pareto
+  dominance: two scores can each be no better than the other. ``population.best()`` is then
+  the Pareto-front member a greedy step starts from, and ``top_k``/``tournament`` rank by
+  Pareto layer (see :mod:`trace_optuna.population`). A strategy that needs one number sets
+  ``multi_objective = False``: a multi-objective study then refuses it at its first trial.
 * Every candidate you evaluate with ``context.evaluate`` is kept in the trial's record
   (``trace:evaluated``), so nothing evaluated is thrown away. Store anything else your strategy
   should leave behind in ``context.attrs`` under keys starting with ``trace:``.
@@ -43,6 +48,7 @@ from trace_optuna.exceptions import ConfigurationError
 if TYPE_CHECKING:
     import optuna
 
+    from trace_optuna.evaluation import Score
     from trace_optuna.llm import LLM
     from trace_optuna.population import Population
 
@@ -62,7 +68,7 @@ class RunResult:
         reused_from: The trial whose stored score was reused (nothing was run), if any.
     """
 
-    score: float | None
+    score: Score | None
     feedback: str
     output: Any = None
     details: dict[str, Any] | None = None
@@ -77,7 +83,8 @@ class ParentEvaluation:
     Attributes:
         number: The parent's trial number.
         snapshot: The parent's full snapshot.
-        score: The parent's stored score (its trial value).
+        score: The parent's stored score (its trial value; its values, a list, in a
+            multi-objective study).
         feedback: The feedback of this run (the error text if the parent's code raised).
         output: The Trace node this run produced (an exception node if its code raised); its
             graph is live, so feedback can be propagated backward from it.
@@ -85,7 +92,7 @@ class ParentEvaluation:
 
     number: int
     snapshot: dict[str, Any]
-    score: float
+    score: Score
     feedback: str
     output: Any
 
@@ -106,7 +113,7 @@ class Proposal:
 
     snapshot: dict[str, Any]
     parents: list[int]
-    parent_score: float | None = None
+    parent_score: Score | None = None
     parent_feedback: str | None = None
     result: RunResult | None = None
 
@@ -130,7 +137,8 @@ class StepContext:
             the study already evaluated is not run again (``reused_from`` says which trial's
             score was reused), unless ``evaluate`` takes the trial: its score then depends on
             the trial's own knobs. Each call is recorded in the trial.
-        better: ``better(a, b)`` is True when score ``a`` is better than ``b``.
+        better: ``better(a, b)`` is True when score ``a`` is better than ``b`` (Pareto
+            dominance when scores are lists, in a multi-objective study).
         select: Picks the best of several evaluated candidates, by score or, with the study's
             ``selector="llm"``, by a pairwise LLM judge; returns the winner's index.
         rng: A random generator seeded from the study's seed and the trial number.
@@ -145,7 +153,7 @@ class StepContext:
     settings: dict[str, Any]
     evaluate_parent: Callable[[int], ParentEvaluation]
     evaluate: Callable[[dict[str, Any]], RunResult]
-    better: Callable[[float, float], bool]
+    better: Callable[[Score, Score], bool]
     select: Callable[[list[tuple[dict[str, Any], RunResult]]], int]
     rng: random.Random
     attrs: dict[str, Any]
@@ -167,6 +175,9 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+    #: Whether the strategy works in multi-objective studies (scores are lists, compared by
+    #: Pareto dominance). Set False if it needs one number per candidate.
+    multi_objective: ClassVar[bool] = True
 
     def suggest_settings(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample this strategy's settings for one trial. The default has none."""
@@ -186,6 +197,11 @@ def register(strategy_class: type[Strategy]) -> type[Strategy]:
         raise ConfigurationError(f"{strategy_class.__name__}.name must be a non-empty str.")
     _REGISTRY[strategy_class.name] = strategy_class
     return strategy_class
+
+
+def registered() -> dict[str, type[Strategy]]:
+    """The strategy classes available by name."""
+    return dict(_REGISTRY)
 
 
 def resolve(strategies: Any) -> list[Strategy]:

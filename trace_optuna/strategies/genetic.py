@@ -8,7 +8,10 @@
    from its feedback mutates it.
 
 Both parents are recorded (``trace:parents``: the better one first); ``trace:genetic`` says
-which trials were drawn and whether the child was mutated.
+which trials were drawn and whether the child was mutated. In a multi-objective study the
+tournaments rank by Pareto layer (newest first within one), "the better one" is the parent
+that dominates the other (the newer when neither does), and the crossover prompt shows each
+parent's list of scores with the study's directions.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from trace_optuna.exceptions import LLMError
+from trace_optuna.population import score_of
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
@@ -95,7 +99,7 @@ class GeneticStrategy(Strategy):
         return Proposal(
             snapshot=child,
             parents=[better.number, other.number],
-            parent_score=better.value,
+            parent_score=score_of(better),
             parent_feedback=population.feedback(better.number),
         )
 
@@ -106,19 +110,25 @@ class GeneticStrategy(Strategy):
         parents = [
             {
                 "trial": trial.number,
-                "score": trial.value,
+                "score": score_of(trial),
                 "feedback": population.feedback(trial.number),
                 "values": population.snapshot(trial.number),
             }
             for trial in (better, other)
         ]
-        direction = "maximize" if context.better(1.0, 0.0) else "minimize"
+        directions = [d.name.lower() for d in context.trial.study.directions]
+        if len(directions) == 1:
+            header: dict[str, Any] = {"direction": directions[0]}
+            goal = f"Scores are to be {directions[0]}d."
+        else:  # each score is a list: one number per objective
+            header = {"directions": directions}
+            goal = f"Each score lists {len(directions)} objectives, to {', '.join(directions)}."
         user = "\n".join(
             [
                 CROSSOVER_MARKER,
-                f"Scores are to be {direction}d. Combine the two parents into one child.",
+                f"{goal} Combine the two parents into one child.",
                 PARENTS_MARKER,
-                json.dumps({"direction": direction, "parents": parents}, indent=2),
+                json.dumps({**header, "parents": parents}, indent=2),
             ]
         )
         text = context.llm.complete(

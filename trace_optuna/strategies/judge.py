@@ -18,6 +18,7 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
 
 if TYPE_CHECKING:
+    from trace_optuna.evaluation import Score
     from trace_optuna.llm import LLM
     from trace_optuna.strategies.base import RunResult
 
@@ -51,9 +52,13 @@ class Selector:
     def select(
         self,
         candidates: list[tuple[dict[str, Any], RunResult]],
-        better: Callable[[float, float], bool],
+        better: Callable[[Score, Score], bool],
     ) -> int:
         """The index of the best candidate.
+
+        By score, a knock-out: a challenger replaces the champion when ``better`` says so. In
+        a multi-objective study ``better`` is Pareto dominance, so the winner is a candidate
+        none of the others dominates (the earliest such champion when several are).
 
         Raises:
             ValueError: If ``candidates`` is empty.
@@ -68,7 +73,7 @@ class Selector:
         return champion
 
     def _prefers(
-        self, challenger: RunResult, champion: RunResult, better: Callable[[float, float], bool]
+        self, challenger: RunResult, champion: RunResult, better: Callable[[Score, Score], bool]
     ) -> bool:
         if challenger.code_error is not None or challenger.score is None:
             return False

@@ -507,11 +507,15 @@ class StopStrategy(Strategy):
         seed_source: The first improver version; stored at the first STOP trial of the study,
             after which the stored lineage is used.
 
+    Single-objective only: the utility and the meta-utility are one number per candidate, so
+    a multi-objective study refuses this strategy (``multi_objective = False``).
+
     Raises:
         ConfigurationError: If an argument breaks its rule.
     """
 
     name = "stop"
+    multi_objective = False
 
     def __init__(
         self,
@@ -735,6 +739,7 @@ class _Step:
             self.results[key] = result
         if result.code_error is not None or result.score is None:
             return -math.inf
+        assert not isinstance(result.score, list)  # multi_objective = False: one number
         return self.sign * result.score
 
     def validated(self, solution: Any, what: str) -> dict[str, Any]:
