@@ -159,16 +159,14 @@ class TraceObjective:
         selector: str = "score",
         seed: int | None = None,
     ) -> None:
-        if evaluate is None or llm is None:
-            raise ConfigurationError("TraceObjective needs evaluate= and llm=.")
         self.shared = _shared(agent, parameters, on_conflict)
         self.make_agent = (
             self.shared.selection.parameter_set.make
             if self.shared is not None
             else _agent_factory(agent)
         )
-        self.evaluate = evaluate
-        self.evaluate_takes_trial = _evaluate_takes_trial(evaluate)
+        self.evaluate_takes_trial = _evaluate_takes_trial(evaluate)  # refuses None, too
+        self.evaluate: Callable[..., Evaluation] = evaluate  # type: ignore[assignment]
         self.llm = _resolve_llm(llm)
         self.strategies = {strategy.name: strategy for strategy in resolve(list(strategies))}
         # A number, or one per direction of a multi-objective study (checked at each trial).
