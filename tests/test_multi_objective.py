@@ -482,3 +482,23 @@ def test_a_candidate_whose_code_raises_gets_the_error_scores(
     trial = study.trials[1]
     assert trial.state == TrialState.COMPLETE and trial.values == [0.0, 1000.0]
     assert trial.user_attrs[records.ERROR].startswith("The candidate's code raised")
+
+
+def test_a_worker_app_runs_a_multi_objective_study(sqlite_url: str, study_name: str) -> None:
+    from trace_optuna.workers import App
+    from trace_optuna.workers import run_worker
+
+    app = App(agent=make_greeter, evaluate=ParetoEvaluate(), llm=SIMULATED, directions=DIRECTIONS)
+    assert run_worker(app, study_name=study_name, storage=sqlite_url, n_trials=3) == 3
+    study = to.load_study(
+        study_name=study_name,
+        storage=sqlite_url,
+        agent=make_greeter,
+        evaluate=ParetoEvaluate(),
+        llm=SIMULATED,
+    )
+    assert study.optuna.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    for trial in study.trials:
+        record = study.record(trial.number)
+        assert record.values == trial.values and len(record.values) == 2
+        assert record.value is None  # several values: ``values`` holds them

@@ -329,7 +329,10 @@ class TrialRecord:
     Attributes:
         number: The trial number.
         state: The Optuna state name (``COMPLETE``, ``FAIL``, ``RUNNING``...).
-        value: The trial's value (the candidate's score), or None.
+        value: The trial's value (the candidate's score); None when it has none, or has
+            several (a multi-objective study: see ``values``).
+        values: The trial's values, one per direction (``[value]`` in a single-objective
+            study), or None.
         strategy: What produced the candidate (``baseline``, ``optoprime``...).
         parents: Parent trial numbers.
         snapshot: The full candidate snapshot ``{path: value}`` (values another trial
@@ -359,6 +362,7 @@ class TrialRecord:
     number: int
     state: str
     value: float | None
+    values: list[float] | None
     strategy: str | None
     parents: list[int]
     snapshot: dict[str, Any]
@@ -431,6 +435,7 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         number=trial.number,
         state=trial.state.name,
         value=trial.value if trial.values is not None and len(trial.values) == 1 else None,
+        values=None if trial.values is None else list(trial.values),
         strategy=attrs.get(STRATEGY),
         parents=list(attrs.get(PARENTS) or []),
         snapshot=snapshot,

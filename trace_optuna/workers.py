@@ -99,6 +99,8 @@ class App:
             :func:`~trace_optuna.create_study`.
         strategies: Strategy names or instances; fixed for the life of the study.
         direction: ``"maximize"`` or ``"minimize"`` the score.
+        directions: Instead of ``direction``: one per objective of a multi-objective study
+            (see :func:`~trace_optuna.create_study`).
         sampler: A function returning the Optuna sampler (each process builds its own); None is
             the default :class:`~trace_optuna.samplers.StrategyBandit`.
         seed: The study's seed.
@@ -124,7 +126,8 @@ class App:
     parameters: Selection | None = None
     on_conflict: str = "reevaluate"
     strategies: Sequence[Any] = ("optoprime",)
-    direction: str = "maximize"
+    direction: str | None = None
+    directions: Sequence[str] | None = None
     sampler: Callable[[], optuna.samplers.BaseSampler] | None = None
     seed: int | None = None
     error_score: float | None = None
@@ -151,6 +154,7 @@ class App:
             study_name=study_name,
             storage=storage,
             direction=self.direction,
+            directions=self.directions,
             load_if_exists=True,
             strategies=self.strategies,
             sampler=sampler,
