@@ -118,12 +118,12 @@ class ParameterSet:
     """
 
     def __init__(self, agent: Any, *, name: str | None = None) -> None:
-        if callable(agent) and not _is_agent(agent):
-            self.make: Callable[[], Any] = agent
-            built = agent()
-        elif _is_agent(agent):
-            self.make = lambda: agent
+        if _is_agent(agent):
+            self.make: Callable[[], Any] = lambda: agent
             built = agent
+        elif callable(agent):
+            self.make = agent
+            built = agent()
         else:
             raise ConfigurationError(
                 "ParameterSet needs a function that builds the agent(s), or an agent (a trace "
