@@ -392,7 +392,7 @@ class TraceObjective:
         publishable = isinstance(score, float) and run.reused_from is None
         if shared_state is not None and publishable and run.code_error is None:
             assert isinstance(score, float)
-            if best_before is None or better(score, _value_of(best_before)):
+            if best_before is None or better(score, score_of(best_before)):
                 attrs[records.PUBLISH] = self._publish(
                     trial, candidate, score, shared_state, best_before, better, timing, attrs
                 )
@@ -418,7 +418,7 @@ class TraceObjective:
         score: float,
         state: State,
         best: FrozenTrial | None,
-        better: Callable[[float, float], bool],
+        better: Callable[[Score, Score], bool],
         timing: dict[str, float],
         attrs: dict[str, Any],
     ) -> dict[str, Any] | None:
@@ -475,7 +475,7 @@ class TraceObjective:
             self._live = None
             outcome = {"paths": sorted(changed), "score": run.score}
             if not isinstance(run.score, float) or (
-                best is not None and not better(run.score, _value_of(best))
+                best is not None and not better(run.score, score_of(best))
             ):
                 return {"status": "conflict_rejected", **outcome, "conflicts": conflicts}
             score = run.score
@@ -835,11 +835,6 @@ def _pickup_due(population: Population, registry_values: dict[str, Any]) -> bool
     completed = population.completed()
     newest = completed[-1].user_attrs.get(records.STRATEGY) if completed else None
     return newest != records.REGISTRY_PICKUP
-
-
-def _value_of(trial: FrozenTrial) -> float:
-    assert trial.value is not None  # completed single-objective trials have one
-    return float(trial.value)
 
 
 def _improvement(score: Score, parent_score: Score) -> Score:
