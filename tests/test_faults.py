@@ -8,6 +8,7 @@ from collections.abc import Callable
 import dataclasses
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import support_workers
 
 import trace_optuna as to
 from trace_optuna import records
+from trace_optuna.storage import HeartbeatJournalStorage
 from trace_optuna.storage import resolve_storage
 from trace_optuna.workers import run_worker
 
@@ -128,11 +130,12 @@ def _inside_a_step(study: optuna.Study) -> tuple[int, int] | None:
 
 @pytest.mark.parametrize("storage_url", ["postgresql", "mysql", "redis"], indirect=True)
 def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_path: Path) -> None:
-    trials = 10
     log = tmp_path / "workers.log"
     # The simulated model takes 0.5 s a call: a trial found inside its step is still there
-    # when the signal arrives.
-    workers = start_workers(storage_url, study_name, log, "--trials", str(trials), latency=0.5)
+    # when the signal arrives. Workers run for a time, not a count of trials, so trials start
+    # after the dead trial's grace period (4 s) has passed, whenever the kill lands: the
+    # replacement worker alone runs for the whole timeout.
+    workers = start_workers(storage_url, study_name, log, "--timeout", "15", latency=0.5)
     try:
         study = open_study(storage_url, study_name)
         killed, pid = wait_until(lambda: _inside_a_step(study), "a worker inside a step")
@@ -144,10 +147,13 @@ def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_pa
     output = log.read_text()
     assert f"(pid {pid}) died (killed by SIGKILL)" in output
     assert f"Trial#{killed} was left RUNNING" in output
+    finished = re.search(r"Workers finished (\d+) trials", output)
+    assert finished is not None, output
 
     all_trials = study.get_trials()
-    # Nothing lost: the workers finished their trials, the dead trial is FAIL and was re-run.
-    assert states(study) == {TrialState.COMPLETE: trials, TrialState.FAIL: 1}
+    # Nothing lost: every trial the workers finished is COMPLETE, the dead one is FAIL and was
+    # re-run, and nothing is left RUNNING or WAITING.
+    assert states(study) == {TrialState.COMPLETE: int(finished.group(1)), TrialState.FAIL: 1}
     dead = all_trials[killed]
     assert dead.state == TrialState.FAIL
     (retry,) = [t for t in all_trials if t.system_attrs.get("failed_trial") == killed]
@@ -169,30 +175,57 @@ def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_pa
 def test_a_dead_workers_trial_is_rerun_from_the_same_parent(
     tmp_path: Path, study_name: str
 ) -> None:
-    # A journal file: no Optuna heartbeat, so this exercises trace_optuna's leases.
+    # A journal file: Optuna has no heartbeat for journals; HeartbeatJournalStorage adds one.
     url = f"journal://{tmp_path / 'study.log'}"
     study = support_workers.app.study(study_name=study_name, storage=url)
+    storage = study.objective.coordinator.storage  # type: ignore[union-attr]
+    assert isinstance(storage, HeartbeatJournalStorage)
     study.optimize(n_trials=3)
-    # A worker died inside a step: it took a trial, chose the strategy, and its lease ran out.
+    # A worker died inside a step: it took a trial and chose the strategy; its lease is live.
     dead = study.optuna.ask()
     dead.suggest_categorical("strategy", ["optoprime"])
     study.objective.strategies["optoprime"].suggest_settings(dead)
-    storage = study.objective.coordinator.storage  # type: ignore[union-attr]
-    storage.set_trial_system_attr(
-        dead._trial_id, records.LEASE, {"until": time.time() - 1, "worker": "gone:1"}
-    )
+    lease = {"until": time.time() + 3600, "worker": "gone:1"}
+    storage.set_trial_system_attr(dead._trial_id, records.LEASE, lease)
     parent = study.best_trial.number
 
-    study.optimize(n_trials=2)  # the first fails the dead trial and queues it; the second runs it
+    study.optimize(n_trials=1)  # the lease is live: the trial is left alone
+    assert study.trials[dead.number].state == TrialState.RUNNING
+    improved = study.trials[dead.number + 1]
+    assert improved.value > study.trials[parent].value  # the best moved on after the death...
+
+    storage.set_trial_system_attr(dead._trial_id, records.LEASE, {**lease, "until": 0.0})
+    study.optimize(n_trials=1)  # fails the dead trial before it asks, and runs the retry at once
     trials = study.trials
-    assert trials[dead.number].state == TrialState.FAIL
-    improved, retry = trials[dead.number + 1], trials[dead.number + 2]
-    assert improved.value > trials[parent].value  # the best moved on after the death...
+    assert [trial.state for trial in trials[dead.number :]] == [
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+    ]
+    retry = trials[dead.number + 2]
     assert retry.system_attrs["failed_trial"] == dead.number
     record = study.record(retry.number)
     assert record.parents == [parent]  # ...but the re-run starts where the dead trial did
     assert record.params == trials[dead.number].params
     assert retry.user_attrs[records.RETRY_OF] == dead.number
+
+
+def test_a_journal_lease_is_renewed_by_the_running_worker(tmp_path: Path) -> None:
+    storage = resolve_storage(
+        f"journal://{tmp_path / 'study.log'}", heartbeat_interval=2, grace_period=7
+    )
+    assert isinstance(storage, HeartbeatJournalStorage)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    before = time.time()
+    storage.record_heartbeat(trial._trial_id)
+    lease = storage.get_trial(trial._trial_id).system_attrs[records.LEASE]
+    assert before + 7 <= lease["until"] <= time.time() + 7
+    assert lease["worker"].endswith(f":{os.getpid()}")
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    study.tell(trial, 1.0)
+    storage.record_heartbeat(trial._trial_id)  # a late beat of a finished trial is harmless
+    assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
 
 
 # -- the database restarting ------------------------------------------------------------------

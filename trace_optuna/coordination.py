@@ -1,4 +1,4 @@
-"""What workers sharing a study agree on beyond Optuna's trials: claims and leases.
+"""What workers sharing a study agree on beyond Optuna's trials: candidate claims.
 
 **Candidate claims.** Before a worker evaluates a candidate snapshot it claims the snapshot's
 hash in the storage with one atomic write: a row under a unique key in the table
@@ -9,44 +9,29 @@ worker that finds a live claim waits for that trial to finish and then reuses it
 whose trial ended without storing that candidate (it failed, or its worker died) is taken over
 with a compare-and-set.
 
-**Leases.** Optuna's heartbeat (RDB storages) lets the next worker mark a dead worker's trial
-FAIL and re-queue it. JournalStorage (Redis, file) has no heartbeat, so for it, and for any
-storage without Optuna's heartbeat, a worker renews a lease on its running trial every
-``heartbeat_interval`` seconds: the trial system attribute ``trace:lease`` holds the wall-clock
-time it expires. Before each trial, and while waiting for a claim, workers fail RUNNING trials
-whose lease has expired and re-queue them through the same
-:class:`~trace_optuna.storage.RetryStaleTrialCallback`. Leases compare wall clocks of different
-hosts: keep them in sync (NTP) to well within the grace period.
+**Dead workers.** Their trials are failed and re-queued by Optuna's heartbeat, which the
+storages opened from URLs have on every backend (RDB: Optuna's own; journals:
+:class:`~trace_optuna.storage.HeartbeatJournalStorage`). Optuna checks before each ``ask()``;
+a worker waiting for a claim checks too, since the trial it waits for may be a dead one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-import contextlib
-import copy
 import dataclasses
 import logging
-import os
 import secrets
-import socket
 import threading
-import time
 from typing import TYPE_CHECKING
 import warnings
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 import sqlalchemy
 
-from trace_optuna import records
-from trace_optuna.storage import HEARTBEAT_INTERVAL_S
-from trace_optuna.storage import MAX_RETRY
 from trace_optuna.storage import RETRY_TIMEOUT_S
-from trace_optuna.storage import RetryStaleTrialCallback
 from trace_optuna.storage import call_with_retry
 
 if TYPE_CHECKING:
@@ -234,35 +219,17 @@ class Claim:
 
 
 class Coordinator:
-    """Claims and leases for one storage. Build it with :func:`coordinator_for`.
+    """Candidate claims for one storage. Build it with :func:`coordinator_for`.
 
     Args:
         storage: The Optuna storage (as given to ``optuna.create_study``).
         claims: Where claims live.
-        heartbeat_interval: Seconds between lease renewals; None turns leases off.
-        grace_period: Seconds a lease lasts; None is twice ``heartbeat_interval``.
-        max_retry: How often a trial whose lease expired is re-queued.
     """
 
-    def __init__(
-        self,
-        storage: BaseStorage,
-        claims: _ClaimTable,
-        *,
-        heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-        grace_period: int | None = None,
-        max_retry: int | None = MAX_RETRY,
-    ) -> None:
+    def __init__(self, storage: BaseStorage, claims: _ClaimTable) -> None:
         self.storage = storage
         self._claims = claims
-        self.optuna_heartbeat = _has_heartbeat(storage)
-        self.lease_interval = None if self.optuna_heartbeat else heartbeat_interval
-        self.grace_period = grace_period or 2 * (heartbeat_interval or HEARTBEAT_INTERVAL_S)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            self._retry = RetryStaleTrialCallback(max_retry)
         self._study_ids: dict[str, int] = {}
-        self._worker = f"{socket.gethostname()}:{os.getpid()}"
         # Holds this coordinator's claim_once claims; negative, so never a trial id.
         self._token = -1 - secrets.randbelow(2**31 - 1)
 
@@ -310,98 +277,23 @@ class Coordinator:
         except KeyError:
             return None  # a claim left by a deleted study
 
-    # -- leases ---------------------------------------------------------------------------
+    # -- dead workers ---------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lease(self, trial_id: int) -> Iterator[None]:
-        """Hold a lease on a running trial while the block runs (no-op with Optuna's heartbeat)."""
-        interval = self.lease_interval
-        if interval is None:
-            yield
-            return
-        stop = threading.Event()
-        self._renew(trial_id)
-        thread = threading.Thread(
-            target=self._keep_renewing,
-            args=(trial_id, interval, stop),
-            name=f"trace-optuna-lease-{trial_id}",
-            daemon=True,
-        )
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Fail the trials of dead workers and re-queue them, as Optuna does before ``ask()``.
 
-    def _renew(self, trial_id: int) -> None:
-        lease: dict[str, float | str] = {
-            "until": time.time() + self.grace_period,
-            "worker": self._worker,
-        }
-        self.storage.set_trial_system_attr(trial_id, records.LEASE, lease)
-
-    def _keep_renewing(self, trial_id: int, interval: float, stop: threading.Event) -> None:
-        while not stop.wait(interval):
-            try:
-                self._renew(trial_id)
-            except UpdateFinishedTrialError:
-                return
-            except Exception as error:  # the storage is down: try again next time
-                _logger.warning("Trial id %d: lease not renewed (%r).", trial_id, error)
-
-    def fail_stale(self, study: optuna.Study) -> list[int]:
-        """Fail trials whose worker died (no heartbeat or lease) and re-queue them.
-
-        Returns:
-            The numbers of the trials failed through leases (Optuna's heartbeat does not say).
+        Does nothing on a storage without Optuna's heartbeat.
         """
-        if self.optuna_heartbeat:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            return []
-        if self.lease_interval is None:
-            return []
-        now = time.time()
-        failed = []
-        for trial in self.storage.get_all_trials(
-            self.study_id(study), deepcopy=False, states=(TrialState.RUNNING,)
-        ):
-            lease = trial.system_attrs.get(records.LEASE)
-            if not isinstance(lease, dict) or float(lease.get("until", now)) >= now:
-                continue  # alive, or not leased (a trial run without trace_optuna)
-            try:
-                if not self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                    continue
-            except UpdateFinishedTrialError:
-                continue  # another worker failed it first, or it just finished
-            _logger.warning(
-                "Trial#%d: the lease of worker %s expired %.1f s ago.",
-                trial.number,
-                lease.get("worker"),
-                now - float(lease["until"]),
-            )
-            self._retry(study, copy.deepcopy(self.storage.get_trial(trial._trial_id)))
-            failed.append(trial.number)
-        return failed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
-def coordinator_for(
-    storage: BaseStorage,
-    *,
-    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-    grace_period: int | None = None,
-    max_retry: int | None = MAX_RETRY,
-) -> Coordinator:
-    """The coordinator of a storage: claims where its data lives, leases if it has no heartbeat.
+def coordinator_for(storage: BaseStorage) -> Coordinator:
+    """The coordinator of a storage, keeping claims where the storage's data lives.
 
     Args:
         storage: An Optuna storage (possibly wrapped in Optuna's trial cache).
-        heartbeat_interval: Seconds between lease renewals on storages without Optuna's
-            heartbeat; None turns leases off.
-        grace_period: Seconds a lease lasts; None is twice ``heartbeat_interval``.
-        max_retry: How often a trial whose lease expired is re-queued.
     """
     place = shared_place(storage)
     claims: _ClaimTable
@@ -411,13 +303,7 @@ def coordinator_for(
         claims = _RedisClaims(*place.redis, place.retry_timeout)
     else:
         claims = _LocalClaims()
-    return Coordinator(
-        storage,
-        claims,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-    )
+    return Coordinator(storage, claims)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,7 +326,7 @@ class SharedPlace:
 
 
 def shared_place(storage: BaseStorage) -> SharedPlace:
-    """Where claims, leases and the parameter registry of ``storage`` live."""
+    """Where claims and the parameter registry of ``storage`` live."""
     backend = _unwrap(storage)
     retry_timeout = getattr(backend, "retry_timeout", RETRY_TIMEOUT_S)
     engine: sqlalchemy.engine.Engine | None = None
@@ -454,12 +340,6 @@ def shared_place(storage: BaseStorage) -> SharedPlace:
     elif isinstance(backend, optuna.storages.JournalStorage):
         engine, redis = _journal_place(backend)
     return SharedPlace(engine, redis, retry_timeout, backend)
-
-
-def _has_heartbeat(storage: BaseStorage) -> bool:
-    """Whether Optuna runs its heartbeat for this storage (RDBStorage with an interval)."""
-    interval = getattr(storage, "get_heartbeat_interval", None)
-    return callable(interval) and interval() is not None
 
 
 def _unwrap(storage: BaseStorage) -> BaseStorage:

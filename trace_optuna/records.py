@@ -154,8 +154,8 @@ STUDY_EVALUATION = "trace:evaluation"
 STUDY_STRATEGY_DOCS = "trace:strategy_docs"
 STUDY_FIGURES = "trace:figures"  # when the figures were last saved, by any worker
 
-# Trial system attribute: the lease a worker renews on its running trial where the storage has
-# no Optuna heartbeat (JournalStorage): {until: unix time it expires, worker: "host:pid"}.
+# Trial system attribute: a journal storage's heartbeat, renewed by the worker running the trial
+# (storage.HeartbeatJournalStorage): {until: unix time it expires, worker: "host:pid"}.
 LEASE = "trace:lease"
 
 BASELINE = "baseline"

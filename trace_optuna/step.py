@@ -35,9 +35,9 @@ e.g. ``stop``) is refused with a ``ConfigurationError`` by ``create_study``, or 
 trial of a study of your own (it raises out of ``optimize``).
 
 Workers share nothing but the storage. A trial re-queued because its worker died (Optuna's
-heartbeat, or a lease on JournalStorage; see :mod:`trace_optuna.coordination`) replays the dead
-trial's step: the same parameters (strategy and settings, copied by the retry), the population
-as it was when the dead trial started, and the same random seed, so the same parents.
+heartbeat; see :mod:`trace_optuna.storage`) replays the dead trial's step: the same parameters
+(strategy and settings, copied by the retry), the population as it was when the dead trial
+started, and the same random seed, so the same parents.
 
 Anything that goes wrong inside a trial is stored (``trace:error``, ``trace:traceback``, the raw
 LLM responses) and raised as :class:`~trace_optuna.exceptions.TrialFailed`; ``TraceStudy``
@@ -222,7 +222,7 @@ class TraceObjective:
         return self._population
 
     def coordinator_for(self, study: optuna.Study) -> Coordinator:
-        """Claims and leases for the study's storage (``create_study`` sets them up)."""
+        """Candidate claims for the study's storage (``create_study`` sets them up)."""
         if self.coordinator is None:
             # Used with a plain optuna.Study: Optuna offers no public handle on its storage.
             self.coordinator = coordinator_for(study._storage)
@@ -241,22 +241,18 @@ class TraceObjective:
         self._directions = list(trial.study.directions)  # scores are checked against them
         self._study_name = trial.study.study_name
         self.check_directions(self._directions)
-        coordinator = self.coordinator_for(trial.study)
-        if not coordinator.optuna_heartbeat:  # optimize() already did it for heartbeat storages
-            self._fail_stale(coordinator, trial.study)
-        with coordinator.lease(trial._trial_id):
-            try:
-                # First, so that a running (or dead) trial shows which worker runs it.
-                trial.set_user_attr(records.WORKER, worker)
-                score = self._step(trial, attrs, timing)
-            except TrialPruned:
-                # Not a failure: Optuna ends the trial PRUNED; keep what it recorded so far.
-                self._record_failure(trial, attrs, None, timing, started)
-                raise
-            except Exception as error:
-                self._record_failure(trial, attrs, error, timing, started)
-                raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
-            self._finish(trial, attrs, timing, started)
+        try:
+            # First, so that a running (or dead) trial shows which worker runs it.
+            trial.set_user_attr(records.WORKER, worker)
+            score = self._step(trial, attrs, timing)
+        except TrialPruned:
+            # Not a failure: Optuna ends the trial PRUNED; keep what it recorded so far.
+            self._record_failure(trial, attrs, None, timing, started)
+            raise
+        except Exception as error:
+            self._record_failure(trial, attrs, error, timing, started)
+            raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
+        self._finish(trial, attrs, timing, started)
         return score
 
     @staticmethod

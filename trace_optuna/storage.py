@@ -10,6 +10,8 @@
 * ``redis://host:port/db``: Optuna's JournalStorage over Redis; ``?prefix=NAME`` keeps several
   independent journals in one Redis database.
 * ``journal:///path/to/file.log``: Optuna's JournalStorage over a local file.
+  Journals opened from a URL are a :class:`HeartbeatJournalStorage`: JournalStorage with the
+  heartbeat Optuna gives RDB storages, so dead workers' trials are retried on them too.
 * Any ``optuna.storages.BaseStorage`` instance is used as it is.
 
 RDB storages opened from a URL are a :class:`ResilientRDBStorage`: Optuna's RDBStorage with its
@@ -25,7 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 import functools
 import logging
+import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -40,6 +44,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 import sqlalchemy
 
@@ -85,8 +90,8 @@ def resolve_storage(
     Args:
         storage: A URL as listed in this module's docstring, a storage object, or None for the
             default SQLite file.
-        heartbeat_interval: Seconds between heartbeats of a running trial (RDB URLs; None turns
-            the heartbeat off). A trial whose worker stops beating for ``grace_period`` is
+        heartbeat_interval: Seconds between heartbeats of a running trial (None turns the
+            heartbeat off). A trial whose worker stops beating for ``grace_period`` is
             marked FAIL by the next worker and re-queued.
         grace_period: Seconds without a heartbeat before a trial counts as dead; None is twice
             ``heartbeat_interval``.
@@ -115,17 +120,25 @@ def resolve_storage(
             f"{type(storage).__name__}."
         )
     _check_heartbeat(heartbeat_interval, grace_period, max_retry)
+    heartbeat: dict[str, Any] = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+        "heartbeat_stale_trial_callback": (
+            RetryStaleTrialCallback(max_retry) if heartbeat_interval else None
+        ),
+    }
     scheme = storage.split("://", 1)[0].split("+", 1)[0].lower() if "://" in storage else ""
     try:
         if scheme == "redis":
             from optuna.storages.journal import JournalRedisBackend
 
             url, prefix = _split_prefix(storage)
-            return optuna.storages.JournalStorage(JournalRedisBackend(url, prefix=prefix))
+            return HeartbeatJournalStorage(JournalRedisBackend(url, prefix=prefix), **heartbeat)
         if scheme == "journal":
             from optuna.storages.journal import JournalFileBackend
 
-            return optuna.storages.JournalStorage(JournalFileBackend(storage[len("journal://") :]))
+            path = storage[len("journal://") :]
+            return HeartbeatJournalStorage(JournalFileBackend(path), **heartbeat)
         if scheme in _RDB_SCHEMES:
             if scheme == "sqlite":
                 _use_wal(storage)
@@ -134,12 +147,8 @@ def resolve_storage(
                 rdb = ResilientRDBStorage(
                     storage,
                     engine_kwargs=_engine_kwargs(scheme),
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    heartbeat_stale_trial_callback=(
-                        RetryStaleTrialCallback(max_retry) if heartbeat_interval else None
-                    ),
                     retry_timeout=retry_timeout,
+                    **heartbeat,
                 )
             if scheme in ("mysql", "mariadb"):
                 check_sql_mode(rdb)
@@ -458,6 +467,84 @@ for _name in (
     "_get_trials",
 ):
     setattr(ResilientRDBStorage, _name, _retried(_name))
+
+
+class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+    """Optuna's JournalStorage (Redis, file) with the heartbeat Optuna gives RDB storages.
+
+    JournalStorage has no heartbeat, so a worker killed mid-trial would leave its trial RUNNING
+    for good. This class implements Optuna's heartbeat interface for it, the way
+    ``RDBStorage`` does, so Optuna's own ``optimize`` loop drives it: while a trial runs,
+    Optuna's heartbeat thread records a lease on it every ``heartbeat_interval`` seconds (the
+    trial system attribute ``trace:lease``: when it expires, and which worker holds it), and
+    before each ``ask()`` Optuna fails the RUNNING trials whose lease has expired and calls
+    ``heartbeat_stale_trial_callback`` (which re-queues them), so the same worker runs the retry
+    at once. RDB storages compare heartbeats with the database server's clock; a journal has no
+    server clock, so leases compare the wall clocks of the workers' hosts: keep them in sync
+    (NTP) to well within the grace period.
+
+    Args:
+        log_storage: The journal backend, as for ``optuna.storages.JournalStorage``.
+        heartbeat_interval: Seconds between lease renewals; None turns the heartbeat off.
+        grace_period: Seconds a lease lasts; None is twice ``heartbeat_interval``.
+        heartbeat_stale_trial_callback: Called with each trial failed for an expired lease.
+    """
+
+    def __init__(
+        self,
+        log_storage: optuna.storages.journal.BaseJournalBackend,
+        *,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(log_storage)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        lease: dict[str, float | str] = {
+            "until": time.time() + (self.grace_period or 2 * (self.heartbeat_interval or 0)),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+        }
+        try:
+            self.set_trial_system_attr(trial_id, records.LEASE, lease)
+        except UpdateFinishedTrialError:
+            pass  # it ended, or another worker failed it: Optuna stops beating after the trial
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            _logger.warning(
+                "Trial id %d: lease not renewed (%s); trying again in %s s.",
+                trial_id,
+                _first_line(error),
+                self.heartbeat_interval,
+            )
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            lease = trial.system_attrs.get(records.LEASE)
+            if not isinstance(lease, dict) or float(lease.get("until", now)) >= now:
+                continue  # alive, or never leased (a trial run outside optimize)
+            _logger.warning(
+                "Trial#%d: the lease of worker %s expired %.1f s ago.",
+                trial.number,
+                lease.get("worker"),
+                now - float(lease["until"]),
+            )
+            stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.heartbeat_stale_trial_callback
 
 
 class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):

@@ -274,9 +274,10 @@ def create_study(
         selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
             LLM preference judge, for tasks without a meaningful numeric score).
         heartbeat_interval: Seconds between heartbeats of a running trial, so that a trial
-            whose worker died is marked FAIL and re-run by another worker (Optuna's heartbeat
-            on RDB storages, a lease on JournalStorage); None turns it off. Applies to storages
-            given as URLs (and to leases on any storage).
+            whose worker died is marked FAIL and re-run by another worker (Optuna's heartbeat,
+            on every storage given as a URL); None turns it off. A storage object you build
+            yourself keeps its own settings (build one with
+            :func:`trace_optuna.storage.resolve_storage` to get them).
         grace_period: Seconds without a heartbeat before a trial counts as dead; None is
             twice ``heartbeat_interval``.
         max_retry: How often a dead worker's trial is re-run (None: without limit).
@@ -342,9 +343,6 @@ def create_study(
         resolved,
         seed=seed,
         error_score=error_score,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
         artifact_dir=artifact_dir,
         artifact_store=artifact_store,
         figure_interval=figure_interval,
@@ -430,9 +428,6 @@ def load_study(
         resolved,
         seed=None,
         error_score=error_score,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
         artifact_dir=artifact_dir,
         artifact_store=artifact_store,
         figure_interval=figure_interval,
@@ -446,21 +441,13 @@ def _assemble(
     *,
     seed: int | None,
     error_score: float | Sequence[float] | None,
-    heartbeat_interval: int | None,
-    grace_period: int | None,
-    max_retry: int | None,
     artifact_dir: str | os.PathLike[str] | None,
     artifact_store: ArtifactStore | None,
     figure_interval: float | None,
 ) -> TraceStudy:
     """Bind the objective to the study, give it the storage's coordinator, wire the dashboard."""
     _bind(study, objective, seed=seed, error_score=error_score)
-    objective.coordinator = coordinator_for(
-        resolved,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-    )
+    objective.coordinator = coordinator_for(resolved)
     return dashboard.wire(
         TraceStudy(study, objective), artifact_dir, artifact_store, figure_interval
     )
