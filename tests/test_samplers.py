@@ -71,8 +71,8 @@ def _tell_fixed(
     study.enqueue_trial({STRATEGY_PARAM: arm})
     trial = study.ask()
     trial.suggest_categorical(STRATEGY_PARAM, ARMS)
-    if state == "fail":
-        study.tell(trial, state=TrialState.FAIL)
+    if state in ("fail", "pruned"):
+        study.tell(trial, state=TrialState.FAIL if state == "fail" else TrialState.PRUNED)
         return
     if improvement is not None:
         trial.set_user_attr(records.IMPROVEMENT, improvement)
@@ -207,6 +207,23 @@ def test_fail_trials_penalise_their_arm(sqlite_url: str) -> None:
         outcomes[failure_reward] = picks[12:]
     assert _share(outcomes[0.0], "genetic") > 2 * _share(outcomes[0.0], "optoprime")
     assert _share(outcomes[None], "optoprime") > _share(outcomes[None], "genetic")
+
+
+def test_pruned_trials_are_pulls_that_improved_nothing(sqlite_url: str) -> None:
+    study = _study(sqlite_url, "pruned", StrategyBandit(seed=0))
+    _tell_fixed(study, "genetic", 0.3)
+    for _ in range(3):
+        _tell_fixed(study, "optoprime", None, state="pruned")
+    _tell_fixed(study, "optoprime", 0.3)
+    statistics = StrategyBandit().arm_statistics(study, ARMS)
+    # Four pulls, one of which gained 0.3: the pruned ones drag the mean down, unlike a
+    # genetic arm that gained 0.3 once; neither counts them as failures.
+    assert (statistics["optoprime"].pulls, statistics["optoprime"].failures) == (4, 0)
+    assert statistics["genetic"].pulls == 1
+    optoprime_mean = statistics["optoprime"].mean_reward
+    genetic_mean = statistics["genetic"].mean_reward
+    assert optoprime_mean is not None and genetic_mean is not None
+    assert 0.0 < optoprime_mean < genetic_mean / 2
 
 
 class _RecordingSampler(optuna.samplers.TPESampler):

@@ -20,7 +20,9 @@ The algorithm: discounted UCB (Garivier and Moulines, 2011), scale-free
       a step worse than its parent costs one trial, not a loss of that size, and one broken
       candidate scored at a study's ``error_score`` cannot sink an arm for hundreds of trials.
       A FAIL trial is a pull with reward ``failure_reward`` (0 by default, the same as a
-      regression, so an arm that keeps failing loses share). Other trials without
+      regression, so an arm that keeps failing loses share). A PRUNED trial is a pull with
+      reward 0: the study's pruner stopped its candidate as not promising, so an arm whose
+      candidates keep being pruned loses share like one that regresses. Other trials without
       ``trace:improvement`` (the baseline, trials that failed before scoring when
       ``failure_reward=None``) are ignored.
     * Discount: at trial ``n``, the reward of trial ``t`` weighs ``decay ** (n - t)``; trial
@@ -459,6 +461,8 @@ class StrategyBandit(BaseSampler):
             if self._failure_reward is None:
                 return
             reward = self._failure_reward
+        elif trial.state == TrialState.PRUNED:
+            reward = 0.0  # stopped as not promising: like a regression, clipped
         else:
             stored = trial.user_attrs.get(records.IMPROVEMENT)
             if len(rewards.signs) > 1:
