@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from opto import trace
 import optuna
 from optuna.trial import TrialState
 import pytest
@@ -36,6 +37,7 @@ class Run:
     knobs: dict[str, Any]
     greeting: str
     score: float
+    study: str = ""  # the name of trial.study, which a parent re-run's trial has too
 
 
 class KnobEvaluate:
@@ -65,7 +67,14 @@ class KnobEvaluate:
         missing = [phrase for phrase in REQUIRED if phrase not in out.data.lower()]
         score = (len(REQUIRED) - len(missing)) / len(REQUIRED) + bonus
         self.runs.append(
-            Run(isinstance(trial, ParentTrial), trial.number, values, agent.greeting.data, score)
+            Run(
+                isinstance(trial, ParentTrial),
+                trial.number,
+                values,
+                agent.greeting.data,
+                score,
+                trial.study.study_name,
+            )
         )
         feedback = (
             f'The reply should mention "{missing[0]}". Add "{missing[0]}" to greeting.'
@@ -197,6 +206,7 @@ def test_a_parent_rerun_uses_the_parents_own_knobs(sqlite_url: str, study_name: 
         parent_knobs = {name: parent.params[name] for name in KNOBS}
         (rerun,) = [r for r in evaluates[number].runs if r.parent_run]
         assert rerun.number == parent_number and rerun.knobs == parent_knobs
+        assert rerun.study == study_name
         # Same snapshot, same knobs: the feedback comes from the run that earned the score.
         assert rerun.score == parent.value
         assert record.parent_knobs == {parent_number: parent_knobs}
@@ -291,6 +301,28 @@ def test_pruning_inside_a_strategy_records_the_candidate_being_evaluated(
     assert record.parents == [0] and record.parent_feedback
     assert record.snapshot and record.changed  # the offspring whose evaluation was pruned
     assert record.error is None
+
+
+@trace.bundle()
+def checked_reply(reply, trial):
+    """The reply, once the pruner has seen the first example's score (1 at the baseline)."""
+    trial.report(1.0 if trial.number == 0 else 0.0, 0)
+    if trial.should_prune():
+        raise optuna.TrialPruned("pruned inside a traced function")
+    return reply
+
+
+def test_pruning_inside_a_traced_function_is_pruning_not_a_code_error(
+    sqlite_url: str, study_name: str
+) -> None:
+    def evaluate(agent: Greeter, trial: optuna.Trial) -> to.Evaluation:
+        out = checked_reply(agent.reply(), trial)  # Trace wraps what it raises: ExecutionError
+        return to.Evaluation(score=1.0, feedback="Add more.", output=out)
+
+    study = user_study(sqlite_url, study_name, pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    study.optimize(objective(evaluate), n_trials=2, catch=(to.TrialFailed,))
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert records.ERROR not in study.trials[1].user_attrs
 
 
 @pytest.mark.parametrize(

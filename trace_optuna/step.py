@@ -647,6 +647,9 @@ class TraceObjective:
             else:
                 evaluation = self.evaluate(self.agent)
         except ExecutionError as error:
+            raised = (error.exception_node.info or {}).get("output")
+            if isinstance(raised, TrialPruned):  # pruned inside a traced function: still pruning
+                raise raised from None
             # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
             # and its exception node the output, so the next step can repair the code.
             return RunResult(
@@ -858,7 +861,8 @@ class ParentTrial(FixedTrial):
     stored score. A knob the parent never suggested (it ran before the knob existed) is
     suggested on the running trial instead, with a warning. ``report`` does nothing and
     ``should_prune`` is False: this run is not the running trial's evaluation, and a pruner
-    must not judge the running trial by it. ``number`` is the parent's trial number.
+    must not judge the running trial by it. ``number`` is the parent's trial number; ``study``
+    is the running trial's study (a plain ``FixedTrial`` has none).
 
     Args:
         parent: The parent's finished trial.
@@ -870,6 +874,11 @@ class ParentTrial(FixedTrial):
         self._stored = dict(parent.params)
         self._running = running
         self.not_in_parent: dict[str, Any] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        """The study of the running trial (and of the parent)."""
+        return self._running.study
 
     @property
     def knobs(self) -> dict[str, Any]:
