@@ -25,7 +25,7 @@ def test_demo_reaches_the_best_score_and_prints_how_to_browse(tmp_path: Path) ->
     result = trace_optuna("demo", "--trials", "20", "--no-progress", cwd=tmp_path)
     assert "simulated model" in result.stdout and "not a language model" in result.stdout
     assert "Best score 1.000" in result.stdout
-    assert "optuna-dashboard sqlite:///trace_optuna_demo.db" in result.stdout
+    assert "trace-optuna dashboard --storage sqlite:///trace_optuna_demo.db" in result.stdout
     assert "Using LiteLLM" not in result.stdout
     printed = json.loads(result.stdout.split("Best parameters:\n", 1)[1].split("\n\n")[0])
     assert "Kind regards, Acme Support" in printed["format_reply"]

@@ -51,8 +51,8 @@ def _demo(args: argparse.Namespace) -> int:
     best = study.best_trial
     print(f"\nBest score {best.value:.3f} at trial {best.number}. Best parameters:")
     print(json.dumps(study.best_snapshot, indent=2))
-    print("\nBrowse every step (feedback, diffs, LLM calls) with:")
-    print(f"  optuna-dashboard {describe(args.storage)}")
+    print("\nBrowse every step (feedback, diffs, LLM calls) in optuna-dashboard with:")
+    print(f"  trace-optuna dashboard --storage {describe(args.storage)}")
     return 0
 
 
