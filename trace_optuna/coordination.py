@@ -52,21 +52,48 @@ _claims = sqlalchemy.Table(
 
 
 class _ClaimTable:
-    """Where claims live: ``insert`` is atomic, ``replace`` a compare-and-set."""
+    """Where claims live: ``insert`` is atomic, ``replace`` a compare-and-set.
+
+    Backends implement ``_insert`` and ``_replace``; the public calls retry them while the
+    database is unreachable.
+    """
+
+    retry_timeout = RETRY_TIMEOUT_S
 
     def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
         """Claim the hash for ``trial_id`` unless claimed; return the holder's trial id."""
-        raise NotImplementedError
+        return call_with_retry(
+            self._insert,
+            study_id,
+            snapshot_hash,
+            trial_id,
+            what="claim a candidate",
+            timeout=self.retry_timeout,
+        )
 
     def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
         """Move the claim from trial ``old`` to ``new``; False if it no longer was ``old``'s."""
+        return call_with_retry(
+            self._replace,
+            study_id,
+            snapshot_hash,
+            old,
+            new,
+            what="take over a claim",
+            timeout=self.retry_timeout,
+        )
+
+    def _insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+        raise NotImplementedError
+
+    def _replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
         raise NotImplementedError
 
 
 class _SQLClaims(_ClaimTable):
     def __init__(self, engine: sqlalchemy.engine.Engine, retry_timeout: float) -> None:
         self._engine = engine
-        self._retry_timeout = retry_timeout
+        self.retry_timeout = retry_timeout
         self._ready = False
 
     def _create(self) -> None:
@@ -96,16 +123,6 @@ class _SQLClaims(_ClaimTable):
                 value = holder.scalar()
         return trial_id if value is None else int(value)  # None: released meanwhile; retry
 
-    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
-        return call_with_retry(
-            self._insert,
-            study_id,
-            snapshot_hash,
-            trial_id,
-            what="claim a candidate",
-            timeout=self._retry_timeout,
-        )
-
     def _replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
         with self._engine.begin() as connection:
             result = connection.execute(
@@ -118,17 +135,6 @@ class _SQLClaims(_ClaimTable):
                 .values(trial_id=new)
             )
             return result.rowcount == 1
-
-    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
-        return call_with_retry(
-            self._replace,
-            study_id,
-            snapshot_hash,
-            old,
-            new,
-            what="take over a claim",
-            timeout=self._retry_timeout,
-        )
 
 
 _REDIS_REPLACE = """
@@ -146,7 +152,7 @@ class _RedisClaims(_ClaimTable):
 
         self._client = redis.Redis.from_url(url)
         self._prefix = f"{prefix}trace_optuna:claim:"
-        self._retry_timeout = retry_timeout
+        self.retry_timeout = retry_timeout
 
     def _key(self, study_id: int, snapshot_hash: str) -> str:
         return f"{self._prefix}{study_id}:{snapshot_hash}"
@@ -158,29 +164,9 @@ class _RedisClaims(_ClaimTable):
         holder = self._client.get(key)
         return trial_id if holder is None else int(holder)
 
-    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
-        return call_with_retry(
-            self._insert,
-            study_id,
-            snapshot_hash,
-            trial_id,
-            what="claim a candidate",
-            timeout=self._retry_timeout,
-        )
-
-    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+    def _replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
         key = self._key(study_id, snapshot_hash)
-        changed = call_with_retry(
-            self._client.eval,
-            _REDIS_REPLACE,
-            1,
-            key,
-            str(old),
-            str(new),
-            what="take over a claim",
-            timeout=self._retry_timeout,
-        )
-        return bool(changed)
+        return bool(self._client.eval(_REDIS_REPLACE, 1, key, str(old), str(new)))
 
 
 class _LocalClaims(_ClaimTable):
@@ -190,11 +176,11 @@ class _LocalClaims(_ClaimTable):
         self._lock = threading.Lock()
         self._holders: dict[tuple[int, str], int] = {}
 
-    def insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
+    def _insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
         with self._lock:
             return self._holders.setdefault((study_id, snapshot_hash), trial_id)
 
-    def replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
+    def _replace(self, study_id: int, snapshot_hash: str, old: int, new: int) -> bool:
         with self._lock:
             if self._holders.get((study_id, snapshot_hash)) != old:
                 return False
