@@ -162,6 +162,7 @@ def test_evaluate_returning_the_wrong_type_fails_the_trial_with_the_reason(
     [
         ({"score": "high", "feedback": "x"}, "Evaluation.score must be a number"),
         ({"score": float("nan"), "feedback": "x"}, "must not be NaN"),
+        ({"score": float("-inf"), "feedback": "x"}, "Evaluation.score must be finite, got -inf"),
         ({"score": 1, "feedback": None}, "Evaluation.feedback must be a str"),
         ({"score": 1, "feedback": "x", "details": {"s": {1}}}, "details must be JSON"),
     ],
@@ -169,3 +170,11 @@ def test_evaluate_returning_the_wrong_type_fails_the_trial_with_the_reason(
 def test_evaluation_validates_its_fields(kwargs: dict, message: str) -> None:
     with pytest.raises(to.ConfigurationError, match=message):
         to.Evaluation(**kwargs)
+
+
+def test_numpy_scores_are_numbers() -> None:
+    import numpy as np
+
+    assert to.Evaluation(score=np.float32(0.5), feedback="").score == 0.5
+    assert to.Evaluation(score=[np.int64(3), np.float64(0.25)], feedback="").score == [3.0, 0.25]
+    assert type(to.Evaluation(score=np.float32(0.5), feedback="").score) is float

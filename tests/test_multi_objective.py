@@ -318,6 +318,7 @@ class CostOnly:
     [
         ([], "Evaluation.score must not be an empty list"),
         ([0.5, float("nan")], r"Evaluation.score\[1\] must not be NaN"),
+        ([float("inf"), 0.5], r"Evaluation.score\[0\] must be finite, got inf"),
         ([0.5, "cheap"], r"Evaluation.score\[1\] must be a number"),
         ((True, 1.0), r"Evaluation.score\[0\] must be a number"),
         ("0.5", "Evaluation.score must be a number"),

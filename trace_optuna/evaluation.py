@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import dataclasses
 import json
 import math
+import numbers
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeAlias
@@ -79,7 +80,7 @@ def score_for_study(
         source: What gave the score (``"evaluate()"``, ``"error_score"``), named in the error.
 
     Raises:
-        ConfigurationError: If the score is not numbers, holds NaN, or its count does not
+        ConfigurationError: If the score is not numbers, holds NaN or an infinity, or its count does not
             match the study's directions.
     """
     checked = check_score(score, source)
@@ -105,7 +106,7 @@ def check_score(score: Any, source: str) -> Score:
 
     Raises:
         ConfigurationError: If it is not a number or a non-empty list/tuple of numbers, or
-            holds NaN.
+            holds NaN or an infinity.
     """
     if isinstance(score, (list, tuple)):
         if not score:
@@ -115,11 +116,17 @@ def check_score(score: Any, source: str) -> Score:
 
 
 def _number(value: Any, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real takes NumPy's scalars too; bool is an int to Python but never a score.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigurationError(
             f"{source} must be a number (or, for a multi-objective study, a list of numbers), "
             f"got {type(value).__name__}: {value!r}."
         )
-    if math.isnan(value):
+    number = float(value)
+    if math.isnan(number):
         raise ConfigurationError(f"{source} must not be NaN.")
-    return float(value)
+    if math.isinf(number):
+        # An infinite score makes every improvement over it inf or NaN and is not JSON that
+        # strict readers accept; score a broken candidate with a large finite number instead.
+        raise ConfigurationError(f"{source} must be finite, got {number}.")
+    return number
