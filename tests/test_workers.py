@@ -83,6 +83,19 @@ def test_threads_are_refused_with_a_pointer_to_processes(sqlite_url: str, study_
         study.optimize(n_trials=2, n_jobs=2)
 
 
+def test_a_users_own_study_cannot_run_steps_in_threads(sqlite_url: str, study_name: str) -> None:
+    import support_workers
+
+    app = support_workers.app
+    objective = to.TraceObjective(app.agent, app.evaluate, app.llm)
+    study = optuna.create_study(study_name=study_name, storage=sqlite_url, direction="maximize")
+    study.optimize(objective, n_trials=1)  # the baseline, so the next trials take steps
+    with pytest.raises(to.ConfigurationError, match="Another Trace step is running in a thread"):
+        study.optimize(objective, n_trials=8, n_jobs=4, catch=(to.TrialFailed,))
+    study.optimize(objective, n_trials=1)  # one thread at a time is fine again
+    assert study.trials[-1].state == TrialState.COMPLETE
+
+
 def test_app_settings_reach_the_storage(sqlite_url: str, study_name: str) -> None:
     import support_workers
 

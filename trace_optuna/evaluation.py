@@ -80,8 +80,8 @@ def score_for_study(
         source: What gave the score (``"evaluate()"``, ``"error_score"``), named in the error.
 
     Raises:
-        ConfigurationError: If the score is not numbers, holds NaN or an infinity, or its count does not
-            match the study's directions.
+        ConfigurationError: If the score is not numbers, holds NaN or an infinity, or its
+            count does not match the study's directions.
     """
     checked = check_score(score, source)
     count = 1 if isinstance(checked, float) else len(checked)

@@ -53,6 +53,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING
@@ -105,6 +106,8 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 STRATEGY_PARAM = "strategy"
+# One step at a time per process: Trace keeps its graph in process-wide state.
+_STEP_LOCK = threading.Lock()
 _MAX_PUBLISH_ATTEMPTS = 3  # conflicts a trial resolves by re-evaluating before it gives up
 _CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
 
@@ -229,6 +232,14 @@ class TraceObjective:
         return self.coordinator
 
     def __call__(self, trial: optuna.Trial) -> Score:
+        if not _STEP_LOCK.acquire(blocking=False):
+            raise ConfigurationError(threads_refused("Another Trace step is running in a thread"))
+        try:
+            return self._trial(trial)
+        finally:
+            _STEP_LOCK.release()
+
+    def _trial(self, trial: optuna.Trial) -> Score:
         started = time.perf_counter()
         worker = {"host": socket.gethostname(), "pid": os.getpid()}
         attrs: dict[str, Any] = {records.SCHEMA: records.SCHEMA_VERSION, records.WORKER: worker}
@@ -921,6 +932,16 @@ class ParentTrial(FixedTrial):
         )
         self.not_in_parent[name] = value
         return value
+
+
+def threads_refused(what: str) -> str:
+    """Why Trace steps cannot run in threads, and what to run instead."""
+    return (
+        f"{what} of this process, and Trace's graph state is process-wide: threads corrupt it "
+        "(a step would store a candidate other than the one it evaluated). Start several "
+        "processes instead: `trace-optuna workers --processes N ...` (see trace_optuna.workers), "
+        "or your own processes each optimizing the study on one storage."
+    )
 
 
 def _strategy_attrs(name: str, extra: dict[str, Any]) -> dict[str, Any]:

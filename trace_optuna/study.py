@@ -32,6 +32,7 @@ from trace_optuna.population import Population
 from trace_optuna.samplers import StrategyBandit
 from trace_optuna.snapshots import restore
 from trace_optuna.step import TraceObjective
+from trace_optuna.step import threads_refused
 from trace_optuna.storage import HEARTBEAT_INTERVAL_S
 from trace_optuna.storage import MAX_RETRY
 from trace_optuna.storage import resolve_storage
@@ -112,11 +113,7 @@ class TraceStudy:
         """
         if n_jobs != 1:
             raise ConfigurationError(
-                f"n_jobs={n_jobs} would run Trace steps in threads, and Trace's graph state is "
-                "process-wide: threads corrupt it. Start several processes instead: "
-                "`trace-optuna workers --processes N ...` (see trace_optuna.workers), or your own "
-                "processes each calling create_study(..., load_if_exists=True).optimize(), all "
-                "on one storage."
+                threads_refused(f"n_jobs={n_jobs} would run Trace steps in threads")
             )
         # Figures for optuna-dashboard, saved at most once per interval by all workers together.
         figures = dashboard.FigureRefresher(
