@@ -303,6 +303,51 @@ def test_pruning_inside_a_strategy_records_the_candidate_being_evaluated(
     assert record.error is None
 
 
+class FromTrialOne(to.Strategy):
+    """Steps from Trial#1, whatever its state (a careless strategy)."""
+
+    name = "from-trial-one"
+
+    def propose(self, context: to.StepContext) -> to.Proposal:
+        parent = context.evaluate_parent(1)
+        return to.Proposal(dict(parent.snapshot), [1])
+
+
+def test_a_pruned_trial_cannot_be_a_parent_even_when_a_strategy_asks(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = user_study(sqlite_url, study_name, pruner=optuna.pruners.ThresholdPruner(lower=0.05))
+    study.enqueue_trial({"agent.temperature": 0.1, "agent.exclaim": 0})
+    # Its first report is below 0.05 for a temperature of 0.9: pruned.
+    study.enqueue_trial({"strategy": "optoprime", "agent.temperature": 0.9, "agent.exclaim": 0})
+    study.enqueue_trial({"strategy": "from-trial-one"})
+    strategies = ["optoprime", FromTrialOne()]
+    study.optimize(
+        objective(KnobEvaluate(), strategies=strategies), n_trials=3, catch=(to.TrialFailed,)
+    )
+    states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert [t.state for t in study.trials] == states
+    error = reopen(sqlite_url, study_name, strategies=strategies).record(2).error
+    assert "Trial#1 is PRUNED, not COMPLETE" in error and "cannot be a parent" in error
+
+
+def test_evaluate_pruning_a_parents_rerun_fails_the_trial_saying_why(
+    sqlite_url: str, study_name: str
+) -> None:
+    def evaluate(agent: Greeter, trial: optuna.Trial) -> to.Evaluation:
+        if isinstance(trial, ParentTrial):
+            raise optuna.TrialPruned("looks bad")  # ignores should_prune(), which is False
+        out = agent.reply()
+        return to.Evaluation(score=0.5, feedback='Add "order number" to greeting.', output=out)
+
+    study = user_study(sqlite_url, study_name)
+    for _ in range(2):  # a fresh objective per trial, as a new worker: the parent is re-run
+        study.optimize(objective(evaluate), n_trials=1, catch=(to.TrialFailed,))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    error = reopen(sqlite_url, study_name).record(1).error
+    assert "raised TrialPruned while re-running parent Trial#0" in error
+
+
 @trace.bundle()
 def checked_reply(reply, trial):
     """The reply, once the pruner has seen the first example's score (1 at the baseline)."""

@@ -65,6 +65,7 @@ from opto.trace.nodes import Node
 from optuna.exceptions import TrialPruned
 from optuna.study import StudyDirection
 from optuna.trial import FixedTrial
+from optuna.trial import TrialState
 
 from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
 from trace_optuna import graph
@@ -607,8 +608,12 @@ class TraceObjective:
             The evaluation, and the knob values it ran with (``{}`` without knobs).
         """
         parent = population.trial(number)
-        if parent.values is None:
-            raise TraceOptunaError(f"Trial#{number} has no score and cannot be a parent.")
+        if parent.state != TrialState.COMPLETE:
+            # A PRUNED trial has values too (its last report), but no score of its candidate.
+            raise TraceOptunaError(
+                f"Trial#{number} is {parent.state.name}, not COMPLETE: it has no score of its "
+                "candidate and cannot be a parent."
+            )
         parent_snapshot = population.snapshot(number)
         live = self._live
         if (
@@ -621,7 +626,15 @@ class TraceObjective:
             knobs = {name: parent.params[name] for name in stored if name in parent.params}
         else:
             parent_trial = ParentTrial(parent, trial)
-            run = self._run(parent_snapshot, timing, parent_trial)
+            try:
+                run = self._run(parent_snapshot, timing, parent_trial)
+            except TrialPruned as error:
+                # Pruning judges the running trial's candidate, never a parent's re-run.
+                raise TraceOptunaError(
+                    f"evaluate() raised TrialPruned while re-running parent Trial#{number} for "
+                    "its feedback. A parent's re-run must not prune: prune only when "
+                    "trial.should_prune() says so (it is False for a parent's re-run)."
+                ) from error
             knobs = parent_trial.knobs
             self._knobs.update(parent_trial.not_in_parent)  # suggested on the running trial
         if run.output is None:
