@@ -21,7 +21,7 @@ from support_agents import make_greeter
 
 import trace_optuna as to
 from trace_optuna import records
-from trace_optuna.step import ParentTrial
+from trace_optuna.knobs import ParentTrial
 from trace_optuna.storage import resolve_storage
 
 SIMULATED = "simulated/feedback-follower"
@@ -368,6 +368,25 @@ def test_pruning_inside_a_traced_function_is_pruning_not_a_code_error(
     study.optimize(objective(evaluate), n_trials=2, catch=(to.TrialFailed,))
     assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert records.ERROR not in study.trials[1].user_attrs
+
+
+@pytest.mark.parametrize("knob", ["strategy", "optoprime.temperature", "genetic.rate"])
+def test_knobs_named_like_the_steps_own_params_are_refused(
+    sqlite_url: str, study_name: str, knob: str
+) -> None:
+    def evaluate(agent: Greeter, trial: optuna.Trial) -> to.Evaluation:
+        trial.suggest_float(knob, 0.0, 1.0)
+        return to.Evaluation(score=0.5, feedback="Fine.", output=agent.reply())
+
+    study = user_study(sqlite_url, study_name)
+    study.optimize(
+        objective(evaluate, strategies=["optoprime", "genetic"]),
+        n_trials=1,
+        catch=(to.TrialFailed,),
+    )
+    assert study.trials[0].state == TrialState.FAIL
+    error = study.trials[0].user_attrs[records.ERROR]
+    assert f"evaluate() suggested the knob {knob!r}, a name the step uses" in error
 
 
 @pytest.mark.parametrize(

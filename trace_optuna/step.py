@@ -16,9 +16,10 @@ The flow of one trial::
 ``evaluate(agent, trial)`` gets the running ``optuna.Trial``: the agent's own knobs it suggests
 are ordinary Optuna params of the trial, the same value however often the trial evaluates
 (Optuna returns a suggested param's value again). A parent re-run for its feedback gets a
-:class:`ParentTrial` instead, whose ``suggest_*`` return the parent's own stored values, so its
-feedback matches its stored score. Such an ``evaluate`` may depend on knobs sampled only while
-it runs, so a candidate another trial evaluated is evaluated again rather than its score reused.
+:class:`~trace_optuna.knobs.ParentTrial` instead, whose ``suggest_*`` return the parent's own
+stored values, so its feedback matches its stored score. Such an ``evaluate`` may depend on
+knobs sampled only while it runs, so a candidate another trial evaluated is evaluated again
+rather than its score reused.
 (Suggesting the knobs before ``evaluate`` runs, to reuse by snapshot and knob values, would be
 unsound: a knob ``evaluate`` asks for only in some configurations would become a param of every
 trial, and one whose range depends on another knob could get a value outside the range
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
-import inspect
 import logging
 import os
 import random
@@ -64,7 +64,6 @@ from opto.trace.containers import ParameterContainer
 from opto.trace.nodes import Node
 from optuna.exceptions import TrialPruned
 from optuna.study import StudyDirection
-from optuna.trial import FixedTrial
 from optuna.trial import TrialState
 
 from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
@@ -82,6 +81,10 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TraceOptunaError
 from trace_optuna.exceptions import TrialFailed
+from trace_optuna.knobs import STRATEGY_PARAM
+from trace_optuna.knobs import ParentTrial
+from trace_optuna.knobs import check_names
+from trace_optuna.knobs import takes_trial
 from trace_optuna.llm import LLM
 from trace_optuna.population import Population
 from trace_optuna.population import score_of
@@ -101,12 +104,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import optuna
-    from optuna.distributions import CategoricalChoiceType
     from optuna.trial import FrozenTrial
 
 _logger = logging.getLogger(__name__)
 
-STRATEGY_PARAM = "strategy"
 # One step at a time per process: Trace keeps its graph in process-wide state.
 _STEP_LOCK = threading.Lock()
 _MAX_PUBLISH_ATTEMPTS = 3  # conflicts a trial resolves by re-evaluating before it gives up
@@ -169,7 +170,7 @@ class TraceObjective:
             if self.shared is not None
             else _agent_factory(agent)
         )
-        self.evaluate_takes_trial = _evaluate_takes_trial(evaluate)  # refuses None, too
+        self.evaluate_takes_trial = takes_trial(evaluate)  # refuses None, too
         self.evaluate: Callable[..., Evaluation] = evaluate  # type: ignore[assignment]
         self.llm = _resolve_llm(llm)
         self.strategies = {strategy.name: strategy for strategy in resolve(list(strategies))}
@@ -685,7 +686,9 @@ class TraceObjective:
         finally:
             timing["evaluate_s"] += time.perf_counter() - started
             if not isinstance(trial, ParentTrial):  # what evaluate suggested: the agent's knobs
-                self._knobs.update(set(trial.params) - suggested_before)
+                suggested = set(trial.params) - suggested_before
+                self._knobs.update(suggested)
+                check_names(suggested, self.strategy_names)
         if not isinstance(evaluation, Evaluation):
             raise ConfigurationError(
                 f"evaluate() must return trace_optuna.Evaluation, got {type(evaluation).__name__}."
@@ -877,76 +880,6 @@ class _CandidateCodeFailed(Exception):
     """The candidate's code raised and the study has no ``error_score``."""
 
 
-class ParentTrial(FixedTrial):
-    """The trial ``evaluate(agent, trial)`` gets when the step re-runs a parent for feedback.
-
-    Its ``suggest_*`` return the values the parent trial ran with (its stored Optuna params),
-    so the feedback that drives the step comes from the configuration that earned the parent's
-    stored score. A knob the parent never suggested (it ran before the knob existed) is
-    suggested on the running trial instead, with a warning. ``report`` does nothing and
-    ``should_prune`` is False: this run is not the running trial's evaluation, and a pruner
-    must not judge the running trial by it. ``number`` is the parent's trial number; ``study``
-    is the running trial's study (a plain ``FixedTrial`` has none).
-
-    Args:
-        parent: The parent's finished trial.
-        running: The running trial, for knobs the parent does not have.
-    """
-
-    def __init__(self, parent: FrozenTrial, running: optuna.Trial) -> None:
-        super().__init__(dict(parent.params), number=parent.number)
-        self._stored = dict(parent.params)
-        self._running = running
-        self.not_in_parent: dict[str, Any] = {}
-
-    @property
-    def study(self) -> optuna.Study:
-        """The study of the running trial (and of the parent)."""
-        return self._running.study
-
-    @property
-    def knobs(self) -> dict[str, Any]:
-        """The knob values this run used: the parent's, then any taken from the running trial."""
-        return {**self.params, **self.not_in_parent}
-
-    def suggest_float(
-        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
-    ) -> float:
-        if name in self._stored:
-            return super().suggest_float(name, low, high, step=step, log=log)
-        return self._from_running(
-            name, self._running.suggest_float(name, low, high, step=step, log=log)
-        )
-
-    def suggest_int(
-        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
-    ) -> int:
-        if name in self._stored:
-            return super().suggest_int(name, low, high, step=step, log=log)
-        return self._from_running(
-            name, self._running.suggest_int(name, low, high, step=step, log=log)
-        )
-
-    def suggest_categorical(  # type: ignore[override]
-        self, name: str, choices: Sequence[CategoricalChoiceType]
-    ) -> Any:
-        if name in self._stored:
-            return super().suggest_categorical(name, choices)
-        return self._from_running(name, self._running.suggest_categorical(name, choices))
-
-    def _from_running(self, name: str, value: Any) -> Any:
-        _logger.warning(
-            "Trial#%d: its parent Trial#%d has no param %r; its re-run for feedback uses the "
-            "running trial's value %r.",
-            self._running.number,
-            self.number,
-            name,
-            value,
-        )
-        self.not_in_parent[name] = value
-        return value
-
-
 def threads_refused(what: str) -> str:
     """Why Trace steps cannot run in threads, and what to run instead."""
     return (
@@ -1008,30 +941,6 @@ def _agent_factory(agent: Any) -> Callable[[], Any]:
         "agent must be a function that builds the agent (recommended: each process calls it "
         f"once), a trace Module/@trace.model instance, or a dict of parameters; got "
         f"{type(agent).__name__}."
-    )
-
-
-def _evaluate_takes_trial(evaluate: Any) -> bool:
-    """Whether ``evaluate`` is ``evaluate(agent, trial)`` (True) or ``evaluate(agent)``."""
-    if not callable(evaluate):
-        raise ConfigurationError(
-            f"evaluate must be a function evaluate(agent) or evaluate(agent, trial) -> "
-            f"Evaluation, got {type(evaluate).__name__}."
-        )
-    try:
-        signature = inspect.signature(evaluate)
-    except (TypeError, ValueError):
-        return False  # builtins without a signature: trust the caller with evaluate(agent)
-    for arguments, takes_trial in (((object(), object()), True), ((object(),), False)):
-        try:
-            signature.bind(*arguments)
-        except TypeError:
-            continue
-        return takes_trial
-    raise ConfigurationError(
-        f"evaluate must accept the agent, and optionally the Optuna trial, as positional "
-        f"arguments: evaluate(agent) or evaluate(agent, trial) -> Evaluation; "
-        f"{getattr(evaluate, '__name__', evaluate)!r} has signature {signature}."
     )
 
 

@@ -132,7 +132,7 @@ class StepContext:
         evaluate_parent: Re-runs a stored trial's candidate in this process and returns a
             :class:`ParentEvaluation` (reusing the live graph when this process evaluated
             that candidate last). ``evaluate(agent, trial)`` then gets the parent's own knob
-            values (:class:`~trace_optuna.step.ParentTrial`).
+            values (:class:`~trace_optuna.knobs.ParentTrial`).
         evaluate: Evaluates any candidate snapshot and returns a :class:`RunResult`; a snapshot
             the study already evaluated is not run again (``reused_from`` says which trial's
             score was reused), unless ``evaluate`` takes the trial: its score then depends on
