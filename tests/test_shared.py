@@ -306,6 +306,12 @@ def test_wrong_use_gets_errors_that_name_the_rule(sqlite_url: str, study_name: s
         to.ConfigurationError, match="must be a selection of a trace_optuna.ParameterSet"
     ):
         to.create_study(parameters=["a.x"], **common)
+    with pytest.raises(to.ConfigurationError, match=r"on_conflict must be one of"):
+        to.create_study(agent=make_team, on_conflict="overwrite", **common)  # not only if shared
+    with pytest.raises(to.ConfigurationError, match="publishes its best by one score"):
+        to.create_study(
+            parameters=team.select("a.*"), directions=["maximize", "minimize"], **common
+        )
 
     study = to.create_study(study_name=study_name, parameters=team.select("a.*"), **common)
     study.optimize(n_trials=1)

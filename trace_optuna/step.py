@@ -69,7 +69,6 @@ from optuna.trial import TrialState
 from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
 from trace_optuna import graph
 from trace_optuna import records
-from trace_optuna import registry as registry_module
 from trace_optuna import snapshots
 from trace_optuna.coordination import Coordinator
 from trace_optuna.coordination import coordinator_for
@@ -88,10 +87,10 @@ from trace_optuna.knobs import takes_trial
 from trace_optuna.llm import LLM
 from trace_optuna.population import Population
 from trace_optuna.population import score_of
-from trace_optuna.registry import CONFLICT_POLICIES
-from trace_optuna.registry import Registry
 from trace_optuna.registry import Selection
 from trace_optuna.registry import State
+from trace_optuna.sharing import pickup_due
+from trace_optuna.sharing import share_for
 from trace_optuna.strategies.base import ParentEvaluation
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
@@ -110,7 +109,6 @@ _logger = logging.getLogger(__name__)
 
 # One step at a time per process: Trace keeps its graph in process-wide state.
 _STEP_LOCK = threading.Lock()
-_MAX_PUBLISH_ATTEMPTS = 3  # conflicts a trial resolves by re-evaluating before it gives up
 _CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
 
 
@@ -164,7 +162,7 @@ class TraceObjective:
         selector: str = "score",
         seed: int | None = None,
     ) -> None:
-        self.shared = _shared(agent, parameters, on_conflict)
+        self.shared = share_for(agent, parameters, on_conflict)
         self.make_agent = (
             self.shared.selection.parameter_set.make
             if self.shared is not None
@@ -198,13 +196,19 @@ class TraceObjective:
         self._study_name = ""
 
     def check_directions(self, directions: Sequence[StudyDirection]) -> None:
-        """Refuse a multi-objective study if a strategy needs a single score.
+        """Refuse a multi-objective study if a strategy, or sharing parameters, needs one score.
 
         Raises:
-            ConfigurationError: Naming the strategies that need a single-objective study.
+            ConfigurationError: Naming what needs a single-objective study.
         """
         if len(directions) < 2:
             return
+        if self.shared is not None:
+            raise ConfigurationError(
+                f"This study has {len(directions)} directions, but a study over shared "
+                f"parameters (ParameterSet {self.shared.registry_name!r}) publishes its best by "
+                "one score: give it one direction."
+            )
         single = [name for name, s in self.strategies.items() if not s.multi_objective]
         if single:
             raise ConfigurationError(
@@ -301,7 +305,7 @@ class TraceObjective:
             attrs[records.STRATEGY] = records.BASELINE
             start = registry_values or dict(self.initial_snapshot)
             proposal = Proposal(snapshot=start, parents=[])
-        elif registry_values is not None and _pickup_due(view, registry_values):
+        elif registry_values is not None and pickup_due(view, registry_values):
             # Another study published values of this study's parameters: evaluate them as they
             # are, so they join this study's population and its strategies can build on them.
             attrs[records.STRATEGY] = records.REGISTRY_PICKUP
@@ -398,16 +402,14 @@ class TraceObjective:
         attrs[records.SCORE] = score
         if proposal.parent_score is not None:
             attrs[records.IMPROVEMENT] = _improvement(score, proposal.parent_score)
-        publishable = isinstance(score, float) and run.reused_from is None
-        if shared_state is not None and publishable and run.code_error is None:
-            assert isinstance(score, float)
-            if best_before is None or better(score, score_of(best_before)):
-                attrs[records.PUBLISH] = self._publish(
-                    trial, candidate, score, shared_state, best_before, better, timing, attrs
-                )
+        publishable = run.reused_from is None and run.code_error is None
+        if shared_state is not None and publishable and isinstance(score, float):
+            attrs[records.PUBLISH] = self._publish(
+                trial, candidate, score, shared_state, best_before, better, timing, attrs
+            )
         return score
 
-    # -- shared parameters (see trace_optuna.registry) ------------------------------------
+    # -- shared parameters (see trace_optuna.sharing) -------------------------------------
 
     def _read_registry(self, trial: optuna.Trial, attrs: dict[str, Any]) -> State | None:
         """Run this trial with the registry's newest values of the paths the study does not
@@ -431,66 +433,20 @@ class TraceObjective:
         timing: dict[str, float],
         attrs: dict[str, Any],
     ) -> dict[str, Any] | None:
-        """Publish the values the candidate changed (a compare-and-set on the version the
-        trial ran with); resolve a conflict by the study's ``on_conflict`` policy."""
+        """Publish a candidate that beats the best: :meth:`trace_optuna.sharing.Share.publish`."""
         assert self.shared is not None
-        changed = registry_module.changed_values(candidate, state)
-        conflicts: list[dict[str, Any]] = []
-        outcome: dict[str, Any] = {"paths": sorted(changed), "score": score}
-        while changed:
-            published = self.shared.registry.publish(
-                changed,
-                base=state.version,
-                owned=self.shared.selection.paths,
-                study=trial.study.study_name,
-                trial=trial.number,
-                score=score,
-                worker=attrs[records.WORKER],
-                conflicts=[version for conflict in conflicts for version in conflict["versions"]],
-            )
-            if published.version is not None:
-                return {
-                    "status": "published",
-                    "version": published.version,
-                    "base": state.version,
-                    "paths": sorted(changed),
-                    "score": score,
-                    "conflicts": conflicts,
-                }
-            conflicts.append(
-                {
-                    "base": state.version,
-                    "newest": published.state.version,
-                    "paths": list(published.conflicting_paths),
-                    "versions": list(published.conflicting_versions),
-                }
-            )
-            _logger.warning(
-                "Trial#%d: version(s) %s of registry %r changed %s after this trial read "
-                "version %d; on_conflict=%r.",
-                trial.number,
-                list(published.conflicting_versions),
-                self.shared.registry_name,
-                list(published.conflicting_paths),
-                state.version,
-                self.shared.on_conflict,
-            )
-            if self.shared.on_conflict == "skip" or len(conflicts) >= _MAX_PUBLISH_ATTEMPTS:
-                return {"status": "conflict_skipped", **outcome, "conflicts": conflicts}
-            # Re-evaluate the changes on top of the newer values, in this trial.
-            state = self.shared.use(published.state)
-            merged = {**self.shared.owned_values(), **changed}
-            run = self._run(merged, timing, trial)
-            self._live = None
-            outcome = {"paths": sorted(changed), "score": run.score}
-            if not isinstance(run.score, float) or (
-                best is not None and not better(run.score, score_of(best))
-            ):
-                return {"status": "conflict_rejected", **outcome, "conflicts": conflicts}
-            score = run.score
-            changed = registry_module.changed_values(merged, state)
-        # Nothing (left) to publish: the registry holds these values already.
-        return {"status": "unchanged", **outcome, "conflicts": conflicts} if conflicts else None
+
+        def beats_best(score: float) -> bool:
+            return best is None or better(score, score_of(best))
+
+        def rerun(values: dict[str, Any]) -> RunResult:
+            self._live = None  # the agent holds other values than the live run's now
+            return self._run(values, timing, trial)
+
+        if not beats_best(score):
+            return None
+        worker = attrs[records.WORKER]
+        return self.shared.publish(trial, candidate, score, state, beats_best, rerun, worker)
 
     def _evaluate_candidate(
         self,
@@ -768,99 +724,6 @@ class TraceObjective:
             texts.append({"system": system, "user": user, "response": response or ""})
         attrs[records.LLM_CALLS] = texts or None
         return attrs
-
-
-class _Shared:
-    """A study's selection of a :class:`~trace_optuna.registry.ParameterSet` and the registry
-    it shares with other studies (bound to the study's storage at its first trial)."""
-
-    def __init__(self, selection: Selection, on_conflict: str) -> None:
-        self.selection = selection
-        self.on_conflict = on_conflict
-        self._registry: Registry | None = None
-        self._state: State | None = None
-
-    @property
-    def registry_name(self) -> str:
-        return self.selection.parameter_set.name
-
-    @property
-    def registry(self) -> Registry:
-        assert self._registry is not None, "read() binds the registry first"
-        return self._registry
-
-    def check(self, values: dict[str, Any]) -> None:
-        """The agent the set's function built now must have the set's paths."""
-        expected = self.selection.parameter_set.paths
-        if tuple(values) != expected:
-            raise ConfigurationError(
-                f"ParameterSet {self.registry_name!r} built an agent with parameters "
-                f"{list(values)}, not {list(expected)} as before: its function must build the "
-                "same agent every time."
-            )
-
-    def read(self, study: optuna.Study) -> State:
-        """The registry's newest state, which the running trial then uses."""
-        if self._registry is None:
-            if len(study.directions) > 1:
-                raise ConfigurationError(
-                    f"Study {study.study_name!r} has {len(study.directions)} objectives; studies "
-                    "over shared parameters publish by one score and must have one direction."
-                )
-            self._registry = Registry(study._storage, self.registry_name)
-            return self.use(self._registry.initialize(self.selection.parameter_set.initial))
-        return self.use(self._registry.state())
-
-    def use(self, state: State) -> State:
-        self._state = state
-        return state
-
-    def owned_values(self) -> dict[str, Any]:
-        """The registry's values of the study's own paths, in the state in use."""
-        assert self._state is not None
-        return {path: self._state.values[path] for path in self.selection.paths}
-
-    def context_values(self) -> dict[str, Any]:
-        """The registry's values of every other path, in the state in use."""
-        assert self._state is not None
-        owned = set(self.selection.paths)
-        return {path: v for path, v in self._state.values.items() if path not in owned}
-
-
-def _shared(agent: Any, parameters: Selection | None, on_conflict: str) -> _Shared | None:
-    if parameters is None:
-        if agent is None:
-            raise ConfigurationError(
-                "Give agent= (the agent, or a function that builds it), or parameters= (a "
-                "ParameterSet's selection, to share parameters with other studies)."
-            )
-        return None
-    if agent is not None:
-        raise ConfigurationError(
-            "Give agent= or parameters=, not both: parameters=team.select(...) names the agent "
-            "already (the ParameterSet builds it)."
-        )
-    if not isinstance(parameters, Selection):
-        raise ConfigurationError(
-            "parameters must be a selection of a trace_optuna.ParameterSet "
-            f"(team.select('agent1.*')), got {type(parameters).__name__}."
-        )
-    if on_conflict not in CONFLICT_POLICIES:
-        raise ConfigurationError(
-            f"on_conflict must be one of {list(CONFLICT_POLICIES)}, got {on_conflict!r}."
-        )
-    return _Shared(parameters, on_conflict)
-
-
-def _pickup_due(population: Population, registry_values: dict[str, Any]) -> bool:
-    """Whether the registry holds values of the study's paths it never evaluated, and the
-    study's newest trial was not a pick-up: where others publish often, every other trial
-    still takes a step."""
-    if population.trial_with_snapshot(snapshots.snapshot_hash(registry_values)) is not None:
-        return False
-    completed = population.completed()
-    newest = completed[-1].user_attrs.get(records.STRATEGY) if completed else None
-    return newest != records.REGISTRY_PICKUP
 
 
 def _improvement(score: Score, parent_score: Score) -> Score:
