@@ -370,6 +370,27 @@ def test_pruning_inside_a_traced_function_is_pruning_not_a_code_error(
     assert records.ERROR not in study.trials[1].user_attrs
 
 
+def test_a_users_own_study_is_bound_at_its_first_trial_and_checked_after(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = user_study(sqlite_url, study_name)
+    study.optimize(objective(KnobEvaluate()), n_trials=1)
+    assert study.user_attrs[records.SCHEMA] == records.SCHEMA_VERSION
+    assert study.user_attrs[records.STUDY_STRATEGIES] == ["optoprime"]
+    assert study.metric_names == ["score"]
+
+    # Another strategy list on the same study: refused, naming both, before any step runs.
+    other = objective(KnobEvaluate(), strategies=["optoprime", "genetic"])
+    with pytest.raises(to.ConfigurationError, match=r"created with strategies \['optoprime'\]"):
+        study.optimize(other, n_trials=1, catch=(to.TrialFailed,))
+    # An error_score that does not fit the study's one direction: refused the same way.
+    misfit = objective(KnobEvaluate(), error_score=[0.0, 1.0])
+    with pytest.raises(to.ConfigurationError, match="error_score gave 2 score"):
+        study.optimize(misfit, n_trials=1, catch=(to.TrialFailed,))
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(completed) == 1  # the refused runs took no step
+
+
 @pytest.mark.parametrize("knob", ["strategy", "optoprime.temperature", "genetic.rate"])
 def test_knobs_named_like_the_steps_own_params_are_refused(
     sqlite_url: str, study_name: str, knob: str

@@ -49,8 +49,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import importlib.metadata
 import logging
 import os
+import platform
 import random
 import socket
 import threading
@@ -58,10 +60,12 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 from typing import Any
+import warnings
 
 from opto.trace.bundle import ExecutionError
 from opto.trace.containers import ParameterContainer
 from opto.trace.nodes import Node
+from optuna.exceptions import ExperimentalWarning
 from optuna.exceptions import TrialPruned
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -107,6 +111,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
+METRIC_NAME = "score"  # what optuna-dashboard calls the trial value
 # One step at a time per process: Trace keeps its graph in process-wide state.
 _STEP_LOCK = threading.Lock()
 _CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
@@ -194,13 +199,18 @@ class TraceObjective:
         self._knobs: set[str] = set()  # params the running trial's evaluate suggested
         self._directions: list[StudyDirection] = [StudyDirection.MAXIMIZE]  # the running study's
         self._study_name = ""
+        self._bound: optuna.Study | None = None  # the study bind() wrote or checked last
 
-    def check_directions(self, directions: Sequence[StudyDirection]) -> None:
-        """Refuse a multi-objective study if a strategy, or sharing parameters, needs one score.
+    def check_directions(self, directions: Sequence[StudyDirection], study_name: str) -> None:
+        """Refuse directions the objective cannot serve.
 
         Raises:
-            ConfigurationError: Naming what needs a single-objective study.
+            ConfigurationError: For a multi-objective study when a strategy, or sharing
+                parameters, needs one score; or an ``error_score`` without one number per
+                direction.
         """
+        if self.error_score is not None:
+            score_for_study(self.error_score, directions, study_name, "error_score")
         if len(directions) < 2:
             return
         if self.shared is not None:
@@ -216,6 +226,85 @@ class TraceObjective:
                 f"by one number); this study has {len(directions)} directions. Use strategies "
                 f"that handle Pareto scores ({_multi_objective_names()}), or one direction."
             )
+
+    def bind(self, study: optuna.Study) -> None:
+        """Write the study's trace attributes on its first use; check them when reopened.
+
+        ``create_study`` and ``load_study`` call it; a study of your own is bound at its first
+        trial, so another agent or strategy list is refused there with the same errors.
+
+        Raises:
+            ConfigurationError: If the directions do not suit this objective (see
+                :meth:`check_directions`), or the study was created with another agent,
+                selection of shared parameters or strategy list.
+        """
+        self.check_directions(study.directions, study.study_name)
+        attrs = study.user_attrs
+        paths = sorted(self.parameters)
+        registry = self._registry_attr()
+        if records.SCHEMA not in attrs:
+            if study.metric_names is None:  # names the user gave their own study are kept
+                count = len(study.directions)
+                names = (
+                    [f"{METRIC_NAME}[{i}]" for i in range(count)] if count > 1 else [METRIC_NAME]
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    study.set_metric_names(names)
+            values = {
+                records.STUDY_VERSIONS: _versions(),
+                records.STUDY_LLM_SETTINGS: self.llm.settings(),
+                records.STUDY_PARAMETERS: paths,
+                records.STUDY_STRATEGIES: self.strategy_names,
+                records.STUDY_SEED: self.seed,
+                records.STUDY_ERROR_SCORE: self.error_score,
+                records.REGISTRY: registry,
+                # Last: another worker opening the study at this moment reads a study with a
+                # schema as complete, or binds it too (with the same values).
+                records.SCHEMA: records.SCHEMA_VERSION,
+            }
+            records.write(study.set_user_attr, values)
+            self._bound = study
+            return
+        records.check_schema(attrs, f"Study {study.study_name!r}")
+        stored_registry = attrs.get(records.REGISTRY)
+        if (stored_registry or {}).get("name") != (registry or {}).get("name"):
+            raise ConfigurationError(
+                f"Study {study.study_name!r} was created "
+                + (
+                    f"over the shared parameters {stored_registry['name']!r}"
+                    if stored_registry
+                    else "with its own agent"
+                )
+                + "; this objective has "
+                + (f"the shared parameters {registry['name']!r}" if registry else "its own agent")
+                + ". Reopen it the way it was created."
+            )
+        stored_paths = attrs.get(records.STUDY_PARAMETERS)
+        if stored_paths is not None and stored_paths != paths:
+            if registry:
+                raise ConfigurationError(
+                    f"Study {study.study_name!r} was created over the paths {stored_paths} of "
+                    f"ParameterSet {registry['name']!r}; this selection has {paths}. Select "
+                    "the same paths, or use a new study."
+                )
+            raise ConfigurationError(
+                f"Study {study.study_name!r} was created for an agent with parameters "
+                f"{stored_paths}; this agent has {paths}. Use the same agent, or a new study."
+            )
+        stored_strategies = attrs.get(records.STUDY_STRATEGIES)
+        if stored_strategies is not None and stored_strategies != self.strategy_names:
+            raise ConfigurationError(
+                f"Study {study.study_name!r} was created with strategies {stored_strategies}; "
+                f"got {self.strategy_names}. The list is fixed for the life of a study "
+                "(Optuna's categorical parameters cannot change their choices)."
+            )
+        self._bound = study
+
+    def _registry_attr(self) -> dict[str, Any] | None:
+        if self.shared is None:
+            return None
+        return {"name": self.shared.registry_name, "on_conflict": self.shared.on_conflict}
 
     @property
     def strategy_names(self) -> list[str]:
@@ -257,7 +346,8 @@ class TraceObjective:
         self._knobs = set()
         self._directions = list(trial.study.directions)  # scores are checked against them
         self._study_name = trial.study.study_name
-        self.check_directions(self._directions)
+        if self._bound is not trial.study:  # a study of the user's own, at its first trial
+            self.bind(trial.study)
         try:
             # First, so that a running (or dead) trial shows which worker runs it.
             trial.set_user_attr(records.WORKER, worker)
@@ -741,6 +831,16 @@ def _multi_objective_names() -> str:
 
 class _CandidateCodeFailed(Exception):
     """The candidate's code raised and the study has no ``error_score``."""
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("trace-optuna", "trace-opt", "optuna", "litellm", "sqlalchemy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
 
 
 def threads_refused(what: str) -> str:

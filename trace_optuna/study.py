@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterable
-import importlib.metadata
 import logging
 import os
-import platform
 import time
 from typing import TYPE_CHECKING
 from typing import Any
-import warnings
 
 import optuna
 from optuna.study import Study
@@ -24,7 +21,6 @@ from optuna.study import StudyDirection
 from trace_optuna import dashboard  # optuna-dashboard: figures, artifacts, description
 from trace_optuna import records
 from trace_optuna.coordination import coordinator_for
-from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
@@ -50,8 +46,6 @@ if TYPE_CHECKING:
     from trace_optuna.registry import Selection
 
 _logger = logging.getLogger(__name__)
-
-METRIC_NAME = "score"
 
 
 class TraceStudy:
@@ -316,11 +310,9 @@ def create_study(
         selector=selector,
         seed=seed,
     )
-    # Refused now rather than at the first trial: a strategy needing one number, and an
-    # error_score without one number per direction.
-    objective.check_directions(study_directions)
-    if error_score is not None:
-        score_for_study(error_score, study_directions, study_name or "(new)", "error_score")
+    # Refused before the study is made: a strategy needing one number, an error_score
+    # without one number per direction.
+    objective.check_directions(study_directions, study_name or "(new)")
     resolved = resolve_storage(
         storage,
         heartbeat_interval=heartbeat_interval,
@@ -443,7 +435,7 @@ def _assemble(
     figure_interval: float | None,
 ) -> TraceStudy:
     """Bind the objective to the study, give it the storage's coordinator, wire the dashboard."""
-    _bind(study, objective, seed=seed, error_score=error_score)
+    objective.bind(study)
     objective.coordinator = coordinator_for(resolved)
     return dashboard.wire(
         TraceStudy(study, objective), artifact_dir, artifact_store, figure_interval
@@ -476,73 +468,6 @@ def _directions(direction: str | None, directions: Sequence[str] | None) -> list
                 + f", got {value!r}."
             )
     return [StudyDirection[value.upper()] for value in chosen]
-
-
-def _bind(
-    study: optuna.Study,
-    objective: TraceObjective,
-    *,
-    seed: int | None,
-    error_score: float | Sequence[float] | None,
-) -> None:
-    """Write the study's trace attributes on first use; check them when reopening."""
-    attrs = study.user_attrs
-    paths = sorted(objective.parameters)
-    if records.SCHEMA not in attrs:
-        if study.metric_names is None:  # names the user gave their own study are kept
-            count = len(study.directions)
-            names = [METRIC_NAME] if count == 1 else [f"{METRIC_NAME}[{i}]" for i in range(count)]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(names)
-        values = {
-            records.STUDY_VERSIONS: _versions(),
-            records.STUDY_LLM_SETTINGS: objective.llm.settings(),
-            records.STUDY_PARAMETERS: paths,
-            records.STUDY_STRATEGIES: objective.strategy_names,
-            records.STUDY_SEED: seed,
-            records.STUDY_ERROR_SCORE: error_score,
-            records.REGISTRY: _registry_attr(objective),
-            # Last: another worker opening the study at this moment reads a study with a
-            # schema as complete, or binds it too (with the same values).
-            records.SCHEMA: records.SCHEMA_VERSION,
-        }
-        records.write(study.set_user_attr, values)
-        return
-    records.check_schema(attrs, f"Study {study.study_name!r}")
-    stored_registry = attrs.get(records.REGISTRY)
-    registry = _registry_attr(objective)
-    if (stored_registry or {}).get("name") != (registry or {}).get("name"):
-        raise ConfigurationError(
-            f"Study {study.study_name!r} was created "
-            + (
-                f"over the shared parameters {stored_registry['name']!r}"
-                if stored_registry
-                else "with its own agent"
-            )
-            + "; this objective has "
-            + (f"the shared parameters {registry['name']!r}" if registry else "its own agent")
-            + ". Reopen it the way it was created."
-        )
-    stored_paths = attrs.get(records.STUDY_PARAMETERS)
-    if stored_paths is not None and stored_paths != paths:
-        raise ConfigurationError(
-            f"Study {study.study_name!r} was created for an agent with parameters "
-            f"{stored_paths}; this agent has {paths}. Use the same agent, or a new study."
-        )
-    stored_strategies = attrs.get(records.STUDY_STRATEGIES)
-    if stored_strategies is not None and stored_strategies != objective.strategy_names:
-        raise ConfigurationError(
-            f"Study {study.study_name!r} was created with strategies {stored_strategies}; "
-            f"got {objective.strategy_names}. The list is fixed for the life of a study "
-            "(Optuna's categorical parameters cannot change their choices)."
-        )
-
-
-def _registry_attr(objective: TraceObjective) -> dict[str, Any] | None:
-    if objective.shared is None:
-        return None
-    return {"name": objective.shared.registry_name, "on_conflict": objective.shared.on_conflict}
 
 
 def _optimize(
@@ -596,13 +521,3 @@ def _taken_over(error: Exception) -> bool:
     if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
         return True
     return str(error).startswith("Cannot tell a ")  # Optuna's tell() of a finished trial
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("trace-optuna", "trace-opt", "optuna", "litellm", "sqlalchemy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
