@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 import pytest
+import sqlalchemy
 from support_shared import Member
 from test_faults import wait_until
 
@@ -175,6 +176,78 @@ def test_studies_publish_improvements_and_pick_up_each_others(
         assert record.snapshot["a.x"] == change.new and record.value == change.score
     assert {change.study for change in history[1:]} == {left.study_name, both.study_name}
     assert [c.version for c in team.history(storage_url, "b.x")][0] == 0
+
+
+def test_history_finds_the_registry_when_the_storage_holds_one(
+    storage_url: str, study_name: str, tmp_path: Path
+) -> None:
+    common = {"evaluate": Evaluate(), "llm": SIMULATED, "seed": 0}
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    team = to.ParameterSet(make_team, name="only-team")
+    to.create_study(
+        study_name="s", parameters=team.select("a.*"), storage=alone, **common
+    ).optimize(n_trials=3)
+    assert to.registry_history(alone, "a.x") == to.registry_history(
+        alone, "a.x", registry="only-team"
+    )
+
+    # On a server the session's other tests made registries too: all of them are listed.
+    names = [f"{study_name}-{n}" for n in (1, 2)]
+    for name in names:
+        other = to.ParameterSet(make_team, name=name)
+        to.create_study(
+            study_name=name, parameters=other.select("*"), storage=storage_url, **common
+        ).optimize(n_trials=1)
+    with pytest.raises(to.ConfigurationError, match="give registry=") as error:
+        to.registry_history(storage_url, "a.x")
+    assert all(repr(name) in str(error.value) for name in names)
+
+    missing = tmp_path / "never.db"
+    with pytest.raises(to.ConfigurationError, match="holds no study yet"):
+        to.registry_history(f"sqlite:///{missing}", "a.x")
+    with pytest.raises(to.ConfigurationError, match="holds no study yet"):
+        team.current(f"sqlite:///{missing}")
+    assert not missing.exists()  # reading did not create an empty database
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    optuna.create_study(storage=empty)
+    with pytest.raises(to.ConfigurationError, match="holds no parameter registry"):
+        to.registry_history(empty, "a.x")
+
+
+def test_a_publish_whose_answer_was_lost_is_recognised_as_its_own(sqlite_url: str) -> None:
+    from trace_optuna.coordination import shared_place
+    from trace_optuna.registry import _SQLLog
+
+    class AnswerLostOnce(_SQLLog):
+        """Commits the version, then fails as a dropped connection would, once."""
+
+        lost = False
+
+        def _append(self, registry: str, number: int, record: str) -> bool:
+            appended = super()._append(registry, number, record)
+            if number > 0 and not self.lost:
+                self.lost = True
+                raise sqlalchemy.exc.OperationalError("INSERT", {}, ConnectionError("dropped"))
+            return appended
+
+    storage = resolve_storage(sqlite_url)
+    registry = Registry(storage, f"lost-{uuid.uuid4().hex[:8]}")
+    place = shared_place(storage)
+    registry._log = AnswerLostOnce(place.engine, retry_timeout=5)
+    state = registry.initialize({"a.x": 1, "b.x": 1})
+    published = registry.publish(
+        {"a.x": 2}, base=state.version, owned=["a.x"], study="s", trial=1, score=1.0, worker={}
+    )
+    # The retry found its own version 1 (committed before the error): published, no conflict.
+    assert published.version == 1 and published.conflicting_versions == ()
+    assert [v.number for v in registry.versions()] == [0, 1]
+    assert registry._log.lost
+
+
+def test_a_lambda_parameter_set_needs_a_name() -> None:
+    with pytest.raises(to.ConfigurationError, match="ParameterSet of a lambda needs name="):
+        to.ParameterSet(lambda: make_team())
+    assert to.ParameterSet(lambda: make_team(), name="team").name == "team"
 
 
 # -- conflicts ----------------------------------------------------------------------------------

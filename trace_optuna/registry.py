@@ -52,6 +52,7 @@ import datetime
 import fnmatch
 import json
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
@@ -103,7 +104,8 @@ class ParameterSet:
             process), or the agent itself: a ``@trace.model`` instance, a trace Module, or a
             dict of them. Parameter paths are attribute paths (``"agent1.prompt"``).
         name: The registry's name in the storage; studies that share parameters use the same
-            name. None: the agent function's ``__qualname__`` (or the class name of an agent).
+            name. None: the agent function's ``__qualname__`` (or the class name of an agent);
+            a lambda needs a name.
 
     Raises:
         ConfigurationError: If ``agent`` is neither a function nor an agent.
@@ -131,6 +133,11 @@ class ParameterSet:
             )
         if name is None:
             name = getattr(agent, "__qualname__", None) or type(built).__name__
+            if "<lambda>" in name:  # every lambda has this name: their registries would clash
+                raise ConfigurationError(
+                    "ParameterSet of a lambda needs name=: the registry is found by name, and "
+                    f"every lambda's name is {name!r}."
+                )
         if not isinstance(name, str) or not 0 < len(name) <= 200:
             raise ConfigurationError(
                 f"ParameterSet name must be a non-empty str of at most 200 characters, got "
@@ -174,7 +181,7 @@ class ParameterSet:
         Raises:
             ConfigurationError: If no study over this set has run in ``storage``.
         """
-        return dict(Registry(resolve_storage(storage), self.name).state().values)
+        return dict(Registry(_existing(storage), self.name).state().values)
 
     def history(self, storage: str | BaseStorage | None, path: str) -> list[Change]:
         """Every change of ``path`` in this set's registry in ``storage``; see
@@ -337,10 +344,17 @@ class _Log:
             timeout=self.retry_timeout,
         )
 
+    def names(self) -> list[str]:
+        """The names of the registries in the log, sorted."""
+        return sorted(call_with_retry(self._names, what="list the parameter registries"))
+
     def _append(self, registry: str, number: int, record: str) -> bool:
         raise NotImplementedError
 
     def _read(self, registry: str, after: int) -> list[str]:
+        raise NotImplementedError
+
+    def _names(self) -> list[str]:
         raise NotImplementedError
 
 
@@ -380,6 +394,12 @@ class _SQLLog(_Log):
         with self._engine.connect() as connection:
             return [str(row[0]) for row in connection.execute(query)]
 
+    def _names(self) -> list[str]:
+        self._create()
+        query = sqlalchemy.select(_versions.c.registry).where(_versions.c.version == 0)
+        with self._engine.connect() as connection:
+            return [str(row[0]) for row in connection.execute(query)]
+
 
 class _RedisLog(_Log):
     """Versions as keys ``<prefix>trace_optuna:registry:<name>:<n>``, written with ``SET NX``.
@@ -413,6 +433,13 @@ class _RedisLog(_Log):
                     return records
                 records.append(value.decode() if isinstance(value, bytes) else str(value))
 
+    def _names(self) -> list[str]:
+        first_versions = self._client.scan_iter(match=f"{self._prefix}*:0", count=1000)
+        return [
+            (key.decode() if isinstance(key, bytes) else str(key))[len(self._prefix) : -2]
+            for key in first_versions
+        ]
+
 
 class _MemoryLog(_Log):
     """Versions in this process, for storages only this process sees (in-memory ones)."""
@@ -432,6 +459,10 @@ class _MemoryLog(_Log):
     def _read(self, registry: str, after: int) -> list[str]:
         with self._lock:
             return list(self._records.get(registry, [])[after + 1 :])
+
+    def _names(self) -> list[str]:
+        with self._lock:
+            return [name for name, log in self._records.items() if log]
 
 
 _memory_logs: weakref.WeakKeyDictionary[Any, _MemoryLog] = weakref.WeakKeyDictionary()
@@ -550,10 +581,14 @@ class Registry:
                 time=_now(),
                 worker=worker,
             )
-            if self._log.append(self.name, version.number, version.to_json()):
-                self._read()
+            appended = self._log.append(self.name, version.number, version.to_json())
+            self._read()
+            mine = len(self._versions) > version.number and self._versions[version.number]
+            if appended or mine == version:
+                # (mine == version: the append committed but its answer was lost, and the
+                # retry found the very record this call wrote.)
                 return Published(version.number, self.state())
-            # Someone appended that version first: read it, and check again.
+            # Someone appended that version first: check again against it.
 
     def history(self, path: str) -> list[Change]:
         """Every change of ``path``, oldest first (version 0 is the initial value)."""
@@ -607,23 +642,49 @@ class Registry:
 
 
 def registry_history(
-    storage: str | BaseStorage | None, path: str, *, registry: str
+    storage: str | BaseStorage | None, path: str, *, registry: str | None = None
 ) -> list[Change]:
     """Which study changed a shared parameter, when, from what, to what, with which score.
 
     Args:
         storage: The storage URL or object the studies use.
         path: The parameter's path (``"agent1.prompt"``).
-        registry: The :class:`ParameterSet`'s name.
+        registry: The :class:`ParameterSet`'s name; None when the storage holds one registry.
 
     Returns:
         One :class:`Change` per version that set ``path``, oldest first; the first is the
         initial value (version 0, no study).
 
     Raises:
-        ConfigurationError: If the registry is empty or has no such path.
+        ConfigurationError: If the storage (a SQLite or journal file) does not exist, the
+            registry is empty or has no such path, or ``registry`` is None and the storage
+            holds no registry or several (the error lists them).
     """
-    return Registry(resolve_storage(storage), registry).history(path)
+    opened = _existing(storage)
+    if registry is None:
+        names = _log_for(shared_place(opened)).names()
+        if len(names) != 1:
+            raise ConfigurationError(
+                "This storage holds "
+                + (f"the parameter registries {names}" if names else "no parameter registry")
+                + ": give registry= (a ParameterSet's name)."
+            )
+        registry = names[0]
+    return Registry(opened, registry).history(path)
+
+
+def _existing(storage: str | BaseStorage | None) -> BaseStorage:
+    """The storage of studies that have run: a SQLite or journal file must exist (reading
+    one must not create an empty database)."""
+    if isinstance(storage, str) and storage.startswith(("sqlite:///", "journal:///")):
+        path = (
+            sqlalchemy.engine.make_url(storage).database
+            if storage.startswith("sqlite")
+            else storage[len("journal://") :]
+        )
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise ConfigurationError(f"No file {path!r}: {storage!r} holds no study yet.")
+    return resolve_storage(storage)
 
 
 def changed_values(candidate: dict[str, Any], state: State) -> dict[str, Any]:
