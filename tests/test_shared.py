@@ -277,15 +277,15 @@ def _intrude(url: str, name: str, values: dict[str, Any], owned: tuple[str, ...]
     ],
 )
 def test_a_conflicting_publish_is_detected_recorded_and_resolved(
-    sqlite_url: str, study_name: str, policy: str, intrusion: dict[str, Any], status: str
+    storage_url: str, study_name: str, policy: str, intrusion: dict[str, Any], status: str
 ) -> None:
-    team = to.ParameterSet(make_team, name="team")
+    team = to.ParameterSet(make_team, name=f"team-{uuid.uuid4().hex[:8]}")
     evaluate = Evaluate()
-    left = shared_study(sqlite_url, study_name, team, "a.*", evaluate, on_conflict=policy)
+    left = shared_study(storage_url, study_name, team, "a.*", evaluate, on_conflict=policy)
     left.optimize(n_trials=1)  # the baseline
     # While trial 1 evaluates its candidate, another study publishes a.x (and maybe b.x):
     # trial 1's publish finds a.x changed since the trial started.
-    evaluate.before[1] = lambda: _intrude(sqlite_url, team.name, intrusion, ("a.x", "b.x"))
+    evaluate.before[1] = lambda: _intrude(storage_url, team.name, intrusion, ("a.x", "b.x"))
     left.optimize(n_trials=1)
     assert not evaluate.before  # it ran
 
@@ -295,7 +295,7 @@ def test_a_conflicting_publish_is_detected_recorded_and_resolved(
     assert publish["status"] == status
     (conflict,) = publish["conflicts"]
     assert conflict == {"base": 0, "newest": 1, "paths": ["a.x"], "versions": [1]}
-    versions = Registry(resolve_storage(sqlite_url), team.name).versions()
+    versions = Registry(resolve_storage(storage_url), team.name).versions()
     check_log(versions)
     assert versions[1].study == "intruder"
     if status == "published":
@@ -308,7 +308,7 @@ def test_a_conflicting_publish_is_detected_recorded_and_resolved(
             "a.x": evaluate.seen[2]["a.x"]
         }
         assert publish["version"] == 2 and publish["base"] == 1
-        history = to.registry_history(sqlite_url, "a.x", registry=team.name)
+        history = to.registry_history(storage_url, "a.x", registry=team.name)
         assert [(c.study, c.new) for c in history[1:]] == [
             ("intruder", 100),
             (study_name, evaluate.seen[2]["a.x"]),

@@ -52,7 +52,8 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
                                trial ran with (studies over a ParameterSet selection only)
 ``trace:publish``              {status, version, base, paths, score, conflicts}: what the
                                trial published to the registry; status ``published``,
-                               ``conflict_skipped`` or ``conflict_rejected``; each conflict
+                               ``conflict_skipped`` (also after 3 conflicts),
+                               ``conflict_rejected`` or ``unchanged``; each conflict
                                {base, newest, paths, versions} (see trace_optuna.registry)
 ``trace:artifacts``            {attribute key: {artifact_id, filename, chars}}: long LLM
                                texts uploaded to the study's artifact store; the attribute
