@@ -391,7 +391,8 @@ def test_wrong_use_gets_errors_that_name_the_rule(sqlite_url: str, study_name: s
     with pytest.raises(to.ConfigurationError, match="over the shared parameters 'team'"):
         to.load_study(study_name=study_name, agent=make_team, **common)
     with pytest.raises(
-        to.ConfigurationError, match=r"created for an agent with parameters \['a\.x'\]"
+        to.ConfigurationError,
+        match=r"created over the paths \['a\.x'\] of ParameterSet 'team'; this selection has",
     ):
         to.load_study(study_name=study_name, parameters=team.select("*"), **common)
 
@@ -540,8 +541,7 @@ def test_a_crashed_worker_of_one_study_resumes_and_the_registry_stays_whole(
     assert len(orphans) == len(versions) - 1 - published  # (check_published counted them)
     assert len(orphans) <= 1
     assert all(
-        versions[n].trial == number and versions[n].study == f"{study_name}-left"
-        for n in orphans
+        versions[n].trial == number and versions[n].study == f"{study_name}-left" for n in orphans
     )
 
 
