@@ -49,9 +49,12 @@ from optuna.trial import TrialState
 import sqlalchemy
 
 from trace_optuna import records
+from trace_optuna import trial_read
 from trace_optuna.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from collections.abc import Container
+
     from optuna.trial import FrozenTrial
 
 DEFAULT_STORAGE = "sqlite:///trace_optuna.db"
@@ -411,6 +414,18 @@ class ResilientRDBStorage(RDBStorage):
             set_state, what=f"set_trial_state_values({state.name})", timeout=self.retry_timeout
         )
 
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        # Optuna's ORM read took seconds for a worker joining a big study: see trial_read.
+        return trial_read.read_trials(
+            self.engine, study_id, states, included_trial_ids, trial_id_greater_than
+        )
+
 
 def _created_concurrently(error: BaseException | None) -> bool:
     """Whether ``error`` says another process created the same tables or rows just now."""
@@ -422,7 +437,7 @@ def _created_concurrently(error: BaseException | None) -> bool:
 
 
 def _retried(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
+    method = getattr(ResilientRDBStorage, name)
 
     @functools.wraps(method)
     def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
@@ -559,6 +574,11 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
     Args:
         max_retry: How often one trial is re-queued; None without limit.
     """
+
+    def __init__(self, max_retry: int | None = None) -> None:
+        with warnings.catch_warnings():  # Optuna marks its retry callback experimental
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(max_retry)
 
     def __call__(self, study: optuna.study.Study, trial: FrozenTrial) -> None:
         history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
