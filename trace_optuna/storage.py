@@ -48,8 +48,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 import sqlalchemy
 
+from trace_optuna import rdb_read
 from trace_optuna import records
-from trace_optuna import trial_read
 from trace_optuna.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -421,10 +421,17 @@ class ResilientRDBStorage(RDBStorage):
         included_trial_ids: set[int],
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
-        # Optuna's ORM read took seconds for a worker joining a big study: see trial_read.
-        return trial_read.read_trials(
+        # Optuna's ORM read took seconds for a worker joining a big study: see rdb_read.
+        return rdb_read.read_trials(
             self.engine, study_id, states, included_trial_ids, trial_id_greater_than
         )
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return rdb_read.read_study_attrs(self.engine, study_id, system=False)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        # optuna-dashboard's notes live here: two keys a trial (see rdb_read).
+        return rdb_read.read_study_attrs(self.engine, study_id, system=True)
 
 
 def _created_concurrently(error: BaseException | None) -> bool:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import itertools
+import json
 import math
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from optuna.trial import create_trial
 import pytest
 import sqlalchemy
 
-from trace_optuna import trial_read
+from trace_optuna import rdb_read
 from trace_optuna.storage import ResilientRDBStorage
 from trace_optuna.storage import resolve_storage
 
@@ -161,7 +162,7 @@ def test_reads_what_optuna_reads(storage: RDBStorage, study_name: str) -> None:
         ):
             arguments = (study._study_id, states, included, greater_than)
             optunas = RDBStorage._get_trials(storage, *arguments)
-            assert_same(trial_read.read_trials(storage.engine, *arguments), optunas)
+            assert_same(rdb_read.read_trials(storage.engine, *arguments), optunas)
             checked += len(optunas)
         assert checked > 100  # the combinations read trials, not mostly empty lists
 
@@ -172,16 +173,16 @@ def test_many_included_ids(
     study = fill(storage, study_name)[0]
     ids = [trial._trial_id for trial in study.get_trials()]
     for included, greater_than in [
-        (set(range(-trial_read.MAX_LISTED_IDS - 500, 0)) | {ids[1]}, ids[3]),
+        (set(range(-rdb_read.MAX_LISTED_IDS - 500, 0)) | {ids[1]}, ids[3]),
         ({ids[2], ids[4], ids[5]}, ids[-3]),
     ]:
-        if len(included) < trial_read.MAX_LISTED_IDS:
-            monkeypatch.setattr(trial_read, "MAX_LISTED_IDS", 2)
+        if len(included) < rdb_read.MAX_LISTED_IDS:
+            monkeypatch.setattr(rdb_read, "MAX_LISTED_IDS", 2)
         arguments = (study._study_id, None, included, greater_than)
         optunas = RDBStorage._get_trials(storage, *arguments)
         later = [trial_id for trial_id in ids if trial_id > greater_than]
         assert [trial._trial_id for trial in optunas] == sorted(included & set(ids)) + later
-        assert_same(trial_read.read_trials(storage.engine, *arguments), optunas)
+        assert_same(rdb_read.read_trials(storage.engine, *arguments), optunas)
 
 
 def test_a_missing_study_is_a_key_error(storage: RDBStorage, study_name: str) -> None:
@@ -190,7 +191,7 @@ def test_a_missing_study_is_a_key_error(storage: RDBStorage, study_name: str) ->
     with pytest.raises(KeyError):
         RDBStorage._get_trials(storage, missing, None, set(), -1)
     with pytest.raises(KeyError):
-        trial_read.read_trials(storage.engine, missing, None, set(), -1)
+        rdb_read.read_trials(storage.engine, missing, None, set(), -1)
     resilient = resolve_storage(storage.url, heartbeat_interval=None)
     assert isinstance(resilient, ResilientRDBStorage)
     with pytest.raises(KeyError):
@@ -203,7 +204,7 @@ def test_trace_optuna_storages_read_through_it_and_read_the_same(
 ) -> None:
     fill(storage, study_name)
     calls = []
-    read_trials = trial_read.read_trials
+    read_trials = rdb_read.read_trials
 
     def failing_once(*args: Any) -> list[FrozenTrial]:
         calls.append(args)
@@ -211,7 +212,7 @@ def test_trace_optuna_storages_read_through_it_and_read_the_same(
             raise sqlalchemy.exc.OperationalError("SELECT", {}, ConnectionRefusedError())
         return read_trials(*args)
 
-    monkeypatch.setattr(trial_read, "read_trials", failing_once)
+    monkeypatch.setattr(rdb_read, "read_trials", failing_once)
     resilient = resolve_storage(storage.url, heartbeat_interval=None)
     assert isinstance(resilient, ResilientRDBStorage)
     for name in (study_name, f"{study_name}-multi"):
@@ -219,4 +220,30 @@ def test_trace_optuna_storages_read_through_it_and_read_the_same(
         optunas = optuna.load_study(study_name=name, storage=storage).get_trials()
         assert_same(ours, optunas)
     assert len(calls) >= 3
+    resilient.engine.dispose()
+
+
+def test_study_attributes_read_what_optuna_reads(storage: RDBStorage, study_name: str) -> None:
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    for key, value in {**ATTRS, "number": 3, "list": [1, "ü", None]}.items():
+        storage.set_study_user_attr(study._study_id, key, value)
+        storage.set_study_system_attr(study._study_id, f"system:{key}", value)
+    storage.set_study_user_attr(study._study_id, "number", 4)  # written twice
+    optuna.create_study(study_name=f"{study_name}-other", storage=storage).set_user_attr("x", 1)
+    resilient = resolve_storage(storage.url, heartbeat_interval=None)
+    for system in (False, True):
+        ours = rdb_read.read_study_attrs(storage.engine, study._study_id, system=system)
+        read = RDBStorage.get_study_system_attrs if system else RDBStorage.get_study_user_attrs
+        optunas = read(storage, study._study_id)
+        assert json.dumps(ours, sort_keys=True) == json.dumps(optunas, sort_keys=True)
+        assert ours.keys() == optunas.keys() and len(ours) >= len(ATTRS) + 2
+        with pytest.raises(KeyError):
+            rdb_read.read_study_attrs(storage.engine, study._study_id + 1000, system=system)
+    # The storages trace_optuna opens read through it.
+    assert resilient.get_study_user_attrs(study._study_id)["number"] == 4
+    study.set_metric_names(["score"])  # a study system attribute
+    optunas = RDBStorage.get_study_system_attrs(storage, study._study_id)
+    ours = resilient.get_study_system_attrs(study._study_id)
+    assert json.dumps(ours, sort_keys=True) == json.dumps(optunas, sort_keys=True)
+    assert optuna.load_study(study_name=study_name, storage=resilient).metric_names == ["score"]
     resilient.engine.dispose()
