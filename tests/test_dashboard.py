@@ -26,7 +26,6 @@ from trace_optuna import records
 from trace_optuna.dashboard import LONG_TEXT_CHARS
 from trace_optuna.dashboard import FigureRefresher
 from trace_optuna.dashboard import HumanFeedback
-from trace_optuna.dashboard import _fenced
 from trace_optuna.dashboard import figure_chunk_key
 from trace_optuna.dashboard import figures_stamp
 from trace_optuna.dashboard import note_chunk_key
@@ -35,6 +34,7 @@ from trace_optuna.dashboard import read_text
 from trace_optuna.dashboard import split_diff
 from trace_optuna.dashboard import stored_artifact_store
 from trace_optuna.dashboard import trial_note
+from trace_optuna.dashboard._notes import _fenced
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 

@@ -1,0 +1,219 @@
+"""A trial's Markdown note in optuna-dashboard: what it says, and writing it at a constant
+cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+from trace_optuna import records
+from trace_optuna.dashboard._keys import _chunks
+from trace_optuna.dashboard._keys import note_chunk_key
+from trace_optuna.dashboard._keys import note_version_key
+
+NOTE_DIFF_CHARS = 6_000
+"""The longest diff block a note shows per parameter; ``trace:diff`` keeps all of it."""
+NOTE_TEXT_CHARS = 3_000
+"""The longest feedback or output a note shows; the attributes keep all of it."""
+
+
+_note_versions: dict[int, tuple[int, int]] = {}  # trial id -> (version, chunks) written here
+
+
+def write_note(trial: optuna.Trial, body: str) -> None:
+    """Save ``body`` as the trial's optuna-dashboard note, at a constant cost.
+
+    ``optuna_dashboard.save_note`` reads every study system attribute (all notes and figures
+    of the study) twice per call, so its cost grows with the study. A trial's note is written
+    only by the process running it (and by a person, in the dashboard, usually later), so this
+    writes optuna-dashboard's keys without reading (and without importing optuna-dashboard):
+    the version and the chunks, and blanks for chunks a longer earlier note of this process left.
+    """
+    trial_id = trial._trial_id
+    storage, study_id = trial.storage, trial.study._study_id
+    version, chunks_before = _note_versions.get(trial_id, (0, 0))
+    chunks = _chunks(body)
+    storage.set_study_system_attr(study_id, note_version_key(trial_id), version + 1)
+    for index, chunk in enumerate(chunks):
+        storage.set_study_system_attr(study_id, note_chunk_key(trial_id, index), chunk)
+    for index in range(len(chunks), chunks_before):
+        storage.set_study_system_attr(study_id, note_chunk_key(trial_id, index), "")
+    _note_versions[trial_id] = (version + 1, max(len(chunks), chunks_before))
+    if len(_note_versions) > 10_000:  # only running trials matter; forget old ones
+        _note_versions.pop(next(iter(_note_versions)))
+
+
+def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The Markdown note of a trial, from the record attributes the step wrote.
+
+    Args:
+        number: The trial number.
+        attrs: Logical record attributes (``records`` keys, values not chunked).
+        params: The trial's Optuna parameters (the strategy and its settings).
+
+    Returns:
+        Markdown for optuna-dashboard.
+    """
+    strategy = attrs.get(records.STRATEGY, "?")
+    score = attrs.get(records.SCORE)
+    error = attrs.get(records.ERROR)
+    if score is None and error:
+        headline = "failed"
+    elif score is None:
+        headline = "running"
+    else:
+        headline = f"score {_number(score)}"
+        improvement = attrs.get(records.IMPROVEMENT)
+        if improvement is not None:
+            headline += f" ({_signed(improvement)})"
+    lines = [f"## Trial {number}: `{strategy}`, {headline}", ""]
+
+    settings = {
+        name: value
+        for name, value in params.items()
+        if name != "strategy" and name.startswith(f"{strategy}.")
+    }
+    lines.append(
+        f"- **Strategy:** `{strategy}`" + (f" ({_settings(settings)})" if settings else "")
+    )
+    parents = list(attrs.get(records.PARENTS) or [])
+    if parents:
+        parent_score = attrs.get(records.PARENT_SCORE)
+        text = ", ".join(f"trial {parent}" for parent in parents)
+        if parent_score is not None:
+            text += f" (score {_number(parent_score)})"
+        lines.append(f"- **Parents:** {text}")
+    elif strategy == records.BASELINE:
+        lines.append("- **Parents:** none: the unmodified agent")
+    if score is not None:
+        improvement = attrs.get(records.IMPROVEMENT)
+        text = _number(score)
+        if improvement is not None:
+            text += f", improvement {_signed(improvement)} over the parent"
+        lines.append(f"- **Score:** {text}")
+    duplicate = attrs.get(records.DUPLICATE_OF)
+    if duplicate is not None:
+        lines.append(
+            f"- **Same candidate as trial {duplicate}:** its score was reused, nothing re-run"
+        )
+    stop_version = attrs.get("trace:stop_version")  # strategies.stop.VERSION_ATTR
+    if stop_version is not None:
+        lines.append(f"- **STOP improver version:** `{stop_version}`")
+    lines.append("")
+
+    if error:
+        lines += ["### Error", "", _fenced(str(error), "text"), ""]
+    parent_feedback = attrs.get(records.PARENT_FEEDBACK)
+    if parent_feedback:
+        lines += ["### Feedback that drove this step", "", _fenced(parent_feedback, "text"), ""]
+    feedback = attrs.get(records.FEEDBACK)
+    if feedback is not None:
+        lines += ["### Feedback on this candidate", "", _fenced(feedback, "text"), ""]
+    human = attrs.get(records.HUMAN_FEEDBACK)
+    if human is not None and human != feedback:
+        lines += ["### Feedback from a person", "", _fenced(str(human), "text"), ""]
+
+    # Without a parent (the baseline) every path counts as changed and there is no diff.
+    changed = list(attrs.get(records.CHANGED) or []) if parents else []
+    diff_text = attrs.get(records.DIFF) or ""
+    if changed:
+        lines += ["### Changes", ""]
+        blocks = split_diff(diff_text, changed)
+        for path in changed:
+            lines += [f"#### `{path}`", "", _fenced(blocks.get(path, ""), "diff", NOTE_DIFF_CHARS)]
+            lines.append("")
+    elif strategy != records.BASELINE and score is not None:
+        lines += ["### Changes", "", "No parameter changed.", ""]
+
+    llm = attrs.get(records.LLM)
+    if isinstance(llm, dict) and llm.get("calls"):
+        cost = llm.get("cost_usd")
+        lines += [
+            "### LLM",
+            "",
+            "| model | calls | prompt tokens | completion tokens | cost (USD) | latency (s) |",
+            "|---|---|---|---|---|---|",
+            f"| `{llm.get('model')}` | {llm.get('calls')} | {llm.get('prompt_tokens', 0):,} | "
+            f"{llm.get('completion_tokens', 0):,} | "
+            f"{'unknown' if cost is None else f'{cost:.6g}'} | {llm.get('latency_s', 0):.3g} |",
+            "",
+        ]
+        offloaded = attrs.get(records.ARTIFACTS) or {}
+        where = []
+        for index, _ in enumerate(records.llm_calls(attrs)):
+            parts, kept = [], []
+            for part in records.LLM_PARTS:
+                key = records.llm_call_key(index, part)
+                if key in offloaded:
+                    parts.append(f"{part}: artifact `{offloaded[key]['filename']}`")
+                elif key in attrs:  # schema 1: an attribute per text
+                    parts.append(f"{part}: `{key}`")
+                else:
+                    kept.append(part)
+            if kept:
+                parts.insert(0, f"{', '.join(kept)} in `{records.LLM_CALLS}`")
+            where.append(f"- call {index}: " + ", ".join(parts))
+        if where:
+            lines += ["Prompts and responses:", "", *where, ""]
+    timing = attrs.get(records.TIME)
+    if isinstance(timing, dict) and timing:
+        lines.append(
+            f"*Time: evaluate {timing.get('evaluate_s', 0):.3g} s, LLM "
+            f"{timing.get('llm_s', 0):.3g} s, total {timing.get('total_s', 0):.3g} s.*"
+        )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def split_diff(diff_text: str, paths: list[str]) -> dict[str, str]:
+    """Split ``trace:diff`` (see ``snapshots.diff``) into one unified diff per parameter path."""
+    headers = {f"--- {path} (parent)": path for path in paths}
+    blocks: dict[str, list[str]] = {}
+    current: str | None = None
+    lines = diff_text.splitlines()
+    for index, line in enumerate(lines):
+        path = headers.get(line)
+        if (
+            path is not None
+            and index + 1 < len(lines)
+            and lines[index + 1] == f"+++ {path} (candidate)"
+        ):
+            current = path
+            blocks[current] = []
+        if current is not None:
+            blocks[current].append(line)
+    return {path: "\n".join(block) for path, block in blocks.items()}
+
+
+def _settings(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"`{name}` = {_number(value)}" for name, value in settings.items())
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):  # a multi-objective score: one number per direction
+        return "[" + ", ".join(_number(item) for item in value) + "]"
+    return str(value)
+
+
+def _signed(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:+.4g}"
+    if isinstance(value, list):  # per objective, in a multi-objective study
+        return "[" + ", ".join(_signed(item) for item in value) + "]"
+    return str(value)
+
+
+def _fenced(text: str, language: str, limit: int = NOTE_TEXT_CHARS) -> str:
+    """A fenced code block that no backtick run inside ``text`` can close early."""
+    if len(text) > limit:
+        text = text[:limit] + f"\n... ({len(text) - limit:,} more characters in the attributes)"
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"

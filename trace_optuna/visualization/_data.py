@@ -1,0 +1,135 @@
+"""What the figures read of a study: one small record per finished trace_optuna trial, and
+the study's metric, direction and strategies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from trace_optuna import records
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from trace_optuna.study import TraceStudy
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trial:
+    """What the figures need of one finished trial that carries a trace_optuna record."""
+
+    number: int
+    state: str
+    value: float | None
+    strategy: str
+    parents: list[int]
+    improvement: float | None
+    changed: list[str]
+    feedback: str
+    error: str
+    tokens: int
+    cost_usd: float | None
+    duplicate_of: int | None
+    stop_version: str | None
+    published: int | None = None  # the registry version it published (shared parameters)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StudyData:
+    name: str
+    maximize: bool
+    metric: str
+    strategies: list[str]  # baseline first, then the study's strategies, then any others
+    trials: list[_Trial]
+
+    @property
+    def sign(self) -> float:
+        """+1 when higher scores are better, -1 when the study minimizes."""
+        return 1.0 if self.maximize else -1.0
+
+    def completed(self) -> list[_Trial]:
+        return [trial for trial in self.trials if trial.state == "COMPLETE"]
+
+
+def _optuna_study(study: optuna.Study | TraceStudy) -> optuna.Study:
+    inner = getattr(study, "optuna", study)
+    if not isinstance(inner, optuna.Study):
+        raise TypeError(
+            f"Expected an optuna.Study or a trace_optuna TraceStudy, got {type(study).__name__}."
+        )
+    return inner
+
+
+def _gather(study: optuna.Study | TraceStudy) -> _StudyData:
+    inner = _optuna_study(study)
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    trials = []
+    for frozen in inner.get_trials(deepcopy=False, states=states):
+        if records.SCHEMA not in frozen.user_attrs:
+            continue  # not written by trace_optuna
+        trials.append(_read(frozen))
+    strategies = [records.BASELINE]
+    for name in [*(inner.user_attrs.get(records.STUDY_STRATEGIES) or [])] + [
+        trial.strategy for trial in trials
+    ]:
+        if name not in strategies:
+            strategies.append(name)
+    metric = (inner.metric_names or ["score"])[0] or "score"
+    directions = inner.directions
+    if len(directions) > 1:  # the figures show the first objective, and say so
+        metric = f"{metric} (objective 1 of {len(directions)})"
+    return _StudyData(
+        name=inner.study_name,
+        maximize=directions[0] == StudyDirection.MAXIMIZE,
+        metric=metric,
+        strategies=strategies,
+        trials=trials,
+    )
+
+
+def _read(frozen: FrozenTrial) -> _Trial:
+    record = records.build_record(frozen, {})
+    llm = record.llm
+    cost = llm.get("cost_usd")
+    stop_version = frozen.user_attrs.get("trace:stop_version")  # strategies.stop.VERSION_ATTR
+    # A multi-objective trial: its first objective (the figures say so in their labels).
+    values = frozen.values if frozen.state == TrialState.COMPLETE else None
+    improvement = record.improvement
+    if isinstance(improvement, list):
+        improvement = improvement[0] if improvement else None
+    return _Trial(
+        number=record.number,
+        state=record.state,
+        value=values[0] if values else record.value,
+        strategy=record.strategy or "unknown",
+        parents=[int(parent) for parent in record.parents],
+        improvement=improvement,
+        changed=record.changed,
+        feedback=record.feedback or "",
+        error=record.error or "",
+        tokens=int(llm.get("prompt_tokens") or 0) + int(llm.get("completion_tokens") or 0),
+        cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+        duplicate_of=record.duplicate_of,
+        stop_version=stop_version if isinstance(stop_version, str) else None,
+        published=_published_version(frozen),
+    )
+
+
+def _published_version(frozen: FrozenTrial) -> int | None:
+    publish = frozen.user_attrs.get(records.PUBLISH)
+    if isinstance(publish, dict) and publish.get("status") == "published":
+        return int(publish["version"])
+    return None
+
+
+def _best(data: _StudyData, nodes: dict[int, _Trial]) -> _Trial:
+    """The best candidate; among equal scores the newest (as trace_optuna's Population)."""
+    candidates = [trial for trial in nodes.values() if trial.duplicate_of is None] or list(
+        nodes.values()
+    )
+    return max(candidates, key=lambda trial: (data.sign * (trial.value or 0.0), trial.number))
