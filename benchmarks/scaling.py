@@ -11,6 +11,10 @@ What is measured:
 * ratio to linear: trials/s with N workers over N x trials/s with one.
 * db ms/trial: the median of each trial's ``total_s - llm_s - evaluate_s`` (``trace:time``): the
   storage reads and writes and the framework around the step.
+* CPU busy, CPU ms/trial: the whole machine's CPU use in the window (``/proc/stat``: the
+  workers, the database server and anything else running), as a share of all cores and per
+  completed trial. With ``cores x 1000 / CPU ms/trial`` trials/s the machine is saturated:
+  beyond that no number of workers helps.
 * duplicates: completed trials that evaluated a candidate an earlier completed trial had
   evaluated (trials that reused a stored score, ``trace:duplicate_of``, are not duplicates).
 * lost: trials left RUNNING or failed by anything but the step itself.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+import datetime
 import json
 import os
 from pathlib import Path
@@ -48,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 import uuid
@@ -124,6 +130,41 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class CPUSampler:
+    """Samples the machine's busy and total CPU time (``/proc/stat``) twice a second."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[datetime.datetime, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CPUSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+            idle = fields[3] + fields[4]  # idle + iowait
+            self.samples.append((datetime.datetime.now(), sum(fields) - idle, sum(fields)))
+            if self._stop.wait(0.5):
+                return
+
+    def busy(self, start: datetime.datetime, end: datetime.datetime) -> tuple[float, float]:
+        """(share of all cores busy, busy CPU seconds) between ``start`` and ``end``."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        if len(inside) < 2:
+            return float("nan"), float("nan")
+        (_, busy0, total0), (_, busy1, total1) = inside[0], inside[-1]
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (busy1 - busy0) / max(1, total1 - total0), (busy1 - busy0) / ticks
+
+
 def run_workers(url: str, study_name: str, processes: int, seconds: float, latency: float) -> None:
     env = dict(
         os.environ,
@@ -141,7 +182,7 @@ def run_workers(url: str, study_name: str, processes: int, seconds: float, laten
     )
 
 
-def measure(url: str, study_name: str, processes: int) -> dict[str, Any]:
+def measure(url: str, study_name: str, processes: int, cpu: CPUSampler) -> dict[str, Any]:
     study = optuna.load_study(
         study_name=study_name, storage=resolve_storage(url, heartbeat_interval=None)
     )
@@ -178,9 +219,12 @@ def measure(url: str, study_name: str, processes: int) -> dict[str, Any]:
         if t.state in (TrialState.RUNNING, TrialState.WAITING)
         or (t.state == TrialState.FAIL and records.ERROR not in t.user_attrs)
     )
+    busy_share, busy_s = cpu.busy(start, end)
     return {
         "workers": processes,
         "seen_workers": len(by_worker),
+        "cpu_busy": busy_share,
+        "cpu_ms": 1000 * busy_s / len(inside) if inside else float("nan"),
         "trials": len(trials),
         "trials_per_s": len(inside) / window if window > 0 else float("nan"),
         "window_s": window,
@@ -359,8 +403,9 @@ def main() -> int:
                         servers.append(server)
                     name = f"scaling-{kind}-{processes}"
                     log(f"{kind}: {processes} workers for {seconds:.0f} s ...")
-                    run_workers(url, name, processes, seconds, args.latency)
-                    row = measure(url, name, processes)
+                    with CPUSampler() as cpu:
+                        run_workers(url, name, processes, seconds, args.latency)
+                    row = measure(url, name, processes, cpu)
                     base = base or row["trials_per_s"]
                     row["kind"] = kind
                     row["ratio"] = row["trials_per_s"] / (processes * base)
@@ -395,12 +440,16 @@ def main() -> int:
         f"\nThroughput ({args.latency} s simulated LLM latency per call, {seconds:.0f} s runs, "
         f"{os.cpu_count()} CPUs)\n"
     )
-    print("| storage | workers | trials/s | ratio to linear | db ms/trial | duplicates | lost |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| storage | workers | trials/s | ratio to linear | db ms/trial | CPU busy | "
+        "CPU ms/trial | duplicates | lost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['kind']} | {row['workers']} | {row['trials_per_s']:.2f} | "
-            f"{row['ratio']:.2f} | {row['db_ms']:.0f} | {row['duplicates']} | {row['lost']} |"
+            f"{row['ratio']:.2f} | {row['db_ms']:.0f} | {row['cpu_busy']:.0%} | "
+            f"{row['cpu_ms']:.0f} | {row['duplicates']} | {row['lost']} |"
         )
     print(
         "\nA fresh worker joining a big study of the demo agent (its process started, imports "
