@@ -87,7 +87,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         owner = self.server.owner
-        reply = owner._record_and_pop(raw, dict(self.headers))
+        reply = owner._record_and_pop(
+            raw, {name.lower(): value for name, value in self.headers.items()}
+        )
         if reply.delay_s > 0:
             owner._stopping.wait(reply.delay_s)
         try:
@@ -115,7 +117,8 @@ class OpenAIServer:
 
     Attributes:
         requests: The JSON bodies received, in order.
-        request_headers: The headers received, in order.
+        request_headers: The headers received, in order (names lower-cased: HTTP header names
+            are case-insensitive, and clients differ).
         default: The reply used once the script is empty.
     """
 

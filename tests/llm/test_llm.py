@@ -157,7 +157,7 @@ def test_per_call_kwargs_override_the_constructor(server: OpenAIServer) -> None:
     assert request["temperature"] == 0.9
     assert request["max_tokens"] == 64
     assert request["messages"] == HELLO
-    assert server.request_headers[-1]["Authorization"] == f"Bearer {API_KEY}"
+    assert server.request_headers[-1]["authorization"] == f"Bearer {API_KEY}"
     (call,) = llm.take_calls()
     assert (call.prompt_tokens, call.completion_tokens) == (11, 7)
     assert call.cost_usd is None  # litellm has no price for openai/test-model
