@@ -52,7 +52,6 @@ import datetime
 import fnmatch
 import json
 import logging
-import os
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
@@ -66,7 +65,7 @@ from trace_optuna.coordination import shared_place
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.storage import call_with_retry
-from trace_optuna.storage import resolve_storage
+from trace_optuna.storage import open_existing
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -181,7 +180,7 @@ class ParameterSet:
         Raises:
             ConfigurationError: If no study over this set has run in ``storage``.
         """
-        return dict(Registry(_existing(storage), self.name).state().values)
+        return dict(Registry(open_existing(storage), self.name).state().values)
 
     def history(self, storage: str | BaseStorage | None, path: str) -> list[Change]:
         """Every change of ``path`` in this set's registry in ``storage``; see
@@ -660,7 +659,7 @@ def registry_history(
             registry is empty or has no such path, or ``registry`` is None and the storage
             holds no registry or several (the error lists them).
     """
-    opened = _existing(storage)
+    opened = open_existing(storage)
     if registry is None:
         names = _log_for(shared_place(opened)).names()
         if len(names) != 1:
@@ -671,20 +670,6 @@ def registry_history(
             )
         registry = names[0]
     return Registry(opened, registry).history(path)
-
-
-def _existing(storage: str | BaseStorage | None) -> BaseStorage:
-    """The storage of studies that have run: a SQLite or journal file must exist (reading
-    one must not create an empty database)."""
-    if isinstance(storage, str) and storage.startswith(("sqlite:///", "journal:///")):
-        path = (
-            sqlalchemy.engine.make_url(storage).database
-            if storage.startswith("sqlite")
-            else storage[len("journal://") :]
-        )
-        if path and path != ":memory:" and not os.path.exists(path):
-            raise ConfigurationError(f"No file {path!r}: {storage!r} holds no study yet.")
-    return resolve_storage(storage)
 
 
 def changed_values(candidate: dict[str, Any], state: State) -> dict[str, Any]:

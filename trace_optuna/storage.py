@@ -140,7 +140,8 @@ def resolve_storage(
         if scheme == "journal":
             from optuna.storages.journal import JournalFileBackend
 
-            path = storage[len("journal://") :]
+            path = local_file(storage)
+            assert path is not None
             return HeartbeatJournalStorage(JournalFileBackend(path), **heartbeat)
         if scheme in _RDB_SCHEMES:
             if scheme == "sqlite":
@@ -197,6 +198,33 @@ def _check_heartbeat(
         raise ConfigurationError(f"max_retry must be an int >= 0 or None, got {max_retry!r}.")
 
 
+def local_file(url: str) -> str | None:
+    """The local file a ``sqlite:///`` or ``journal:///`` URL names; None for other URLs (and
+    for SQLite in memory or a ``file:`` URI)."""
+    if url.startswith("journal://"):
+        return url[len("journal://") :] or None
+    if not url.startswith("sqlite"):
+        return None
+    path = sqlalchemy.engine.make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
+def open_existing(storage: str | BaseStorage | None) -> BaseStorage:
+    """:func:`resolve_storage` for reading what studies stored: a SQLite or journal file named
+    by the URL must exist (reading must not create an empty database).
+
+    Raises:
+        ConfigurationError: If the file does not exist, or as :func:`resolve_storage`.
+    """
+    if isinstance(storage, str):
+        path = local_file(storage)
+        if path is not None and not os.path.exists(path):
+            raise ConfigurationError(f"No file {path!r}: {storage!r} holds no study yet.")
+    return resolve_storage(storage)
+
+
 def _use_wal(url: str) -> None:
     """Switch a SQLite file to write-ahead logging: readers no longer block the writer.
 
@@ -205,8 +233,8 @@ def _use_wal(url: str) -> None:
     """
     import sqlite3
 
-    path = sqlalchemy.engine.make_url(url).database
-    if not path or path == ":memory:" or path.startswith("file:"):
+    path = local_file(url)
+    if path is None:
         return
     try:
         connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
