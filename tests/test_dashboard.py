@@ -24,6 +24,7 @@ import trace_optuna as to
 from trace_optuna import demo
 from trace_optuna import records
 from trace_optuna.dashboard import LONG_TEXT_CHARS
+from trace_optuna.dashboard import DashboardObserver
 from trace_optuna.dashboard import FigureRefresher
 from trace_optuna.dashboard import HumanFeedback
 from trace_optuna.dashboard import figure_chunk_key
@@ -260,7 +261,11 @@ def test_load_study_uses_the_artifact_directory_the_study_recorded(
         evaluate=demo.evaluate,
         llm=demo.DEMO_LLM,
     )
-    store = again.objective.artifact_store
+    (store,) = [
+        observer.artifact_store
+        for observer in again.objective.observers
+        if isinstance(observer, DashboardObserver)
+    ]
     assert isinstance(store, optuna.artifacts.FileSystemArtifactStore)
     assert read_text(study.trials[1], records.llm_call_key(0, "user"), store)
 

@@ -415,12 +415,35 @@ def test_knobs_named_like_the_steps_own_params_are_refused(
     [
         (lambda agent: None, False),
         (lambda agent, trial: None, True),
-        (lambda agent, trial=None: None, True),
-        (lambda *args: None, True),
+        # A second parameter with a default is never handed the trial (verbose=False would
+        # receive it): only a required second parameter, or evaluate_form, says "trial".
+        (lambda agent, verbose=False: None, False),
+        (lambda agent, trial=None: None, False),
+        (lambda *args: None, False),
     ],
 )
-def test_the_trial_argument_is_detected_by_signature(evaluate: Any, takes_trial: bool) -> None:
+def test_the_trial_is_passed_only_to_a_required_second_parameter(
+    evaluate: Any, takes_trial: bool
+) -> None:
     assert objective(evaluate).evaluate_takes_trial is takes_trial
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "form", "takes_trial"),
+    [
+        (lambda agent, trial=None: None, "agent_trial", True),
+        (lambda *args: None, "agent_trial", True),
+        (lambda agent, trial: None, "agent", None),  # cannot be called with the agent alone
+    ],
+)
+def test_evaluate_form_says_which_call_to_make(
+    evaluate: Any, form: str, takes_trial: bool | None
+) -> None:
+    if takes_trial is None:
+        with pytest.raises(to.ConfigurationError, match="evaluate_form='agent'"):
+            objective(evaluate, evaluate_form=form)
+    else:
+        assert objective(evaluate, evaluate_form=form).evaluate_takes_trial is takes_trial
 
 
 def test_an_evaluate_taking_neither_form_is_refused() -> None:

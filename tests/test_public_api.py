@@ -7,8 +7,10 @@ def test_exported_names_are_pinned() -> None:
     assert sorted(to.__all__) == sorted(
         [
             "App",
+            "Config",
             "ConfigurationError",
             "Evaluation",
+            "EvaluationTimeout",
             "HumanFeedback",
             "LLM",
             "LLMError",

@@ -20,9 +20,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from trace_optuna import samplers  # noqa: E402
 from trace_optuna import strategies  # noqa: E402
 from trace_optuna._version import __version__  # noqa: E402
+from trace_optuna.config import Config  # noqa: E402
 from trace_optuna.dashboard import HumanFeedback  # noqa: E402
 from trace_optuna.evaluation import Evaluation  # noqa: E402
 from trace_optuna.exceptions import ConfigurationError  # noqa: E402
+from trace_optuna.exceptions import EvaluationTimeout  # noqa: E402
 from trace_optuna.exceptions import LLMError  # noqa: E402
 from trace_optuna.exceptions import RecordError  # noqa: E402
 from trace_optuna.exceptions import SnapshotError  # noqa: E402
@@ -45,8 +47,10 @@ from trace_optuna.workers import App  # noqa: E402
 
 __all__ = [
     "App",
+    "Config",
     "ConfigurationError",
     "Evaluation",
+    "EvaluationTimeout",
     "HumanFeedback",
     "LLM",
     "LLMError",

@@ -17,11 +17,14 @@ a worker waiting for a claim checks too, since the trial it waits for may be a d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import logging
 import secrets
 import threading
+import time
 from typing import TYPE_CHECKING
+from typing import Any
 import warnings
 
 import optuna
@@ -31,11 +34,17 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 import sqlalchemy
 
+from trace_optuna import records
+from trace_optuna import snapshots
+from trace_optuna.population import score_of
 from trace_optuna.storage import RETRY_TIMEOUT_S
 from trace_optuna.storage import call_with_retry
+from trace_optuna.strategies.base import RunResult
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
+
+    from trace_optuna.population import Population
 
 _logger = logging.getLogger(__name__)
 
@@ -273,6 +282,83 @@ class Coordinator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+
+
+_CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
+
+
+class TrialClaims:
+    """One running trial's candidates, each evaluated once across all workers.
+
+    Before a candidate is evaluated its hash is claimed in the storage. A candidate some trial
+    already stored is not evaluated again: its stored score and feedback are reused. While
+    another worker's running trial holds the claim, this trial waits for it to finish and
+    reuses its result. A trial that already holds a claim does not wait (two trials could wait
+    for each other); it evaluates.
+
+    Args:
+        coordinator: The storage's coordinator.
+        trial: The running trial.
+    """
+
+    def __init__(self, coordinator: Coordinator, trial: optuna.Trial) -> None:
+        self.coordinator = coordinator
+        self.trial = trial
+        self.held = False  # whether this trial holds a claim
+
+    def evaluate_once(
+        self,
+        population: Population,
+        values: dict[str, Any],
+        run: Callable[[dict[str, Any]], RunResult],
+    ) -> RunResult:
+        """``run(values)``, unless an identical candidate was (or is being) evaluated."""
+        trial = self.trial
+        candidate_hash = snapshots.snapshot_hash(values)
+        while True:
+            earlier = population.trial_with_snapshot(candidate_hash)
+            if earlier is not None:
+                stored = population.trial(earlier)
+                return RunResult(
+                    score=score_of(stored),
+                    feedback=records.decode(stored.user_attrs, records.FEEDBACK, ""),
+                    details=records.decode(stored.user_attrs, records.DETAILS),
+                    reused_from=earlier,
+                )
+            claim = self.coordinator.claim(trial.study, trial._trial_id, candidate_hash)
+            if claim.held:
+                self.held = True
+                if claim.taken_over:  # its last holder ended: did it store the candidate?
+                    population.refresh()
+                    if population.trial_with_snapshot(candidate_hash) is not None:
+                        continue
+                return run(values)
+            assert claim.holder is not None
+            if self.held:
+                _logger.info(
+                    "Trial#%d: Trial#%d holds the same candidate, but this trial holds claims "
+                    "itself and does not wait.",
+                    trial.number,
+                    claim.holder,
+                )
+                return run(values)
+            self._wait_for(claim.holder)
+            population.refresh()
+
+    def _wait_for(self, holder: int) -> None:
+        _logger.info(
+            "Trial#%d: Trial#%d is evaluating the same candidate; waiting for it.",
+            self.trial.number,
+            holder,
+        )
+        delay, longest = _CLAIM_POLL_S
+        while self.coordinator.is_running(self.trial.study, holder):
+            time.sleep(delay)  # a poll of the storage: another process owns the answer
+            delay = min(2 * delay, longest)
+            try:  # its worker may have died
+                self.coordinator.fail_stale(self.trial.study)
+            except Exception:  # someone else's dead trial must not fail this one
+                _logger.exception("Could not look for trials of dead workers.")
 
 
 def coordinator_for(storage: BaseStorage) -> Coordinator:

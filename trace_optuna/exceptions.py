@@ -52,3 +52,11 @@ class TrialFailed(TraceOptunaError):
     The reason, the traceback and whatever the trial produced before failing are already
     stored in the trial's attributes when this is raised.
     """
+
+
+class EvaluationTimeout(TraceOptunaError):
+    """One run of ``evaluate`` took longer than ``evaluate_timeout`` and was interrupted.
+
+    Raised inside ``evaluate`` (so its ``finally`` blocks run); the trial fails with it as its
+    reason and the study goes on.
+    """

@@ -103,8 +103,18 @@ class ParentTrial(FixedTrial):
         return value
 
 
-def takes_trial(evaluate: Any) -> bool:
-    """Whether ``evaluate`` is ``evaluate(agent, trial)`` (True) or ``evaluate(agent)``."""
+def takes_trial(evaluate: Any, form: str | None = None) -> bool:
+    """Whether ``evaluate`` is called as ``evaluate(agent, trial)`` (True) or ``evaluate(agent)``.
+
+    ``form`` (``Config.evaluate_form``) decides when given. Otherwise one rule, never a guess
+    from names: the trial is passed only when ``evaluate`` requires a second positional
+    parameter (one without a default). So ``evaluate(agent, verbose=False)`` gets the agent
+    alone; give ``evaluate_form="agent_trial"`` to pass the trial to a parameter with a default.
+
+    Raises:
+        ConfigurationError: If ``evaluate`` is not callable, requires no positional parameter
+            or more than two, or cannot take the form ``form`` names.
+    """
     if not callable(evaluate):
         raise ConfigurationError(
             f"evaluate must be a function evaluate(agent) or evaluate(agent, trial) -> "
@@ -113,17 +123,42 @@ def takes_trial(evaluate: Any) -> bool:
     try:
         signature = inspect.signature(evaluate)
     except (TypeError, ValueError):
-        return False  # builtins without a signature: trust the caller with evaluate(agent)
-    for arguments, takes_trial in (((object(), object()), True), ((object(),), False)):
+        return form == "agent_trial"  # builtins without a signature: only the form can say
+    name = getattr(evaluate, "__name__", repr(evaluate))
+    if form is not None:
+        arguments = (object(), object()) if form == "agent_trial" else (object(),)
         try:
             signature.bind(*arguments)
         except TypeError:
-            continue
-        return takes_trial
+            raise ConfigurationError(
+                f"evaluate_form={form!r} calls evaluate with {len(arguments)} positional "
+                f"argument(s), but {name!r} has signature {signature}."
+            ) from None
+        return form == "agent_trial"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [
+        parameter
+        for parameter in signature.parameters.values()
+        if parameter.kind in positional and parameter.default is inspect.Parameter.empty
+    ]
+    takes_args = any(
+        parameter.kind == inspect.Parameter.VAR_POSITIONAL
+        for parameter in signature.parameters.values()
+    )
+    if len(required) == 2:
+        return True
+    if len(required) == 1 or (not required and (takes_args or signature.parameters)):
+        try:
+            signature.bind(object())
+        except TypeError:
+            pass
+        else:
+            return False
     raise ConfigurationError(
         f"evaluate must accept the agent, and optionally the Optuna trial, as positional "
         f"arguments: evaluate(agent) or evaluate(agent, trial) -> Evaluation; "
-        f"{getattr(evaluate, '__name__', evaluate)!r} has signature {signature}."
+        f"{name!r} has signature {signature}. (evaluate_form='agent' or 'agent_trial' says "
+        "which to call.)"
     )
 
 

@@ -134,6 +134,7 @@ KNOBS = "trace:knobs"
 PARENT_KNOBS = "trace:parent_knobs"
 REGISTRY = "trace:registry"
 PUBLISH = "trace:publish"
+INTERRUPTED = "trace:interrupted"  # the trial was interrupted (Ctrl-C) and is re-run on resume
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -191,6 +192,7 @@ RESERVED = frozenset(
         PARENT_KNOBS,
         REGISTRY,
         PUBLISH,
+        INTERRUPTED,
     }
 )
 
@@ -321,6 +323,16 @@ def write(set_attr: Any, values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         for stored_key, stored_value in reversed(list(encode(key, value).items())):
             set_attr(stored_key, stored_value)
+
+
+def write_trial(trial: Any, record: Mapping[str, Any]) -> None:
+    """Write a running trial's record: every logical attribute that is not None, chunked.
+
+    Args:
+        trial: The running ``optuna.Trial``.
+        record: ``{logical key: value}``.
+    """
+    write(trial.set_user_attr, {key: value for key, value in record.items() if value is not None})
 
 
 @dataclasses.dataclass(frozen=True)

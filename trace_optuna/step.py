@@ -1,17 +1,17 @@
 """One trial = one optimizer step: the objective that Optuna's ``optimize()`` runs.
 
-The flow of one trial::
+Read :meth:`TraceObjective._trial` and :meth:`TraceObjective._step` top to bottom: they are one
+trial, in order. The parts live where their concept does:
 
-    TraceObjective(trial)
-      population.refresh()                      read what other trials stored
-      no completed trial yet?  -> baseline      evaluate the unmodified agent
-      else  strategy = trial.suggest_categorical("strategy", names)
-            settings = strategy.suggest_settings(trial)
-            proposal = strategy.propose(context)    e.g. best trial -> OptoPrime -> candidate
-      candidate already evaluated in the study? -> reuse its score, say so
-      another worker evaluating it right now?   -> wait for it, then reuse its score
-      else  claim it; restore(agent, candidate); evaluate(agent)  (or evaluate(agent, trial))
-      write every record attribute (records.py), then return the score for Optuna's tell()
+=======================  =================================================================
+:mod:`~trace_optuna.config`        every option, checked once (:class:`~trace_optuna.Config`)
+:mod:`~trace_optuna.binding`       the study's trace attributes, written once, checked on reopening
+:mod:`~trace_optuna.runner`        the agent, its runs, parent re-runs, the live graph, time limits
+:mod:`~trace_optuna.coordination`  candidate claims: each candidate evaluated once by all workers
+:mod:`~trace_optuna.sharing`       shared parameters: registry values in, improvements published
+:mod:`~trace_optuna.records`       the record's keys, chunking, and its one write
+:mod:`~trace_optuna.observers`     what others (the dashboard) are told about the trial
+=======================  =================================================================
 
 ``evaluate(agent, trial)`` gets the running ``optuna.Trial``: the agent's own knobs it suggests
 are ordinary Optuna params of the trial, the same value however often the trial evaluates
@@ -42,17 +42,15 @@ started, and the same random seed, so the same parents.
 
 Anything that goes wrong inside a trial is stored (``trace:error``, ``trace:traceback``, the raw
 LLM responses) and raised as :class:`~trace_optuna.exceptions.TrialFailed`; ``TraceStudy``
-asks Optuna to catch it, so the trial ends FAIL and the study goes on.
+asks Optuna to catch it, so the trial ends FAIL and the study goes on. An interruption
+(Ctrl-C) is stored the same way, with ``trace:interrupted``, and raised on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
-import importlib.metadata
 import logging
 import os
-import platform
 import random
 import socket
 import threading
@@ -60,71 +58,87 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 from typing import Any
-import warnings
 
-from opto.trace.bundle import ExecutionError
-from opto.trace.containers import ParameterContainer
-from opto.trace.nodes import Node
-from optuna.exceptions import ExperimentalWarning
 from optuna.exceptions import TrialPruned
-from optuna.study import StudyDirection
-from optuna.trial import TrialState
 
-from trace_optuna import dashboard  # optuna-dashboard: notes, artifacts, HumanFeedback
+from trace_optuna import binding
 from trace_optuna import graph
 from trace_optuna import records
 from trace_optuna import snapshots
+from trace_optuna.config import Config
 from trace_optuna.coordination import Coordinator
+from trace_optuna.coordination import TrialClaims
 from trace_optuna.coordination import coordinator_for
-from trace_optuna.evaluation import Evaluation
 from trace_optuna.evaluation import Score
-from trace_optuna.evaluation import check_score
 from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
-from trace_optuna.exceptions import TraceOptunaError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.knobs import STRATEGY_PARAM
-from trace_optuna.knobs import ParentTrial
-from trace_optuna.knobs import check_names
-from trace_optuna.knobs import takes_trial
 from trace_optuna.llm import LLM
+from trace_optuna.observers import TrialObserver
+from trace_optuna.observers import notify
+from trace_optuna.observers import observers_for
 from trace_optuna.population import Population
 from trace_optuna.population import score_of
-from trace_optuna.registry import Selection
-from trace_optuna.registry import State
+from trace_optuna.runner import AgentRunner
+from trace_optuna.runner import Live
+from trace_optuna.runner import RunContext
 from trace_optuna.sharing import pickup_due
 from trace_optuna.sharing import share_for
 from trace_optuna.strategies.base import ParentEvaluation
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
-from trace_optuna.strategies.base import registered
 from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.judge import Selector
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from collections.abc import Sequence
 
     import optuna
+    from optuna.study import StudyDirection
     from optuna.trial import FrozenTrial
+
+    from trace_optuna.registry import State
 
 _logger = logging.getLogger(__name__)
 
-METRIC_NAME = "score"  # what optuna-dashboard calls the trial value
 # One step at a time per process: Trace keeps its graph in process-wide state.
 _STEP_LOCK = threading.Lock()
-_CLAIM_POLL_S = (0.05, 1.0)  # first and longest wait between looks at a claim's holder
 
 
 @dataclasses.dataclass
-class _Live:
-    """The candidate this process evaluated last, while its Trace graph is still usable."""
+class _TrialRun:
+    """Everything one trial holds while it runs; a new one per trial.
 
-    number: int
-    snapshot_hash: str
-    run: RunResult
-    registry_version: int | None = None  # the shared parameters' version it ran with
+    Attributes:
+        trial: The running trial.
+        record: Its attributes, collected as the step goes and written once at its end.
+        context: What its runs of the agent share (directions, time spent, knobs).
+        claims: Its candidate claims.
+        started: ``time.perf_counter()`` at its start.
+        population: The study's trials as this process last read them.
+        view: What the strategy sees: ``population``, or for a retry of a dead worker's
+            trial the population as it was when that trial started.
+        retry_of: The number of the dead trial this one re-runs, if any.
+        evaluated: Every candidate a strategy evaluated in this trial, with its result.
+        reran: The parents re-run for their feedback in this trial.
+        parent_knobs: The knobs each re-run parent ran with.
+    """
+
+    trial: optuna.Trial
+    record: dict[str, Any]
+    context: RunContext
+    claims: TrialClaims
+    started: float
+    population: Population = dataclasses.field(init=False)
+    view: Population = dataclasses.field(init=False)
+    retry_of: int | None = None
+    evaluated: list[tuple[dict[str, Any], RunResult]] = dataclasses.field(default_factory=list)
+    reran: list[ParentEvaluation] = dataclasses.field(default_factory=list)
+    parent_knobs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 class TraceObjective:
@@ -135,181 +149,111 @@ class TraceObjective:
     a failed step is recorded and the study goes on.
 
     Args:
-        agent: A function that builds a fresh agent (called once, here), or an agent instance.
-        evaluate: ``evaluate(agent) -> Evaluation``, or ``evaluate(agent, trial)`` to sample the
-            agent's own knobs (``trial.suggest_*``) and prune (``trial.report``,
-            ``trial.should_prune``) in the same trial; see the module docstring.
-        llm: A litellm model string or a :class:`~trace_optuna.LLM`.
-        strategies: Strategy names or instances; the trial's ``strategy`` parameter picks one.
-        error_score: The score of a candidate whose code raises when run (in a
-            multi-objective study, a list with one number per direction). None (the default)
-            fails such a trial instead; the error is stored as its feedback either way.
-        selector: How strategies pick among candidates they evaluated: ``"score"`` (by
-            ``evaluate``'s score) or ``"llm"`` (a pairwise LLM preference judge, for tasks
-            without a meaningful numeric score).
-        seed: Seeds each trial's random generator (with the trial number).
+        agent: As :attr:`Config.agent <trace_optuna.Config>`.
+        evaluate: As :attr:`Config.evaluate <trace_optuna.Config>`.
+        llm: As :attr:`Config.llm <trace_optuna.Config>`.
+        config: A :class:`~trace_optuna.Config` with any other options.
+        **options: Any other field of :class:`~trace_optuna.Config` (``strategies``,
+            ``error_score``, ``selector``, ``seed``, ``evaluate_timeout``, ...); they override
+            ``config``'s.
 
     Raises:
-        ConfigurationError: On a wrong ``agent``, ``evaluate`` or ``llm``.
+        ConfigurationError: On a wrong or missing ``agent``, ``evaluate`` or ``llm``, or any
+            other option (naming it and the rule).
         SnapshotError: If a parameter's value cannot be stored as JSON (names the path).
     """
 
     def __init__(
         self,
         agent: Any = None,
-        evaluate: Callable[..., Evaluation] | None = None,
+        evaluate: Callable[..., Any] | None = None,
         llm: str | LLM | None = None,
         *,
-        parameters: Selection | None = None,
-        on_conflict: str = "reevaluate",
-        strategies: Any = ("optoprime",),
-        error_score: float | Sequence[float] | None = None,
-        selector: str = "score",
-        seed: int | None = None,
+        config: Config | None = None,
+        **options: Any,
     ) -> None:
-        self.shared = share_for(agent, parameters, on_conflict)
-        self.make_agent = (
-            self.shared.selection.parameter_set.make
-            if self.shared is not None
-            else _agent_factory(agent)
-        )
-        self.evaluate_takes_trial = takes_trial(evaluate)  # refuses None, too
-        self.evaluate: Callable[..., Evaluation] = evaluate  # type: ignore[assignment]
-        self.llm = _resolve_llm(llm)
-        self.strategies = {strategy.name: strategy for strategy in resolve(list(strategies))}
-        # A number, or one per direction of a multi-objective study (checked at each trial).
-        self.error_score = None if error_score is None else check_score(error_score, "error_score")
-        self.selector = Selector(selector, self.llm)
-        self.seed = seed
-        self.agent = self.make_agent()
-        self.parameters = snapshots.parameters(self.agent)
-        self._nodes = list(self.parameters.values())  # all of them, shared ones included
-        self.initial_snapshot = snapshots.snapshot(self.agent)
-        if self.shared is not None:  # the study optimizes its selection; the rest is context
-            self.shared.check(self.initial_snapshot)
-            owned = self.shared.selection.paths
-            self.parameters = {path: self.parameters[path] for path in owned}
-            self.initial_snapshot = {path: self.initial_snapshot[path] for path in owned}
+        given = {"agent": agent, "evaluate": evaluate, "llm": llm}
+        given = {name: value for name, value in given.items() if value is not None}
+        self.config = Config.from_options(config, {**given, **options}, "TraceObjective")
+        config = self.config
+        self.shared = share_for(config.agent, config.parameters, config.on_conflict)
+        self.runner = AgentRunner(config, self.shared)
+        self.llm = config.llm if isinstance(config.llm, LLM) else _resolve_llm(config.llm)
+        self.strategies = {strategy.name: strategy for strategy in resolve(config.strategies)}
+        self.error_score = config.error_score
+        self.selector = Selector(config.selector, self.llm)
+        self.seed = config.seed
+        self.observers: list[TrialObserver] = observers_for(config)
+        self.coordinator: Coordinator | None = None  # create_study sets it; else at first use
         self._population: Population | None = None
         self._population_study: optuna.Study | None = None
-        self._live: _Live | None = None
-        self.artifact_store: Any = None  # create_study(artifact_dir=/artifact_store=) sets it
-        self.coordinator: Coordinator | None = None
-        self._claimed = False  # whether the running trial holds a candidate claim
-        self._knobs: set[str] = set()  # params the running trial's evaluate suggested
-        self._directions: list[StudyDirection] = [StudyDirection.MAXIMIZE]  # the running study's
-        self._study_name = ""
         self._bound: optuna.Study | None = None  # the study bind() wrote or checked last
 
-    def check_directions(self, directions: Sequence[StudyDirection], study_name: str) -> None:
-        """Refuse directions the objective cannot serve.
+    # -- what the study and tests read ---------------------------------------------------
 
-        Raises:
-            ConfigurationError: For a multi-objective study when a strategy, or sharing
-                parameters, needs one score; or an ``error_score`` without one number per
-                direction.
-        """
-        if self.error_score is not None:
-            score_for_study(self.error_score, directions, study_name, "error_score")
-        if len(directions) < 2:
-            return
-        if self.shared is not None:
-            raise ConfigurationError(
-                f"This study has {len(directions)} directions, but a study over shared "
-                f"parameters (ParameterSet {self.shared.registry_name!r}) publishes its best by "
-                "one score: give it one direction."
-            )
-        single = [name for name, s in self.strategies.items() if not s.multi_objective]
-        if single:
-            raise ConfigurationError(
-                f"Strategy {single[0]!r} needs a single-objective study (it compares candidates "
-                f"by one number); this study has {len(directions)} directions. Use strategies "
-                f"that handle Pareto scores ({_multi_objective_names()}), or one direction."
-            )
+    @property
+    def agent(self) -> Any:
+        """The agent this process optimizes."""
+        return self.runner.agent
 
-    def bind(self, study: optuna.Study) -> None:
-        """Write the study's trace attributes on its first use; check them when reopened.
+    @property
+    def make_agent(self) -> Callable[[], Any]:
+        """The function that builds a fresh agent."""
+        return self.runner.make_agent
 
-        ``create_study`` and ``load_study`` call it; a study of your own is bound at its first
-        trial, so another agent or strategy list is refused there with the same errors.
+    @property
+    def evaluate(self) -> Callable[..., Any]:
+        return self.runner.evaluate
 
-        Raises:
-            ConfigurationError: If the directions do not suit this objective (see
-                :meth:`check_directions`), or the study was created with another agent,
-                selection of shared parameters or strategy list.
-        """
-        self.check_directions(study.directions, study.study_name)
-        attrs = study.user_attrs
-        paths = sorted(self.parameters)
-        registry = self._registry_attr()
-        if records.SCHEMA not in attrs:
-            if study.metric_names is None:  # names the user gave their own study are kept
-                count = len(study.directions)
-                names = (
-                    [f"{METRIC_NAME}[{i}]" for i in range(count)] if count > 1 else [METRIC_NAME]
-                )
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ExperimentalWarning)
-                    study.set_metric_names(names)
-            values = {
-                records.STUDY_VERSIONS: _versions(),
-                records.STUDY_LLM_SETTINGS: self.llm.settings(),
-                records.STUDY_PARAMETERS: paths,
-                records.STUDY_STRATEGIES: self.strategy_names,
-                records.STUDY_SEED: self.seed,
-                records.STUDY_ERROR_SCORE: self.error_score,
-                records.REGISTRY: registry,
-                # Last: another worker opening the study at this moment reads a study with a
-                # schema as complete, or binds it too (with the same values).
-                records.SCHEMA: records.SCHEMA_VERSION,
-            }
-            records.write(study.set_user_attr, values)
-            self._bound = study
-            return
-        records.check_schema(attrs, f"Study {study.study_name!r}")
-        stored_registry = attrs.get(records.REGISTRY)
-        if (stored_registry or {}).get("name") != (registry or {}).get("name"):
-            raise ConfigurationError(
-                f"Study {study.study_name!r} was created "
-                + (
-                    f"over the shared parameters {stored_registry['name']!r}"
-                    if stored_registry
-                    else "with its own agent"
-                )
-                + "; this objective has "
-                + (f"the shared parameters {registry['name']!r}" if registry else "its own agent")
-                + ". Reopen it the way it was created."
-            )
-        stored_paths = attrs.get(records.STUDY_PARAMETERS)
-        if stored_paths is not None and stored_paths != paths:
-            if registry:
-                raise ConfigurationError(
-                    f"Study {study.study_name!r} was created over the paths {stored_paths} of "
-                    f"ParameterSet {registry['name']!r}; this selection has {paths}. Select "
-                    "the same paths, or use a new study."
-                )
-            raise ConfigurationError(
-                f"Study {study.study_name!r} was created for an agent with parameters "
-                f"{stored_paths}; this agent has {paths}. Use the same agent, or a new study."
-            )
-        stored_strategies = attrs.get(records.STUDY_STRATEGIES)
-        if stored_strategies is not None and stored_strategies != self.strategy_names:
-            raise ConfigurationError(
-                f"Study {study.study_name!r} was created with strategies {stored_strategies}; "
-                f"got {self.strategy_names}. The list is fixed for the life of a study "
-                "(Optuna's categorical parameters cannot change their choices)."
-            )
-        self._bound = study
+    @property
+    def evaluate_takes_trial(self) -> bool:
+        """Whether ``evaluate`` is called as ``evaluate(agent, trial)``."""
+        return self.runner.evaluate_takes_trial
 
-    def _registry_attr(self) -> dict[str, Any] | None:
-        if self.shared is None:
-            return None
-        return {"name": self.shared.registry_name, "on_conflict": self.shared.on_conflict}
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """``{path: ParameterNode}`` of the parameters this study optimizes."""
+        return self.runner.parameters
+
+    @property
+    def initial_snapshot(self) -> dict[str, Any]:
+        """The starting values of those parameters."""
+        return self.runner.initial_snapshot
 
     @property
     def strategy_names(self) -> list[str]:
         """The strategy names, in the order the ``strategy`` parameter offers them."""
         return list(self.strategies)
+
+    def check_directions(self, directions: Sequence[StudyDirection], study_name: str) -> None:
+        """Refuse directions the objective cannot serve (see :func:`binding.check_directions`).
+
+        Raises:
+            ConfigurationError: Saying why.
+        """
+        binding.check_directions(self, directions, study_name)
+
+    def bind(self, study: optuna.Study) -> None:
+        """Write the study's trace attributes on first use; check them when it is reopened.
+
+        ``create_study`` and ``load_study`` call it; a study of your own is bound at its first
+        trial, so another agent or strategy list is refused there with the same errors.
+
+        Raises:
+            ConfigurationError: See :func:`trace_optuna.binding.bind`.
+        """
+        binding.bind(self, study)
+        self._bound = study
+        notify(
+            self.observers,
+            "study_ready",
+            study,
+            agent=self.agent,
+            make_agent=self.make_agent,
+            evaluate=self.evaluate,
+            strategies=self.strategies,
+            coordinator=self.coordinator_for(study),
+        )
 
     def population(self, study: optuna.Study) -> Population:
         """The population view of ``study``, kept across trials of this process."""
@@ -326,6 +270,8 @@ class TraceObjective:
             self.coordinator = coordinator_for(study._storage)
         return self.coordinator
 
+    # -- one trial ------------------------------------------------------------------------
+
     def __call__(self, trial: optuna.Trial) -> Score:
         if not _STEP_LOCK.acquire(blocking=False):
             raise ConfigurationError(threads_refused("Another Trace step is running in a thread"))
@@ -335,474 +281,322 @@ class TraceObjective:
             _STEP_LOCK.release()
 
     def _trial(self, trial: optuna.Trial) -> Score:
-        started = time.perf_counter()
-        worker = {"host": socket.gethostname(), "pid": os.getpid()}
-        attrs: dict[str, Any] = {records.SCHEMA: records.SCHEMA_VERSION, records.WORKER: worker}
-        timing = {"evaluate_s": 0.0}
-        self.llm.take_calls()  # calls made outside a trial are not this trial's
-        graph.release()  # earlier trials' nodes: only what this objective still holds lives
-        dashboard.enter_trial(trial, attrs)  # HumanFeedback asks in this trial's form
-        self._claimed = False
-        self._knobs = set()
-        self._directions = list(trial.study.directions)  # scores are checked against them
-        self._study_name = trial.study.study_name
+        """One trial: start it, take the step, write its record once, return its score."""
         if self._bound is not trial.study:  # a study of the user's own, at its first trial
             self.bind(trial.study)
+        run = self._start(trial)
         try:
-            # First, so that a running (or dead) trial shows which worker runs it.
-            trial.set_user_attr(records.WORKER, worker)
-            score = self._step(trial, attrs, timing)
+            score = self._step(run)
         except TrialPruned:
             # Not a failure: Optuna ends the trial PRUNED; keep what it recorded so far.
-            self._record_failure(trial, attrs, None, timing, started)
+            self._write_record(run, error=None, ending=True)
             raise
         except Exception as error:
-            self._record_failure(trial, attrs, error, timing, started)
+            self._write_record(run, error, ending=True)
             raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
-        self._finish(trial, attrs, timing, started)
+        except BaseException as interruption:  # Ctrl-C, SystemExit: keep what is known
+            run.record[records.INTERRUPTED] = True
+            self._write_record(run, interruption, ending=True)
+            raise
+        self._write_record(run, error=None)
         return score
 
-    @staticmethod
-    def _fail_stale(coordinator: Coordinator, study: optuna.Study) -> None:
-        try:
-            coordinator.fail_stale(study)
-        except Exception:  # someone else's dead trial must not fail this one
-            _logger.exception("Could not look for trials of dead workers.")
-
-    # -- the step -------------------------------------------------------------------------
-
-    def _step(self, trial: optuna.Trial, attrs: dict[str, Any], timing: dict[str, float]) -> Score:
-        population = self.population(trial.study)
-        # A retry of a dead worker's trial replays its step: the population as it was when
-        # that trial started and its random seed, so the strategy picks the same parents.
-        original = _retried_from(population, trial.number)
-        view = population
-        if original is not None:
-            attrs[records.RETRY_OF] = original
-            view = Population(
-                trial.study, finished_before=population.trial(original).datetime_start
-            )
-            view.refresh()
-
-        better = view.better  # Pareto dominance in a multi-objective study
-
-        shared_state = self._read_registry(trial, attrs)
-        best_before = view.best()
-        evaluated: list[tuple[dict[str, Any], RunResult]] = []
-        parent_knobs: dict[str, dict[str, Any]] = {}  # knobs of each parent re-run for feedback
-        registry_values = None if self.shared is None else self.shared.owned_values()
-        if best_before is None:
-            attrs[records.STRATEGY] = records.BASELINE
-            start = registry_values or dict(self.initial_snapshot)
-            proposal = Proposal(snapshot=start, parents=[])
-        elif registry_values is not None and pickup_due(view, registry_values):
-            # Another study published values of this study's parameters: evaluate them as they
-            # are, so they join this study's population and its strategies can build on them.
-            attrs[records.STRATEGY] = records.REGISTRY_PICKUP
-            proposal = Proposal(snapshot=registry_values, parents=[])
-        else:
-            name = trial.suggest_categorical(STRATEGY_PARAM, self.strategy_names)
-            strategy = self.strategies[str(name)]
-            attrs[records.STRATEGY] = strategy.name
-            extra: dict[str, Any] = {}
-
-            def evaluate(values: dict[str, Any]) -> RunResult:
-                try:
-                    result = self._evaluate_candidate(trial, population, values, timing)
-                except TrialPruned:
-                    # Pruned inside the strategy (e.g. one of several offspring): the trial's
-                    # candidate is the one being evaluated, measured against the first parent.
-                    first = reran[:1]
-                    attrs[records.PARENTS] = [parent.number for parent in first]
-                    if first:
-                        attrs[records.PARENT_SCORE] = first[0].score
-                        attrs[records.PARENT_FEEDBACK] = first[0].feedback
-                    self._record_candidate(
-                        trial.number, population, attrs[records.PARENTS], values, evaluated, attrs
-                    )
-                    raise
-                evaluated.append((dict(values), result))
-                return result
-
-            reran: list[ParentEvaluation] = []
-
-            def evaluate_parent(number: int) -> ParentEvaluation:
-                parent, knobs = self._evaluate_parent(trial, population, number, timing)
-                reran.append(parent)
-                parent_knobs.setdefault(str(number), knobs)
-                attrs[records.PARENT_KNOBS] = parent_knobs if any(parent_knobs.values()) else None
-                return parent
-
-            context = StepContext(
-                trial=trial,
-                population=view,
-                agent=self.agent,
-                parameters=self.parameters,
-                llm=self.llm,
-                settings=strategy.suggest_settings(trial),
-                evaluate_parent=evaluate_parent,
-                evaluate=evaluate,
-                better=better,
-                select=lambda candidates: self.selector.select(candidates, better),
-                rng=random.Random(f"{self.seed}:{trial.number if original is None else original}"),
-                attrs=extra,
-            )
-            try:
-                proposal = strategy.propose(context)
-            finally:  # what the strategy recorded is kept when it fails, too
-                attrs.update(_strategy_attrs(strategy.name, extra))
-        attrs[records.PARENTS] = list(proposal.parents)
-        attrs[records.PARENT_SCORE] = proposal.parent_score
-        attrs[records.PARENT_FEEDBACK] = proposal.parent_feedback
-
-        candidate = proposal.snapshot
-        candidate_hash = self._record_candidate(
-            trial.number, population, proposal.parents, candidate, evaluated, attrs
+    def _start(self, trial: optuna.Trial) -> _TrialRun:
+        worker = {"host": socket.gethostname(), "pid": os.getpid()}
+        run = _TrialRun(
+            trial=trial,
+            record={records.SCHEMA: records.SCHEMA_VERSION, records.WORKER: worker},
+            context=RunContext(
+                directions=list(trial.study.directions),
+                study_name=trial.study.study_name,
+                strategy_names=self.strategy_names,
+            ),
+            claims=TrialClaims(self.coordinator_for(trial.study), trial),
+            started=time.perf_counter(),
         )
+        self.llm.take_calls()  # calls made outside a trial are not this trial's
+        graph.release()  # earlier trials' nodes: only what this objective still holds lives
+        notify(self.observers, "trial_started", trial, run.record)
+        # First, so that a running (or dead) trial shows which worker runs it.
+        trial.set_user_attr(records.WORKER, worker)
+        return run
 
-        run = proposal.result
-        if run is None:  # evaluated during this trial already? then not again
-            run = next(
-                (
-                    result
-                    for values, result in reversed(evaluated)
-                    if snapshots.snapshot_hash(values) == candidate_hash
-                ),
-                None,
-            )
-        if run is None:
-            run = self._evaluate_candidate(trial, population, candidate, timing)
-        if run.reused_from is not None:
-            attrs[records.DUPLICATE_OF] = run.reused_from  # nothing is paid for twice
-        attrs[records.FEEDBACK] = run.feedback
-        attrs[records.DETAILS] = run.details
-        if run.code_error is not None:
-            attrs[records.ERROR] = run.code_error
-            if self.error_score is None:
-                raise _CandidateCodeFailed(run.code_error)
-            score = score_for_study(
-                self.error_score, self._directions, self._study_name, "error_score"
-            )
-        else:
-            assert run.score is not None
-            score = run.score
-            if run.output is not None:
-                version = None if shared_state is None else shared_state.version
-                self._live = _Live(trial.number, candidate_hash, run, version)
-        attrs[records.SCORE] = score
-        if proposal.parent_score is not None:
-            attrs[records.IMPROVEMENT] = _improvement(score, proposal.parent_score)
-        publishable = run.reused_from is None and run.code_error is None
+    def _step(self, run: _TrialRun) -> Score:
+        """The step: a candidate proposed, evaluated (once in the study), scored, published."""
+        self._read_population(run)
+        shared_state = self._read_registry(run)
+        best_before = run.view.best()
+        proposal = self._propose(run, best_before)
+        candidate_hash = self._record_candidate(run, proposal.parents, proposal.snapshot)
+        result = self._evaluate_proposal(run, proposal, candidate_hash)
+        score = self._score(run, proposal, result)
+        if result.code_error is None and result.output is not None:
+            version = None if shared_state is None else shared_state.version
+            self.runner.live = Live(run.trial.number, candidate_hash, result, version)
+        publishable = result.reused_from is None and result.code_error is None
         if shared_state is not None and publishable and isinstance(score, float):
-            attrs[records.PUBLISH] = self._publish(
-                trial, candidate, score, shared_state, best_before, better, timing, attrs
+            run.record[records.PUBLISH] = self._publish(
+                run, proposal.snapshot, score, shared_state, best_before
             )
         return score
 
-    # -- shared parameters (see trace_optuna.sharing) -------------------------------------
+    # -- the step's parts, in the order it takes them ------------------------------------
 
-    def _read_registry(self, trial: optuna.Trial, attrs: dict[str, Any]) -> State | None:
+    def _read_population(self, run: _TrialRun) -> None:
+        """What the study holds. A retry of a dead worker's trial replays its step: the
+        population as it was when that trial started (and its seed), so the same parents."""
+        run.population = self.population(run.trial.study)
+        run.view = run.population
+        run.retry_of = _retried_from(run.population, run.trial.number)
+        if run.retry_of is not None:
+            run.record[records.RETRY_OF] = run.retry_of
+            started = run.population.trial(run.retry_of).datetime_start
+            run.view = Population(run.trial.study, finished_before=started)
+            run.view.refresh()
+
+    def _read_registry(self, run: _TrialRun) -> State | None:
         """Run this trial with the registry's newest values of the paths the study does not
         select; record the version. None for a study that owns all its parameters."""
         if self.shared is None:
             return None
-        state = self.shared.read(trial.study)
-        if self._live is not None and self._live.registry_version != state.version:
-            self._live = None  # its run saw other values of the parameters around it
-        attrs[records.REGISTRY] = {"name": self.shared.registry_name, "version": state.version}
+        state = self.shared.read(run.trial.study)
+        live = self.runner.live
+        if live is not None and live.registry_version != state.version:
+            self.runner.live = None  # its run saw other values of the parameters around it
+        run.record[records.REGISTRY] = {
+            "name": self.shared.registry_name,
+            "version": state.version,
+        }
         return state
 
-    def _publish(
-        self,
-        trial: optuna.Trial,
-        candidate: dict[str, Any],
-        score: float,
-        state: State,
-        best: FrozenTrial | None,
-        better: Callable[[Score, Score], bool],
-        timing: dict[str, float],
-        attrs: dict[str, Any],
-    ) -> dict[str, Any] | None:
-        """Publish a candidate that beats the best: :meth:`trace_optuna.sharing.Share.publish`."""
-        assert self.shared is not None
+    def _propose(self, run: _TrialRun, best_before: FrozenTrial | None) -> Proposal:
+        """The baseline, another study's published values, or the chosen strategy's proposal."""
+        registry_values = None if self.shared is None else self.shared.owned_values()
+        if best_before is None:
+            run.record[records.STRATEGY] = records.BASELINE
+            start = registry_values or dict(self.initial_snapshot)
+            proposal = Proposal(snapshot=start, parents=[])
+        elif registry_values is not None and pickup_due(run.view, registry_values):
+            # Another study published values of this study's parameters: evaluate them as they
+            # are, so they join this study's population and its strategies can build on them.
+            run.record[records.STRATEGY] = records.REGISTRY_PICKUP
+            proposal = Proposal(snapshot=registry_values, parents=[])
+        else:
+            proposal = self._strategy_proposal(run)
+        run.record[records.PARENTS] = list(proposal.parents)
+        run.record[records.PARENT_SCORE] = proposal.parent_score
+        run.record[records.PARENT_FEEDBACK] = proposal.parent_feedback
+        return proposal
 
-        def beats_best(score: float) -> bool:
-            return best is None or better(score, score_of(best))
+    def _strategy_proposal(self, run: _TrialRun) -> Proposal:
+        trial = run.trial
+        name = trial.suggest_categorical(STRATEGY_PARAM, self.strategy_names)
+        strategy = self.strategies[str(name)]
+        run.record[records.STRATEGY] = strategy.name
+        extra: dict[str, Any] = {}
+        better = run.view.better  # Pareto dominance in a multi-objective study
+        seed_number = trial.number if run.retry_of is None else run.retry_of
+        context = StepContext(
+            trial=trial,
+            population=run.view,
+            agent=self.agent,
+            parameters=self.parameters,
+            llm=self.llm,
+            settings=strategy.suggest_settings(trial),
+            evaluate_parent=lambda number: self._rerun_parent(run, number),
+            evaluate=lambda values: self._evaluate_for_strategy(run, values),
+            better=better,
+            select=lambda candidates: self.selector.select(candidates, better),
+            rng=random.Random(f"{self.seed}:{seed_number}"),
+            attrs=extra,
+        )
+        try:
+            return strategy.propose(context)
+        finally:  # what the strategy recorded is kept when it fails, too
+            run.record.update(_strategy_attrs(strategy.name, extra))
 
-        def rerun(values: dict[str, Any]) -> RunResult:
-            self._live = None  # the agent holds other values than the live run's now
-            return self._run(values, timing, trial)
+    def _rerun_parent(self, run: _TrialRun, number: int) -> ParentEvaluation:
+        parent, knobs = self.runner.rerun_parent(run.trial, run.population, number, run.context)
+        run.reran.append(parent)
+        run.parent_knobs.setdefault(str(number), knobs)
+        knobs_used = any(run.parent_knobs.values())
+        run.record[records.PARENT_KNOBS] = run.parent_knobs if knobs_used else None
+        return parent
 
-        if not beats_best(score):
-            return None
-        worker = attrs[records.WORKER]
-        return self.shared.publish(trial, candidate, score, state, beats_best, rerun, worker)
+    def _evaluate_for_strategy(self, run: _TrialRun, values: dict[str, Any]) -> RunResult:
+        """A candidate a strategy evaluates while it proposes (e.g. one of several offspring)."""
+        try:
+            result = self._evaluate_once(run, values)
+        except TrialPruned:
+            # The trial's candidate is the one being evaluated, measured against the first parent.
+            first = run.reran[:1]
+            run.record[records.PARENTS] = [parent.number for parent in first]
+            if first:
+                run.record[records.PARENT_SCORE] = first[0].score
+                run.record[records.PARENT_FEEDBACK] = first[0].feedback
+            self._record_candidate(run, run.record[records.PARENTS], values)
+            raise
+        run.evaluated.append((dict(values), result))
+        return result
 
-    def _evaluate_candidate(
-        self,
-        trial: optuna.Trial,
-        population: Population,
-        values: dict[str, Any],
-        timing: dict[str, float],
-    ) -> RunResult:
-        """Evaluate a candidate, or reuse the stored result of an identical one.
-
-        The candidate's hash is claimed in the storage first. While another worker's running
-        trial holds the claim, this one waits for it to finish and reuses its stored score.
-        A trial that already holds a claim does not wait (two trials could wait for each
-        other); it evaluates.
-        """
+    def _evaluate_once(self, run: _TrialRun, values: dict[str, Any]) -> RunResult:
+        """Evaluate a candidate, or reuse the stored result of an identical one."""
         for path, value in values.items():
             snapshots.check_json_value(path, value)
+
+        def evaluate(candidate: dict[str, Any]) -> RunResult:
+            return self.runner.run(candidate, run.context, run.trial)
+
         if self.evaluate_takes_trial:
             # Its score may depend on this trial's knobs, sampled only as evaluate runs: another
             # trial's score of the same snapshot came from other knob values. Nothing to reuse.
-            return self._run(values, timing, trial)
-        candidate_hash = snapshots.snapshot_hash(values)
-        coordinator = self.coordinator_for(trial.study)
-        while True:
-            earlier = population.trial_with_snapshot(candidate_hash)
-            if earlier is not None:
-                stored = population.trial(earlier)
-                return RunResult(
-                    score=score_of(stored),
-                    feedback=records.decode(stored.user_attrs, records.FEEDBACK, ""),
-                    details=records.decode(stored.user_attrs, records.DETAILS),
-                    reused_from=earlier,
-                )
-            claim = coordinator.claim(trial.study, trial._trial_id, candidate_hash)
-            if claim.held:
-                self._claimed = True
-                if claim.taken_over:  # its last holder ended: did it store the candidate?
-                    population.refresh()
-                    if population.trial_with_snapshot(candidate_hash) is not None:
-                        continue
-                return self._run(values, timing, trial)
-            assert claim.holder is not None
-            if self._claimed:
-                _logger.info(
-                    "Trial#%d: Trial#%d holds the same candidate, but this trial holds claims "
-                    "itself and does not wait.",
-                    trial.number,
-                    claim.holder,
-                )
-                return self._run(values, timing, trial)
-            self._wait_for(trial, coordinator, claim.holder)
-            population.refresh()
-
-    def _wait_for(self, trial: optuna.Trial, coordinator: Coordinator, holder: int) -> None:
-        _logger.info(
-            "Trial#%d: Trial#%d is evaluating the same candidate; waiting for it.",
-            trial.number,
-            holder,
-        )
-        delay, longest = _CLAIM_POLL_S
-        while coordinator.is_running(trial.study, holder):
-            time.sleep(delay)  # a poll of the storage: another process owns the answer
-            delay = min(2 * delay, longest)
-            self._fail_stale(coordinator, trial.study)  # its worker may have died
+            return evaluate(values)
+        return run.claims.evaluate_once(run.population, values, evaluate)
 
     def _record_candidate(
-        self,
-        number: int,
-        population: Population,
-        parents: list[int],
-        candidate: dict[str, Any],
-        evaluated: list[tuple[dict[str, Any], RunResult]],
-        attrs: dict[str, Any],
+        self, run: _TrialRun, parents: list[int], candidate: dict[str, Any]
     ) -> str:
-        """Put the candidate (against its first parent) into ``attrs``; return its hash."""
+        """Put the candidate (against its first parent) into the record; return its hash.
+
+        Each distinct value of a parameter is stored once per study: in the trial that
+        introduced it; the snapshot refers to it by hash and trial number.
+        """
         for path, value in candidate.items():
             snapshots.check_json_value(path, value)
-        candidate_hash = snapshots.snapshot_hash(candidate)
+        record, population = run.record, run.population
         parent_snapshot = population.snapshot(parents[0]) if parents else {}
-        attrs[records.CHANGED] = snapshots.changed_paths(parent_snapshot, candidate)
-        attrs[records.DIFF] = snapshots.diff(parent_snapshot, candidate) if parent_snapshot else ""
-        self._add_snapshot_attrs(number, population, candidate, candidate_hash, attrs)
-        if evaluated:
-            attrs[records.EVALUATED] = [
-                _evaluated_entry(values, result, parent_snapshot) for values, result in evaluated
-            ]
-        return candidate_hash
-
-    def _add_snapshot_attrs(
-        self,
-        number: int,
-        population: Population,
-        candidate: dict[str, Any],
-        candidate_hash: str,
-        attrs: dict[str, Any],
-    ) -> None:
-        # Each distinct value of a parameter is stored once per study: in the trial that
-        # introduced it. Values go in before the reference map, which is written after them.
+        record[records.CHANGED] = (
+            snapshots.changed_paths(parent_snapshot, candidate) if parents else []
+        )
+        record[records.DIFF] = (
+            snapshots.diff(parent_snapshot, candidate) if parent_snapshot else ""
+        )
         refs = {}
         for path, value in candidate.items():
             value_hash = snapshots.value_hash(value)
             holder = population.holder(path, value_hash)
             if holder is None:
-                attrs[records.value_key(path)] = value
-                holder = number
+                record[records.value_key(path)] = value
+                holder = run.trial.number
             refs[path] = [value_hash, holder]
-        attrs[records.SNAPSHOT] = refs
-        attrs[records.SNAPSHOT_HASH] = candidate_hash
+        record[records.SNAPSHOT] = refs
+        candidate_hash = snapshots.snapshot_hash(candidate)
+        record[records.SNAPSHOT_HASH] = candidate_hash
+        if run.evaluated:
+            record[records.EVALUATED] = [
+                _evaluated_entry(values, result, parent_snapshot)
+                for values, result in run.evaluated
+            ]
+        return candidate_hash
 
-    def _evaluate_parent(
-        self, trial: optuna.Trial, population: Population, number: int, timing: dict[str, float]
-    ) -> tuple[ParentEvaluation, dict[str, Any]]:
-        """Re-run a stored trial's candidate for its graph and feedback, with its own knobs.
-
-        Returns:
-            The evaluation, and the knob values it ran with (``{}`` without knobs).
-        """
-        parent = population.trial(number)
-        if parent.state != TrialState.COMPLETE:
-            # A PRUNED trial has values too (its last report), but no score of its candidate.
-            raise TraceOptunaError(
-                f"Trial#{number} is {parent.state.name}, not COMPLETE: it has no score of its "
-                "candidate and cannot be a parent."
-            )
-        parent_snapshot = population.snapshot(number)
-        live = self._live
-        if (
-            live is not None
-            and live.number == number
-            and snapshots.snapshot_hash(self._owned_snapshot()) == live.snapshot_hash
-        ):
-            run = live.run  # its graph is live: a greedy chain evaluates once per trial
-            stored = records.decode(parent.user_attrs, records.KNOBS) or {}
-            knobs = {name: parent.params[name] for name in stored if name in parent.params}
-        else:
-            parent_trial = ParentTrial(parent, trial)
-            try:
-                run = self._run(parent_snapshot, timing, parent_trial)
-            except TrialPruned as error:
-                # Pruning judges the running trial's candidate, never a parent's re-run.
-                raise TraceOptunaError(
-                    f"evaluate() raised TrialPruned while re-running parent Trial#{number} for "
-                    "its feedback. A parent's re-run must not prune: prune only when "
-                    "trial.should_prune() says so (it is False for a parent's re-run)."
-                ) from error
-            knobs = parent_trial.knobs
-            self._knobs.update(parent_trial.not_in_parent)  # suggested on the running trial
-        if run.output is None:
-            raise ConfigurationError(
-                "evaluate() returned an Evaluation without output; set output= to the Trace "
-                "node the agent produced, so feedback can flow back to the parameters."
-            )
-        evaluation = ParentEvaluation(
-            number, parent_snapshot, score_of(parent), run.feedback, run.output
-        )
-        return evaluation, knobs
-
-    def _run(
-        self,
-        values: dict[str, Any],
-        timing: dict[str, float],
-        trial: optuna.Trial | ParentTrial,
+    def _evaluate_proposal(
+        self, run: _TrialRun, proposal: Proposal, candidate_hash: str
     ) -> RunResult:
-        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one).
+        """The proposal's result: the strategy's own, one it evaluated in this trial, or a new
+        evaluation (or the stored result of an identical candidate)."""
+        result = proposal.result
+        if result is None:
+            result = next(
+                (
+                    earlier
+                    for values, earlier in reversed(run.evaluated)
+                    if snapshots.snapshot_hash(values) == candidate_hash
+                ),
+                None,
+            )
+        if result is None:
+            result = self._evaluate_once(run, proposal.snapshot)
+        if result.reused_from is not None:
+            run.record[records.DUPLICATE_OF] = result.reused_from  # nothing is paid for twice
+        run.record[records.FEEDBACK] = result.feedback
+        run.record[records.DETAILS] = result.details
+        return result
 
-        In a study over shared parameters, ``values`` are the study's own; the others come from
-        the registry version the trial runs with.
+    def _score(self, run: _TrialRun, proposal: Proposal, result: RunResult) -> Score:
+        """The candidate's score: ``evaluate``'s, or ``error_score`` when its code raised."""
+        if result.code_error is not None:
+            run.record[records.ERROR] = result.code_error
+            if self.error_score is None:
+                raise _CandidateCodeFailed(result.code_error)
+            score = score_for_study(
+                self.error_score, run.context.directions, run.context.study_name, "error_score"
+            )
+        else:
+            assert result.score is not None
+            score = result.score
+        run.record[records.SCORE] = score
+        if proposal.parent_score is not None:
+            run.record[records.IMPROVEMENT] = _improvement(score, proposal.parent_score)
+        return score
+
+    def _publish(
+        self,
+        run: _TrialRun,
+        candidate: dict[str, Any],
+        score: float,
+        state: State,
+        best: FrozenTrial | None,
+    ) -> dict[str, Any] | None:
+        """Publish a candidate that beats the best: :meth:`trace_optuna.sharing.Share.publish`."""
+        assert self.shared is not None
+        better = run.view.better
+
+        def beats_best(score: float) -> bool:
+            return best is None or better(score, score_of(best))
+
+        def rerun(values: dict[str, Any]) -> RunResult:
+            self.runner.live = None  # the agent holds other values than the live run's now
+            return self.runner.run(values, run.context, run.trial)
+
+        if not beats_best(score):
+            return None
+        worker = run.record[records.WORKER]
+        return self.shared.publish(run.trial, candidate, score, state, beats_best, rerun, worker)
+
+    # -- the record -----------------------------------------------------------------------
+
+    def _write_record(
+        self, run: _TrialRun, error: BaseException | None, ending: bool = False
+    ) -> None:
+        """Write everything the trial knows, once: on success, pruning, failure or interruption.
+
+        A failure to store the record of a trial that is ``ending`` anyway (failed, pruned,
+        interrupted) is logged: Optuna still records how it ended.
         """
-        context = {} if self.shared is None else self.shared.context_values()
-        snapshots.restore(self.agent, {**context, **values})
-        for node in self._nodes:  # every run starts clean: no feedback of an earlier backward
-            node.zero_feedback()
-        self._live = None
-        started = time.perf_counter()
-        suggested_before = set(trial.params)
-        try:
-            if self.evaluate_takes_trial:
-                evaluation = self.evaluate(self.agent, trial)
-            else:
-                evaluation = self.evaluate(self.agent)
-        except ExecutionError as error:
-            raised = (error.exception_node.info or {}).get("output")
-            if isinstance(raised, TrialPruned):  # pruned inside a traced function: still pruning
-                raise raised from None
-            # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
-            # and its exception node the output, so the next step can repair the code.
-            return RunResult(
-                score=None,
-                feedback=str(error).strip(),
-                output=error.exception_node,
-                code_error=f"The candidate's code raised: {error.exception_node.data}",
-            )
-        finally:
-            timing["evaluate_s"] += time.perf_counter() - started
-            if not isinstance(trial, ParentTrial):  # what evaluate suggested: the agent's knobs
-                suggested = set(trial.params) - suggested_before
-                self._knobs.update(suggested)
-                check_names(suggested, self.strategy_names)
-        if not isinstance(evaluation, Evaluation):
-            raise ConfigurationError(
-                f"evaluate() must return trace_optuna.Evaluation, got {type(evaluation).__name__}."
-            )
-        if evaluation.output is not None and not isinstance(evaluation.output, Node):
-            raise ConfigurationError(
-                "Evaluation.output must be the Trace node the agent produced, got "
-                f"{type(evaluation.output).__name__}."
-            )
-        score = score_for_study(evaluation.score, self._directions, self._study_name, "evaluate()")
-        return RunResult(score, evaluation.feedback, evaluation.output, evaluation.details)
-
-    def _owned_snapshot(self) -> dict[str, Any]:
-        """The agent's current values of the parameters this study optimizes."""
-        return {path: node._data for path, node in self.parameters.items()}
-
-    # -- recording ------------------------------------------------------------------------
-
-    def _finish(
-        self,
-        trial: optuna.Trial,
-        attrs: dict[str, Any],
-        timing: dict[str, float],
-        started: float,
-    ) -> None:
-        attrs.update(self._llm_attrs())
-        params = trial.params
-        knobs = {name: params[name] for name in sorted(self._knobs) if name in params}
-        attrs[records.KNOBS] = knobs or None
-        llm_s = attrs[records.LLM]["latency_s"]
-        attrs[records.TIME] = {
-            "evaluate_s": round(timing["evaluate_s"], 6),
-            "llm_s": llm_s,
-            "total_s": round(time.perf_counter() - started, 6),
-        }
-        dashboard.before_write(trial, attrs, self.artifact_store)  # long texts to artifacts
-        records.write(trial.set_user_attr, {k: v for k, v in attrs.items() if v is not None})
-        dashboard.after_write(trial, attrs)  # the trial's note in optuna-dashboard
-
-    def _record_failure(
-        self,
-        trial: optuna.Trial,
-        attrs: dict[str, Any],
-        error: Exception | None,
-        timing: dict[str, float],
-        started: float,
-    ) -> None:
-        """Store what a trial that did not complete recorded; ``error`` None: it was pruned."""
+        record, trial = run.record, run.trial
         if error is not None and not isinstance(error, _CandidateCodeFailed):
-            attrs[records.ERROR] = _reason(error)
-            attrs[records.TRACEBACK] = "".join(traceback.format_exception(error))
+            record[records.ERROR] = _reason(error)
+            record[records.TRACEBACK] = "".join(traceback.format_exception(error))
+        record.update(self._llm_record())
+        params = trial.params
+        knobs = {name: params[name] for name in sorted(run.context.knobs) if name in params}
+        record[records.KNOBS] = knobs or None
+        record[records.TIME] = {
+            "evaluate_s": round(run.context.evaluate_s, 6),
+            "llm_s": record[records.LLM]["latency_s"],
+            "total_s": round(time.perf_counter() - run.started, 6),
+        }
         try:
-            self._finish(trial, attrs, timing, started)
-        except Exception:  # the storage itself failing: Optuna still records the FAIL
-            _logger.exception("Trial#%d: could not store the failure record.", trial.number)
+            for observer in self.observers:  # e.g. long texts to artifacts
+                observer.before_write(trial, record)
+            records.write_trial(trial, record)
+        except Exception:
+            if not ending:
+                raise
+            _logger.exception("Trial#%d: could not store its record.", trial.number)
+            return
+        notify(self.observers, "record_written", trial, record)  # e.g. the dashboard's note
 
-    def _llm_attrs(self) -> dict[str, Any]:
+    def _llm_record(self) -> dict[str, Any]:
         calls = self.llm.take_calls()
         cost = [call.cost_usd for call in calls if call.cost_usd is not None]
-        attrs: dict[str, Any] = {
-            records.LLM: {
-                "model": self.llm.model,
-                "calls": len(calls),
-                "prompt_tokens": sum(call.prompt_tokens for call in calls),
-                "completion_tokens": sum(call.completion_tokens for call in calls),
-                "cost_usd": round(sum(cost), 8) if cost else None,
-                "latency_s": round(sum(call.latency_s for call in calls), 6),
-            }
+        summary = {
+            "model": self.llm.model,
+            "calls": len(calls),
+            "prompt_tokens": sum(call.prompt_tokens for call in calls),
+            "completion_tokens": sum(call.completion_tokens for call in calls),
+            "cost_usd": round(sum(cost), 8) if cost else None,
+            "latency_s": round(sum(call.latency_s for call in calls), 6),
         }
         # All calls' texts in one attribute (schema 2): Optuna reads a study one attribute row
         # at a time, and a joining worker reads every trial's.
@@ -812,8 +606,11 @@ class TraceObjective:
             user = "\n\n".join(m["content"] for m in call.messages if m["role"] != "system")
             response = call.response if call.error is None else f"[error] {call.error}"
             texts.append({"system": system, "user": user, "response": response or ""})
-        attrs[records.LLM_CALLS] = texts or None
-        return attrs
+        return {records.LLM: summary, records.LLM_CALLS: texts or None}
+
+
+class _CandidateCodeFailed(Exception):
+    """The candidate's code raised and the study has no ``error_score``."""
 
 
 def _improvement(score: Score, parent_score: Score) -> Score:
@@ -822,25 +619,6 @@ def _improvement(score: Score, parent_score: Score) -> Score:
         return [value - parent for value, parent in zip(score, parent_score, strict=True)]
     assert not isinstance(score, list) and not isinstance(parent_score, list)
     return score - parent_score
-
-
-def _multi_objective_names() -> str:
-    names = [name for name, cls in registered().items() if cls.multi_objective]
-    return ", ".join(sorted(names))
-
-
-class _CandidateCodeFailed(Exception):
-    """The candidate's code raised and the study has no ``error_score``."""
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("trace-optuna", "trace-opt", "optuna", "litellm", "sqlalchemy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def threads_refused(what: str) -> str:
@@ -895,21 +673,7 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _agent_factory(agent: Any) -> Callable[[], Any]:
-    if isinstance(agent, (ParameterContainer, dict)):
-        return lambda: agent
-    if callable(agent):
-        return agent
-    raise ConfigurationError(
-        "agent must be a function that builds the agent (recommended: each process calls it "
-        f"once), a trace Module/@trace.model instance, or a dict of parameters; got "
-        f"{type(agent).__name__}."
-    )
-
-
 def _resolve_llm(llm: Any) -> LLM:
-    if isinstance(llm, LLM):
-        return llm
     if isinstance(llm, str):
         return LLM(llm)
     raise ConfigurationError(

@@ -1,51 +1,50 @@
 """``TraceStudy``: a real ``optuna.Study`` plus what Trace needs; ``create_study``, ``load_study``.
 
 The Optuna study is exposed as ``study.optuna``; nothing is hidden behind the façade, and the
-stored records are plain Optuna trials that any Optuna tool reads.
+stored records are plain Optuna trials that any Optuna tool reads. Every option of a study is a
+field of :class:`~trace_optuna.Config`, checked there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterable
+import dataclasses
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 from typing import Any
 
 import optuna
 from optuna.study import Study
-from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
-from trace_optuna import dashboard  # optuna-dashboard: figures, artifacts, description
 from trace_optuna import records
+from trace_optuna.binding import check_requested_directions
+from trace_optuna.config import Config
+from trace_optuna.config import check_optimize_arguments
 from trace_optuna.coordination import coordinator_for
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
+from trace_optuna.observers import notify
 from trace_optuna.population import Population
+from trace_optuna.runner import agent_factory
 from trace_optuna.samplers import StrategyBandit
 from trace_optuna.snapshots import restore
 from trace_optuna.step import TraceObjective
 from trace_optuna.step import threads_refused
-from trace_optuna.storage import HEARTBEAT_INTERVAL_S
-from trace_optuna.storage import MAX_RETRY
+from trace_optuna.storage import RetryStaleTrialCallback
 from trace_optuna.storage import resolve_storage
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
-    from trace_optuna.evaluation import Evaluation
-    from trace_optuna.llm import LLM
     from trace_optuna.records import TrialRecord
-    from trace_optuna.registry import Selection
 
 _logger = logging.getLogger(__name__)
+_STUDY_NAME_MAX = 512  # Optuna's studies.study_name column
 
 
 class TraceStudy:
@@ -53,14 +52,17 @@ class TraceStudy:
 
     Args:
         study: The Optuna study holding the trials.
-        objective: The step run for each trial.
+        objective: The step run for each trial; None for a study opened for reading only.
+        config: The study's options.
     """
 
-    def __init__(self, study: optuna.Study, objective: TraceObjective) -> None:
+    def __init__(
+        self, study: optuna.Study, objective: TraceObjective | None, config: Config
+    ) -> None:
         self._study = study
         self._objective = objective
-        # Seconds between refreshes of the figures saved for optuna-dashboard; None: none saved.
-        self.figure_interval: float | None = dashboard.DEFAULT_FIGURE_INTERVAL
+        self.config = config
+        self._reader: Population | None = None
 
     @property
     def optuna(self) -> Study:
@@ -69,7 +71,16 @@ class TraceStudy:
 
     @property
     def objective(self) -> TraceObjective:
-        """The objective each trial runs; usable with ``optuna.Study.optimize`` directly."""
+        """The objective each trial runs; usable with ``optuna.Study.optimize`` directly.
+
+        Raises:
+            ConfigurationError: For a study opened for reading only.
+        """
+        if self._objective is None:
+            raise ConfigurationError(
+                f"Study {self.study_name!r} was opened for reading only (no evaluate= or llm= "
+                "was given): pass agent=, evaluate= and llm= to load_study to optimize it."
+            )
         return self._objective
 
     @property
@@ -90,11 +101,13 @@ class TraceStudy:
         """Run ``n_trials`` more optimizer steps through Optuna's ``optimize``.
 
         A trial whose step fails (``evaluate`` raising, the LLM failing, no usable suggestion)
-        is recorded as FAIL with its reason and the study goes on.
+        is recorded as FAIL with its reason and the study goes on. Trials that an earlier run
+        left interrupted (Ctrl-C) are queued again first, as a dead worker's are.
 
         Args:
             n_trials: How many trials to add (None with a timeout: until the timeout).
-            timeout: Stop starting new trials after this many seconds.
+            timeout: Stop starting new trials after this many seconds (a running trial is not
+                stopped: ``evaluate_timeout`` bounds each evaluation).
             callbacks: Optuna callbacks, called after each trial.
             catch: More exception types to record as FAIL instead of raising.
             gc_after_trial: Run the garbage collector after each trial.
@@ -103,27 +116,31 @@ class TraceStudy:
                 corrupt; run several processes against one storage instead.
 
         Raises:
-            ConfigurationError: If ``n_jobs`` is not 1.
+            ConfigurationError: On a wrong argument (``n_trials`` not an int >= 1, a negative
+                ``timeout``, a callback that is not callable, ``n_jobs`` not 1), or for a
+                study opened for reading only.
         """
+        listed = check_optimize_arguments(n_trials, timeout, callbacks)
         if n_jobs != 1:
             raise ConfigurationError(
                 threads_refused(f"n_jobs={n_jobs} would run Trace steps in threads")
             )
-        # Figures for optuna-dashboard, saved at most once per interval by all workers together.
-        figures = dashboard.FigureRefresher(
-            self.figure_interval, self._objective.coordinator_for(self._study)
-        )
-        _optimize(
-            self._study,
-            self._objective,
-            n_trials=n_trials,
-            timeout=timeout,
-            catch=(TrialFailed, *catch),
-            callbacks=[*(callbacks or ()), figures],
-            gc_after_trial=gc_after_trial,
-            show_progress_bar=show_progress_bar,
-        )
-        figures.refresh(self._study)  # unless a worker saved them within the interval
+        objective = self.objective
+        _requeue_interrupted(self._study, self.config.max_retry)
+        observed = [callback for o in objective.observers for callback in o.callbacks()]
+        try:
+            _optimize(
+                self._study,
+                objective,
+                n_trials=n_trials,
+                timeout=timeout,
+                catch=(TrialFailed, *catch),
+                callbacks=[*listed, *observed],
+                gc_after_trial=gc_after_trial,
+                show_progress_bar=show_progress_bar,
+            )
+        finally:
+            notify(objective.observers, "optimize_finished", self._study)
 
     @property
     def trials(self) -> list[FrozenTrial]:
@@ -179,9 +196,21 @@ class TraceStudy:
 
     def load_best(self) -> Any:
         """A fresh agent (built by the study's agent function) holding the best parameters."""
-        agent = self._objective.make_agent()
+        agent = self._agent_factory()()
         restore(agent, self.best_snapshot)
         return agent
+
+    def _agent_factory(self) -> Callable[[], Any]:
+        if self._objective is not None:
+            return self._objective.make_agent
+        if self.config.parameters is not None:
+            return self.config.parameters.parameter_set.make
+        if self.config.agent is None:
+            raise ConfigurationError(
+                f"Study {self.study_name!r} was opened without an agent: pass agent= (the "
+                "function that builds it) to load_study to build the best agent."
+            )
+        return agent_factory(self.config.agent)
 
     def record(self, number: int) -> TrialRecord:
         """What trial ``number`` holds, decoded (see :class:`~trace_optuna.TrialRecord`)."""
@@ -196,7 +225,12 @@ class TraceStudy:
         return records.build_record(trial, values)
 
     def _population(self) -> Population:
-        return self._objective.population(self._study)
+        if self._objective is not None:
+            return self._objective.population(self._study)
+        if self._reader is None:
+            self._reader = Population(self._study)
+        self._reader.refresh()
+        return self._reader
 
     def __repr__(self) -> str:
         return f"TraceStudy(study_name={self.study_name!r})"
@@ -204,87 +238,34 @@ class TraceStudy:
 
 def create_study(
     *,
-    agent: Any = None,
-    evaluate: Callable[..., Evaluation],
-    llm: str | LLM,
-    parameters: Selection | None = None,
-    on_conflict: str = "reevaluate",
     study_name: str | None = None,
     storage: str | BaseStorage | None = None,
-    direction: str | None = None,
-    directions: Sequence[str] | None = None,
     load_if_exists: bool = False,
-    strategies: Any = ("optoprime",),
-    sampler: optuna.samplers.BaseSampler | None = None,
-    seed: int | None = None,
-    error_score: float | Sequence[float] | None = None,
-    selector: str = "score",
-    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-    grace_period: int | None = None,
-    max_retry: int | None = MAX_RETRY,
-    artifact_dir: str | os.PathLike[str] | None = None,
-    artifact_store: ArtifactStore | None = None,
-    figure_interval: float | None = dashboard.DEFAULT_FIGURE_INTERVAL,
+    config: Config | None = None,
+    **options: Any,
 ) -> TraceStudy:
     """Create (or, with ``load_if_exists``, reopen) a study whose trials are Trace steps.
 
     Args:
-        agent: A function that builds a fresh agent (each process calls it once), or an
-            agent: a ``@trace.model`` instance, a trace Module, or a dict of
-            ``{name: ParameterNode | trainable bundled function}``.
-        evaluate: ``evaluate(agent) -> Evaluation``, or ``evaluate(agent, trial)`` to sample
-            the agent's own knobs and prune in the same trial (see
-            :class:`~trace_optuna.TraceObjective`).
-        llm: A litellm model string (``"openai/gpt-4o-mini"``;
-            ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
-        parameters: Instead of ``agent``: the paths of a shared
-            :class:`~trace_optuna.ParameterSet` this study optimizes
-            (``team.select("agent1.*")``); every other parameter takes its newest value in the
-            set's registry in the same storage, and improvements are published there (see
-            :mod:`trace_optuna.registry`).
-        on_conflict: With ``parameters``: what a trial does when another study published one
-            of this study's paths since the trial started: ``"reevaluate"`` its changes on the
-            newer values and publish if still better, or ``"skip"`` publishing.
         study_name: The study's name; Optuna makes one up when None.
         storage: A storage URL or object; None is the SQLite file ``trace_optuna.db``.
-        direction: ``"maximize"`` (the default) or ``"minimize"`` the score.
-        directions: Instead of ``direction``, for a multi-objective study: one
-            ``"maximize"``/``"minimize"`` per objective, e.g. ``["maximize", "minimize"]``;
-            ``evaluate`` then returns ``Evaluation(score=[...])`` with one number per
-            direction, greedy steps start from the Pareto front
-            (:meth:`~trace_optuna.population.Population.best`), and ``best_trials`` replaces
-            ``best_trial``. Strategies that need one number (``stop``) are refused.
         load_if_exists: Continue an existing study of that name instead of failing.
-        strategies: Strategy names or instances the ``strategy`` parameter chooses from.
-            Fixed for the life of a study.
-        sampler: The Optuna sampler; None is :class:`~trace_optuna.samplers.StrategyBandit`
-            seeded with ``seed`` (a bandit over strategies, TPE for their settings).
-        seed: Recorded in the study and used to seed the default sampler.
-        error_score: The score of a candidate whose code raises (one number per direction in
-            a multi-objective study); None fails such trials.
-        selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
-            LLM preference judge, for tasks without a meaningful numeric score).
-        heartbeat_interval: Seconds between heartbeats of a running trial, so that a trial
-            whose worker died is marked FAIL and re-run by another worker (Optuna's heartbeat,
-            on every storage given as a URL); None turns it off. A storage object you build
-            yourself keeps its own settings (build one with
-            :func:`trace_optuna.storage.resolve_storage` to get them).
-        grace_period: Seconds without a heartbeat before a trial counts as dead; None is
-            twice ``heartbeat_interval``.
-        max_retry: How often a dead worker's trial is re-run (None: without limit).
-        artifact_dir: A directory for the study's artifacts (long LLM prompts and responses);
-            recorded in the study, so ``trace-optuna dashboard`` serves it.
-        artifact_store: Any Optuna artifact store instead of ``artifact_dir``.
-        figure_interval: Seconds between refreshes of the figures saved into the study for
-            optuna-dashboard, by all workers together: after a trial or when ``optimize``
-            returns, they are saved if no worker saved them within the interval; None: none.
+        config: A :class:`~trace_optuna.Config` holding the options below.
+        **options: The study's options: any field of :class:`~trace_optuna.Config`, documented
+            there (``agent``, ``evaluate`` and ``llm`` are required; ``strategies``,
+            ``direction``/``directions``, ``sampler``, ``pruner``, ``seed``, ``error_score``,
+            ``selector``, ``evaluate_form``, ``evaluate_timeout``, ``parameters``,
+            ``on_conflict``, ``heartbeat_interval``, ``grace_period``, ``max_retry``,
+            ``artifact_dir``, ``artifact_store``, ``figure_interval``). They override
+            ``config``'s.
 
     Returns:
         The study.
 
     Raises:
-        ConfigurationError: On bad arguments, an unknown storage, or when reopening a study
-            with another agent or strategy list.
+        ConfigurationError: On an unknown or wrong option (naming it and the rule), an unknown
+            storage, or when reopening a study with another agent, strategy list,
+            ``error_score`` or direction, or a study trace_optuna did not make.
         SnapshotError: If a parameter value is not JSON-able (names the parameter path).
         optuna.exceptions.DuplicatedStudyError: If the study exists and ``load_if_exists``
             is False.
@@ -298,96 +279,61 @@ def create_study(
         >>> study.best_value > 0
         True
     """
-    study_directions = _directions(direction, directions)
-    objective = TraceObjective(
-        agent,
-        evaluate,
-        llm,
-        parameters=parameters,
-        on_conflict=on_conflict,
-        strategies=strategies,
-        error_score=error_score,
-        selector=selector,
-        seed=seed,
-    )
+    config = Config.from_options(config, options, "create_study")
+    _check_study_name(study_name, none_allowed=True)
+    if not isinstance(load_if_exists, bool):
+        raise ConfigurationError(
+            f"load_if_exists must be True or False, got {type(load_if_exists).__name__} "
+            f"{load_if_exists!r}."
+        )
+    objective = TraceObjective(config=config)
     # Refused before the study is made: a strategy needing one number, an error_score
     # without one number per direction.
-    objective.check_directions(study_directions, study_name or "(new)")
-    resolved = resolve_storage(
-        storage,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-    )
+    directions = config.study_directions()
+    objective.check_directions(directions, study_name or "(new)")
+    resolved = _storage(storage, config)
     study = optuna.create_study(
         study_name=study_name,
         storage=resolved,
-        directions=study_directions,
-        sampler=sampler if sampler is not None else StrategyBandit(seed=seed),
+        directions=directions,
+        sampler=config.build_sampler() or StrategyBandit(seed=config.seed),
+        pruner=config.pruner,
         load_if_exists=load_if_exists,
     )
-    return _assemble(
-        study,
-        objective,
-        resolved,
-        artifact_dir=artifact_dir,
-        artifact_store=artifact_store,
-        figure_interval=figure_interval,
-    )
+    if config.direction is not None or config.directions is not None:
+        check_requested_directions(study, directions)
+    return _assemble(study, objective, resolved)
 
 
 def load_study(
     *,
     study_name: str,
     storage: str | BaseStorage | None,
-    agent: Any = None,
-    evaluate: Callable[..., Evaluation],
-    llm: str | LLM,
-    parameters: Selection | None = None,
-    on_conflict: str = "reevaluate",
-    strategies: Any = ("optoprime",),
-    sampler: optuna.samplers.BaseSampler | None = None,
-    error_score: float | Sequence[float] | None = None,
-    selector: str = "score",
-    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-    grace_period: int | None = None,
-    max_retry: int | None = MAX_RETRY,
-    artifact_dir: str | os.PathLike[str] | None = None,
-    artifact_store: ArtifactStore | None = None,
-    figure_interval: float | None = dashboard.DEFAULT_FIGURE_INTERVAL,
+    config: Config | None = None,
+    **options: Any,
 ) -> TraceStudy:
-    """Open an existing study to continue it or read its records.
+    """Open an existing study to continue it, or (without ``evaluate``/``llm``) to read it.
+
+    ``load_study(study_name=..., storage=...)`` alone opens a study for reading: its records,
+    best snapshot and figures (``load_best`` also needs ``agent``). To run more trials, give
+    the options it was created with (at least ``agent``, ``evaluate`` and ``llm``).
 
     Args:
         study_name: The study's name.
         storage: Its storage URL or object.
-        agent: As for :func:`create_study`; it must have the study's parameter paths.
-        evaluate: As for :func:`create_study`.
-        llm: As for :func:`create_study`.
-        parameters: Instead of ``agent``, as for :func:`create_study`: the same selection.
-        on_conflict: As for :func:`create_study`.
-        strategies: Must be the strategy list the study was created with.
-        sampler: The Optuna sampler for further trials; None is a StrategyBandit seeded with
-            the study's stored seed.
-        error_score: As for :func:`create_study`.
-        selector: As for :func:`create_study`.
-        heartbeat_interval: As for :func:`create_study`.
-        grace_period: As for :func:`create_study`.
-        max_retry: As for :func:`create_study`.
-        artifact_dir: As for :func:`create_study`; None uses the directory the study
-            recorded, if any.
-        artifact_store: As for :func:`create_study`.
-        figure_interval: As for :func:`create_study`.
+        config: A :class:`~trace_optuna.Config` holding the options below.
+        **options: Any field of :class:`~trace_optuna.Config`, as for :func:`create_study`.
+            ``seed`` defaults to the study's stored seed (it seeds the default sampler);
+            ``artifact_dir`` to the directory the study recorded; ``direction``, if given,
+            must be the study's.
 
     Raises:
-        ConfigurationError: If the study does not exist, or the agent or strategies differ.
+        ConfigurationError: If the study does not exist, the options are wrong, or the agent,
+            strategies, ``error_score`` or directions differ from the study's.
     """
-    resolved = resolve_storage(
-        storage,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-    )
+    config = Config.from_options(config, options, "load_study")
+    _check_study_name(study_name, none_allowed=False)
+    resolved = _storage(storage, config)
     try:
         study = optuna.load_study(study_name=study_name, storage=resolved)
     except KeyError:
@@ -396,72 +342,63 @@ def load_study(
             f"No study named {study_name!r} in this storage; it has {sorted(names)}. Use "
             "create_study(..., load_if_exists=True) to create it."
         ) from None
-    seed = study.user_attrs.get(records.STUDY_SEED)
-    study.sampler = sampler if sampler is not None else StrategyBandit(seed=seed)
-    objective = TraceObjective(
-        agent,
-        evaluate,
-        llm,
-        parameters=parameters,
-        on_conflict=on_conflict,
-        strategies=strategies,
-        error_score=error_score,
-        selector=selector,
-        seed=seed,
-    )
-    return _assemble(
-        study,
-        objective,
-        resolved,
-        artifact_dir=artifact_dir,
-        artifact_store=artifact_store,
-        figure_interval=figure_interval,
+    if config.direction is not None or config.directions is not None:
+        check_requested_directions(study, config.study_directions())
+    if config.seed is None:
+        config = dataclasses.replace(config, seed=study.user_attrs.get(records.STUDY_SEED))
+    study.sampler = config.build_sampler() or StrategyBandit(seed=config.seed)
+    if config.pruner is not None:
+        study.pruner = config.pruner
+    if config.for_reading():
+        return TraceStudy(study, None, config)
+    return _assemble(study, TraceObjective(config=config), resolved)
+
+
+def _storage(storage: str | BaseStorage | None, config: Config) -> BaseStorage:
+    return resolve_storage(
+        storage,
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_period,
+        max_retry=config.max_retry,
     )
 
 
-def _assemble(
-    study: optuna.Study,
-    objective: TraceObjective,
-    resolved: BaseStorage,
-    *,
-    artifact_dir: str | os.PathLike[str] | None,
-    artifact_store: ArtifactStore | None,
-    figure_interval: float | None,
-) -> TraceStudy:
-    """Bind the objective to the study, give it the storage's coordinator, wire the dashboard."""
-    objective.bind(study)
+def _assemble(study: optuna.Study, objective: TraceObjective, resolved: BaseStorage) -> TraceStudy:
+    """Give the objective the storage's coordinator and bind it to the study."""
     objective.coordinator = coordinator_for(resolved)
-    return dashboard.wire(
-        TraceStudy(study, objective), artifact_dir, artifact_store, figure_interval
-    )
+    objective.bind(study)
+    return TraceStudy(study, objective, objective.config)
 
 
-def _directions(direction: str | None, directions: Sequence[str] | None) -> list[StudyDirection]:
-    """The study's directions from ``create_study``'s ``direction`` or ``directions``."""
-    if direction is not None and directions is not None:
+def _check_study_name(name: Any, *, none_allowed: bool) -> None:
+    if name is None and none_allowed:
+        return
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"study_name must be a non-empty str, got {name!r}.")
+    if len(name) > _STUDY_NAME_MAX:
         raise ConfigurationError(
-            "Give direction= (one objective) or directions= (one per objective), not both; got "
-            f"direction={direction!r} and directions={directions!r}."
+            f"study_name must be at most {_STUDY_NAME_MAX} characters (Optuna's column), got "
+            f"{len(name)}: {name[:40]!r}..."
         )
-    if directions is None:
-        chosen = ["maximize" if direction is None else direction]
-        name = "direction"
-    else:
-        if isinstance(directions, str) or not directions:
-            raise ConfigurationError(
-                "directions must be a non-empty list of 'maximize'/'minimize', one per "
-                f"objective, got {directions!r}."
-            )
-        chosen = list(directions)
-        name = "directions"
-    for value in chosen:
-        if value not in ("maximize", "minimize"):
-            raise ConfigurationError(
-                f"{name} must be 'maximize' or 'minimize'"
-                + (" for each objective" if directions is not None else "")
-                + f", got {value!r}."
-            )
-    return [StudyDirection[value.upper()] for value in chosen]
+
+
+def _requeue_interrupted(study: optuna.Study, max_retry: int | None) -> None:
+    """Queue again the trials an interruption (Ctrl-C) ended, as a dead worker's are.
+
+    An interrupted trial is FAIL with ``trace:interrupted``; it is re-queued once (the retry
+    names it in ``failed_trial``), up to ``max_retry`` times along its retry history.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    retried |= {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    for trial in trials:
+        if (
+            trial.state == TrialState.FAIL
+            and trial.user_attrs.get(records.INTERRUPTED)
+            and trial.number not in retried
+        ):
+            _logger.warning("Trial#%d was interrupted; queueing it again.", trial.number)
+            RetryStaleTrialCallback(max_retry)(study, trial)
 
 
 def _optimize(

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Sequence
 import dataclasses
 import importlib
 import logging
@@ -56,9 +55,8 @@ from typing import Any
 
 import optuna
 
+from trace_optuna.config import Config
 from trace_optuna.exceptions import ConfigurationError
-from trace_optuna.storage import HEARTBEAT_INTERVAL_S
-from trace_optuna.storage import MAX_RETRY
 from trace_optuna.storage import redact
 
 if TYPE_CHECKING:
@@ -68,9 +66,6 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-    from trace_optuna.evaluation import Evaluation
-    from trace_optuna.llm import LLM
-    from trace_optuna.registry import Selection
     from trace_optuna.study import TraceStudy
 
 _logger = logging.getLogger(__name__)
@@ -82,34 +77,14 @@ EXIT_INTERRUPTED = 130
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class App:
+class App(Config):
     """What a worker process needs to run a study's trials. Define one in your module.
 
-    Every worker process imports your module and opens the study with these settings, so
-    they must be the same in every process (the study refuses another strategy list or agent).
-
-    Attributes:
-        agent: A function that builds a fresh agent (each process calls it once).
-        evaluate: ``evaluate(agent) -> Evaluation``.
-        llm: A litellm model string or a :class:`~trace_optuna.LLM`.
-        parameters: Instead of ``agent``: the paths of a shared
-            :class:`~trace_optuna.ParameterSet` the study optimizes (see
-            :mod:`trace_optuna.registry`).
-        on_conflict: With ``parameters``: ``"reevaluate"`` or ``"skip"``, as for
-            :func:`~trace_optuna.create_study`.
-        strategies: Strategy names or instances; fixed for the life of the study.
-        direction: ``"maximize"`` or ``"minimize"`` the score.
-        directions: Instead of ``direction``: one per objective of a multi-objective study
-            (see :func:`~trace_optuna.create_study`).
-        sampler: A function returning the Optuna sampler (each process builds its own); None is
-            the default :class:`~trace_optuna.samplers.StrategyBandit`.
-        seed: The study's seed.
-        error_score: The score of a candidate whose code raises; None fails such trials.
-        selector: ``"score"`` or ``"llm"``, as for :func:`~trace_optuna.create_study`.
-        heartbeat_interval: Seconds between heartbeats of a running trial.
-        grace_period: Seconds without a heartbeat before a trial counts as dead (None: twice
-            the interval).
-        max_retry: How often a dead worker's trial is run again.
+    An ``App`` is a :class:`~trace_optuna.Config` (every option of a study, with the same names,
+    checked when the App is made) that can open its study. Every worker process imports your
+    module and opens the study with these options, so they must be the same in every process
+    (the study refuses another strategy list or agent). Give ``sampler`` as a function
+    returning a sampler when each process should build its own.
 
     Example:
         >>> from trace_optuna import demo
@@ -120,22 +95,6 @@ class App:
         2
     """
 
-    agent: Callable[[], Any] | None = None
-    evaluate: Callable[..., Evaluation]
-    llm: str | LLM
-    parameters: Selection | None = None
-    on_conflict: str = "reevaluate"
-    strategies: Sequence[Any] = ("optoprime",)
-    direction: str | None = None
-    directions: Sequence[str] | None = None
-    sampler: Callable[[], optuna.samplers.BaseSampler] | None = None
-    seed: int | None = None
-    error_score: float | None = None
-    selector: str = "score"
-    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S
-    grace_period: int | None = None
-    max_retry: int | None = MAX_RETRY
-
     def study(self, *, study_name: str, storage: str | BaseStorage | None) -> TraceStudy:
         """Open the study (creating it on first use) as every worker does.
 
@@ -144,26 +103,8 @@ class App:
         """
         from trace_optuna.study import create_study
 
-        sampler = self.sampler() if self.sampler is not None else None
         return create_study(
-            agent=self.agent,
-            evaluate=self.evaluate,
-            llm=self.llm,
-            parameters=self.parameters,
-            on_conflict=self.on_conflict,
-            study_name=study_name,
-            storage=storage,
-            direction=self.direction,
-            directions=self.directions,
-            load_if_exists=True,
-            strategies=self.strategies,
-            sampler=sampler,
-            seed=self.seed,
-            error_score=self.error_score,
-            selector=self.selector,
-            heartbeat_interval=self.heartbeat_interval,
-            grace_period=self.grace_period,
-            max_retry=self.max_retry,
+            study_name=study_name, storage=storage, load_if_exists=True, config=self
         )
 
 

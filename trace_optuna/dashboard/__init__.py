@@ -27,13 +27,16 @@ dashboard`` binds it to 127.0.0.1 only. Do not expose it.
 
 One part per private module: ``_notes`` (the trial's note), ``_artifacts`` (long texts),
 ``_figures`` (figures saved into the study, :class:`FigureRefresher`), ``_human``
-(:class:`HumanFeedback`), ``_study`` (``wire``, the study's description), ``_hooks`` (what the
-step calls around a trial), ``_commands`` (the two commands), ``_keys`` (optuna-dashboard's
+(:class:`HumanFeedback`), ``_study`` (the study's description), ``_hooks`` (what happens
+around a trial), ``_observer`` (:class:`DashboardObserver`, which the core calls through
+:mod:`trace_optuna.observers`; registered when this package is imported), ``_commands`` (the
+two commands), ``_keys`` (optuna-dashboard's
 storage keys) and ``_imports`` (optuna-dashboard as an optional dependency).
 """
 
 from __future__ import annotations
 
+from trace_optuna import observers as _observers
 from trace_optuna.dashboard._artifacts import HEAD_CHARS
 from trace_optuna.dashboard._artifacts import LONG_TEXT_CHARS
 from trace_optuna.dashboard._artifacts import offload_long_texts
@@ -65,10 +68,11 @@ from trace_optuna.dashboard._notes import NOTE_TEXT_CHARS
 from trace_optuna.dashboard._notes import split_diff
 from trace_optuna.dashboard._notes import trial_note
 from trace_optuna.dashboard._notes import write_note
+from trace_optuna.dashboard._observer import DashboardObserver
 from trace_optuna.dashboard._study import describe_study
-from trace_optuna.dashboard._study import wire
 
 __all__ = [
+    "DashboardObserver",
     "DASHBOARD_CHUNK_CHARS",
     "DEFAULT_FIGURE_INTERVAL",
     "EXTRA",
@@ -100,6 +104,7 @@ __all__ = [
     "split_diff",
     "stored_artifact_store",
     "trial_note",
-    "wire",
     "write_note",
 ]
+
+_observers.register(DashboardObserver)

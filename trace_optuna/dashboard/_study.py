@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import inspect
-import os
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -14,50 +13,10 @@ import optuna
 
 from trace_optuna import records
 from trace_optuna.dashboard._artifacts import _artifact_directory
-from trace_optuna.dashboard._artifacts import resolve_artifact_store
-from trace_optuna.dashboard._artifacts import stored_artifact_store
-from trace_optuna.dashboard._figures import FigureRefresher
 from trace_optuna.dashboard._human import HumanFeedback
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
-
-
-def wire(
-    study: Any,
-    artifact_dir: str | os.PathLike[str] | None,
-    artifact_store: ArtifactStore | None,
-    figure_interval: float | None,
-) -> Any:
-    """What ``create_study``/``load_study`` do for optuna-dashboard: give the step its artifact
-    store (the one the study recorded when none is given), set how often figures are saved,
-    and describe the study in its user attributes.
-
-    Args:
-        study: The ``TraceStudy``.
-        artifact_dir: ``create_study(artifact_dir=...)``.
-        artifact_store: ``create_study(artifact_store=...)``.
-        figure_interval: ``create_study(figure_interval=...)``.
-
-    Returns:
-        ``study``.
-    """
-    FigureRefresher(figure_interval)  # validates it
-    store = resolve_artifact_store(artifact_dir, artifact_store)
-    if store is None:
-        store = stored_artifact_store(study.optuna)
-    objective = study.objective
-    objective.artifact_store = store
-    study.figure_interval = figure_interval
-    describe_study(
-        study.optuna,
-        agent=objective.agent,
-        make_agent=objective.make_agent,
-        evaluate=objective.evaluate,
-        strategies=objective.strategies,
-        artifact_store=store,
-    )
-    return study
 
 
 def describe_study(

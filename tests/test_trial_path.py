@@ -1,0 +1,253 @@
+"""The trial path end to end: interruptions and hung evaluations recorded, plain Optuna studies
+left alone, studies opened for reading, observers told in order, no UI in the core."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+import signal
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+from support_agents import CountingEvaluate
+from support_agents import Greeter
+from support_agents import make_greeter
+
+import trace_optuna as to
+from trace_optuna import observers
+from trace_optuna import records
+
+SIMULATED = "simulated/feedback-follower"
+PACKAGE = Path(to.__file__).parent
+
+
+class InterruptedOnce(CountingEvaluate):
+    """Sends this process a real SIGINT (Ctrl-C) during its ``call``-th evaluation."""
+
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.call = call
+        self.runs = 0
+
+    def __call__(self, agent: Greeter) -> to.Evaluation:
+        self.runs += 1
+        if self.runs == self.call:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the signal's KeyboardInterrupt arrives here
+        return super().__call__(agent)
+
+
+def test_an_interrupted_trial_keeps_its_record_and_is_rerun_on_resume(
+    storage_url: str, study_name: str
+) -> None:
+    # Call 1: the baseline. Call 2: trial 1's candidate, after its LLM call: Ctrl-C.
+    evaluate = InterruptedOnce(call=2)
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=evaluate,
+        llm=SIMULATED,
+        storage=storage_url,
+        study_name=study_name,
+        seed=0,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(n_trials=3)
+    interrupted = study.trials[1]
+    assert interrupted.state == TrialState.FAIL
+    record = study.record(1)
+    assert interrupted.user_attrs[records.INTERRUPTED] is True
+    assert record.error is not None and record.error.startswith("KeyboardInterrupt")
+    assert record.llm["calls"] == 1 and record.llm["prompt_tokens"] > 0  # what was paid
+    assert record.diff and record.changed  # the candidate it was evaluating
+    assert record.snapshot != study.record(0).snapshot
+
+    study.optimize(n_trials=1)  # resume: the interrupted trial is queued again first
+    retry = study.trials[2]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 1
+    assert retry.user_attrs[records.RETRY_OF] == 1
+    assert retry.params == interrupted.params  # the same strategy and settings
+
+
+class Hangs(CountingEvaluate):
+    runs = 0
+
+    def __call__(self, agent: Greeter) -> to.Evaluation:
+        self.runs += 1
+        if self.runs == 2:
+            time.sleep(60)  # a hung call: the time limit must interrupt it
+        return super().__call__(agent)
+
+
+def test_a_hung_evaluate_is_interrupted_and_the_study_goes_on(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=Hangs(),
+        llm=SIMULATED,
+        storage=sqlite_url,
+        study_name=study_name,
+        seed=0,
+        evaluate_timeout=1.0,
+    )
+    started = time.monotonic()
+    study.optimize(n_trials=3)
+    assert time.monotonic() - started < 30
+    states = [trial.state for trial in study.trials]
+    assert states[1] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 2
+    assert study.record(1).error.startswith(
+        "EvaluationTimeout: evaluate() ran longer than evaluate_timeout=1.0 s"
+    )
+
+
+def test_a_plain_optuna_study_is_never_added_to(sqlite_url: str, study_name: str) -> None:
+    plain = optuna.create_study(study_name=study_name, storage=sqlite_url)
+    plain.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    with pytest.raises(to.ConfigurationError, match="holds 3 trial.*trace_optuna did not make"):
+        to.load_study(
+            study_name=study_name,
+            storage=sqlite_url,
+            agent=make_greeter,
+            evaluate=CountingEvaluate(),
+            llm=SIMULATED,
+        )
+    with pytest.raises(to.ConfigurationError, match="holds 3 trial"):
+        to.create_study(
+            study_name=study_name,
+            storage=sqlite_url,
+            load_if_exists=True,
+            agent=make_greeter,
+            evaluate=CountingEvaluate(),
+            llm=SIMULATED,
+        )
+    assert len(optuna.load_study(study_name=study_name, storage=sqlite_url).trials) == 3
+    with pytest.raises(to.ConfigurationError, match="holds 3 trial"):
+        plain.optimize(to.TraceObjective(make_greeter, CountingEvaluate(), SIMULATED), n_trials=1)
+
+
+def test_a_study_opens_for_reading_with_its_name_and_storage_alone(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=CountingEvaluate(),
+        llm=SIMULATED,
+        storage=sqlite_url,
+        study_name=study_name,
+        seed=0,
+    )
+    study.optimize(n_trials=3)
+    reader = to.load_study(study_name=study_name, storage=sqlite_url)
+    assert reader.best_snapshot == study.best_snapshot
+    assert reader.record(2).snapshot == study.record(2).snapshot
+    with pytest.raises(to.ConfigurationError, match="opened for reading only"):
+        reader.optimize(n_trials=1)
+    with pytest.raises(to.ConfigurationError, match="pass agent="):
+        reader.load_best()
+    best = to.load_study(study_name=study_name, storage=sqlite_url, agent=make_greeter).load_best()
+    assert to.snapshot(best) == study.best_snapshot
+    assert len(study.trials) == 3  # reading ran nothing
+
+
+class Recorder(observers.TrialObserver):
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def study_ready(self, study: optuna.Study, **parts: Any) -> None:
+        self.log.append(f"ready {sorted(parts)}")
+
+    def trial_started(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
+        self.log.append(f"started {trial.number}")
+
+    def before_write(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
+        record["trace:observed"] = True  # an observer may add to the record before its write
+        self.log.append(f"before {trial.number}")
+
+    def record_written(self, trial: optuna.Trial, record: Any) -> None:
+        stored = trial.study._storage.get_trial(trial._trial_id).user_attrs
+        self.log.append(f"written {trial.number} {stored.get('trace:observed')}")
+
+    def optimize_finished(self, study: optuna.Study) -> None:
+        self.log.append("finished")
+
+
+def test_observers_are_told_in_order_and_a_failing_one_fails_nothing(
+    sqlite_url: str, study_name: str
+) -> None:
+    log: list[str] = []
+
+    class Broken(observers.TrialObserver):
+        def trial_started(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
+            raise RuntimeError("a broken view")
+
+    def factory(config: to.Config) -> observers.TrialObserver:
+        return Recorder(log)
+
+    def broken(config: to.Config) -> observers.TrialObserver:
+        return Broken()
+
+    observers.register(factory)
+    observers.register(broken)
+    try:
+        study = to.create_study(
+            agent=make_greeter,
+            evaluate=CountingEvaluate(),
+            llm=SIMULATED,
+            storage=sqlite_url,
+            study_name=study_name,
+        )
+        study.optimize(n_trials=2)
+    finally:
+        observers._FACTORIES.remove(factory)
+        observers._FACTORIES.remove(broken)
+    assert log == [
+        "ready ['agent', 'coordinator', 'evaluate', 'make_agent', 'strategies']",
+        "started 0",
+        "before 0",
+        "written 0 True",
+        "started 1",
+        "before 1",
+        "written 1 True",
+        "finished",
+    ]
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 2
+
+
+CORE = (
+    "step.py",
+    "study.py",
+    "runner.py",
+    "binding.py",
+    "config.py",
+    "coordination.py",
+    "records.py",
+    "population.py",
+    "observers.py",
+    "sharing.py",
+    "snapshots.py",
+)
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_core_imports_no_ui(module: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    ui = sorted(
+        name
+        for name in imported
+        if name.startswith(
+            ("trace_optuna.dashboard", "trace_optuna.visualization", "optuna_dashboard", "plotly")
+        )
+    )
+    assert ui == [], f"{module} imports {ui}"

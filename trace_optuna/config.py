@@ -1,0 +1,356 @@
+"""``Config``: every option of a Trace study, checked in one place.
+
+``create_study``, ``load_study``, :class:`~trace_optuna.TraceObjective` and the workers'
+:class:`~trace_optuna.App` all take these options (as keyword arguments, or a ``Config`` through
+``config=``), so each option exists everywhere, with the one docstring below, and is checked
+once, when the ``Config`` is made: a wrong value raises before anything is created or stored,
+with an error that names the option and the rule.
+
+What a study is (its name, its storage, whether to reopen it) is not an option: those are the
+arguments of ``create_study``/``load_study`` themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+import dataclasses
+import difflib
+import numbers
+import os
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
+
+import optuna
+from optuna.study import StudyDirection
+
+from trace_optuna.evaluation import check_score
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.storage import HEARTBEAT_INTERVAL_S
+from trace_optuna.storage import MAX_RETRY
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+    from trace_optuna.evaluation import Evaluation
+    from trace_optuna.llm import LLM
+    from trace_optuna.registry import Selection
+
+DEFAULT_FIGURE_INTERVAL = 60.0  # seconds between refreshes of the study's saved figures
+
+EvaluateForm = Literal["agent", "agent_trial"]
+OnConflict = Literal["reevaluate", "skip"]
+SelectorKind = Literal["score", "llm"]
+DirectionLike = str | StudyDirection
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """The options of a Trace study. Every field is checked when the ``Config`` is made.
+
+    Attributes:
+        agent: A function that builds a fresh agent (each process calls it once), or an agent:
+            a ``@trace.model`` instance, a trace Module, or a dict of
+            ``{name: ParameterNode | trainable bundled function}``. None with ``parameters``, or
+            to open a study for reading only.
+        evaluate: ``evaluate(agent) -> Evaluation``, or ``evaluate(agent, trial)`` to sample the
+            agent's own knobs (``trial.suggest_*``) and prune in the same trial (see
+            :class:`~trace_optuna.TraceObjective`). None opens a study for reading only.
+        llm: The optimizer's model: a litellm model string (``"openai/gpt-4o-mini"``;
+            ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
+        evaluate_form: ``"agent"`` calls ``evaluate(agent)``, ``"agent_trial"`` calls
+            ``evaluate(agent, trial)``. None decides by ``evaluate``'s required positional
+            parameters: one is ``"agent"``, two is ``"agent_trial"`` (a second parameter with a
+            default, like ``verbose=False``, is never given the trial).
+        parameters: Instead of ``agent``: the paths of a shared
+            :class:`~trace_optuna.ParameterSet` the study optimizes (``team.select("agent1.*")``);
+            every other parameter takes its newest value in the set's registry.
+        on_conflict: With ``parameters``: what a trial does when another study published one of
+            its paths since it started: ``"reevaluate"`` its changes on the newer values and
+            publish if still better, or ``"skip"`` publishing.
+        strategies: A strategy name, a :class:`~trace_optuna.Strategy`, or a list of them; the
+            trial's ``strategy`` parameter picks one. Fixed for the life of a study.
+        direction: ``"maximize"`` (the default) or ``"minimize"`` the score, or an Optuna
+            ``StudyDirection``.
+        directions: Instead of ``direction``, for a multi-objective study: one direction per
+            objective; ``evaluate`` then returns ``Evaluation(score=[...])``.
+        sampler: An Optuna sampler, or a function returning one (each worker process builds its
+            own). None is :class:`~trace_optuna.samplers.StrategyBandit` seeded with ``seed``.
+        pruner: An Optuna pruner for ``evaluate(agent, trial)``'s ``trial.should_prune()``;
+            None is Optuna's default (``MedianPruner``).
+        seed: Recorded in the study; seeds the default sampler and each trial's random choices.
+        error_score: The score of a candidate whose code raises (one number per direction in a
+            multi-objective study); None fails such trials. The error is its feedback either way.
+        selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
+            LLM preference judge, for tasks without a meaningful numeric score).
+        evaluate_timeout: Seconds one run of ``evaluate`` may take; a run that takes longer is
+            interrupted (``EvaluationTimeout`` is raised inside it) and the trial fails with that
+            reason. None: no limit. Needs the main thread (a Unix timer signal).
+        heartbeat_interval: Seconds between heartbeats of a running trial, so that a trial whose
+            worker died is marked FAIL and re-run by another worker; None turns it off. Applies
+            to storages given as URLs.
+        grace_period: Seconds without a heartbeat before a trial counts as dead; None is twice
+            ``heartbeat_interval``.
+        max_retry: How often a dead (or interrupted) worker's trial is re-run; None: no limit.
+        artifact_dir: A directory for the study's artifacts (long LLM prompts and responses);
+            recorded in the study, so ``trace-optuna dashboard`` serves it.
+        artifact_store: Any Optuna artifact store instead of ``artifact_dir``.
+        figure_interval: Seconds between refreshes of the figures saved into the study for
+            optuna-dashboard, by all workers together; None saves none.
+
+    Raises:
+        ConfigurationError: Naming the option and the rule it breaks.
+
+    Example:
+        >>> from trace_optuna import demo
+        >>> config = Config(agent=demo.make_agent, evaluate=demo.evaluate, llm=demo.DEMO_LLM)
+        >>> config.study_directions()
+        [StudyDirection.MAXIMIZE]
+        >>> Config(selector="best")
+        Traceback (most recent call last):
+        ...
+        trace_optuna.exceptions.ConfigurationError: selector must be one of ['score', 'llm'], ...
+    """
+
+    agent: Any = None
+    evaluate: Callable[..., Evaluation] | None = None
+    llm: str | LLM | None = None
+    evaluate_form: EvaluateForm | None = None
+    parameters: Selection | None = None
+    on_conflict: OnConflict = "reevaluate"
+    strategies: Any = ("optoprime",)
+    direction: DirectionLike | None = None
+    directions: Sequence[DirectionLike] | None = None
+    sampler: optuna.samplers.BaseSampler | Callable[[], optuna.samplers.BaseSampler] | None = None
+    pruner: optuna.pruners.BasePruner | None = None
+    seed: int | None = None
+    error_score: float | Sequence[float] | None = None
+    selector: SelectorKind = "score"
+    evaluate_timeout: float | None = None
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S
+    grace_period: int | None = None
+    max_retry: int | None = MAX_RETRY
+    artifact_dir: str | os.PathLike[str] | None = None
+    artifact_store: ArtifactStore | None = None
+    figure_interval: float | None = DEFAULT_FIGURE_INTERVAL
+
+    def __post_init__(self) -> None:
+        _one_of("evaluate_form", self.evaluate_form, ("agent", "agent_trial"), none=True)
+        _one_of("on_conflict", self.on_conflict, ("reevaluate", "skip"))
+        _one_of("selector", self.selector, ("score", "llm"))
+        if self.evaluate is not None and not callable(self.evaluate):
+            raise ConfigurationError(
+                "evaluate must be a function evaluate(agent) or evaluate(agent, trial) -> "
+                f"Evaluation, got {type(self.evaluate).__name__}."
+            )
+        self._check_llm()
+        self.study_directions()  # checks direction/directions
+        self._check_sampler()
+        if self.pruner is not None and not isinstance(self.pruner, optuna.pruners.BasePruner):
+            raise ConfigurationError(
+                "pruner must be an Optuna pruner (e.g. optuna.pruners.MedianPruner()) or None, "
+                f"got {self.pruner!r}."
+            )
+        if self.seed is not None:
+            object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=None))
+        if self.error_score is not None:
+            object.__setattr__(self, "error_score", check_score(self.error_score, "error_score"))
+        _seconds("evaluate_timeout", self.evaluate_timeout, positive=True)
+        for name in ("heartbeat_interval", "grace_period"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _integer(name, value, minimum=1))
+        if self.max_retry is not None:
+            object.__setattr__(self, "max_retry", _integer("max_retry", self.max_retry, minimum=0))
+        self._check_artifacts()
+        _seconds("figure_interval", self.figure_interval, positive=False)
+
+    @classmethod
+    def from_options(
+        cls, config: Config | None, options: Mapping[str, Any], caller: str
+    ) -> Config:
+        """``config`` with ``options`` applied: what ``create_study(config=..., **options)`` takes.
+
+        Raises:
+            ConfigurationError: On an option that is not a field (with the nearest names), or a
+                ``config`` that is not a ``Config``.
+        """
+        if config is not None and not isinstance(config, Config):
+            raise ConfigurationError(
+                f"{caller}(config=...) must be a trace_optuna.Config, got {type(config).__name__}."
+            )
+        fields = [field.name for field in dataclasses.fields(cls)]
+        for name in options:
+            if name not in fields:
+                near = difflib.get_close_matches(name, fields, n=3)
+                hint = f" Did you mean {', '.join(near)}?" if near else ""
+                raise ConfigurationError(
+                    f"{caller}() got an unknown option {name!r}.{hint} Options are the fields "
+                    f"of trace_optuna.Config: {', '.join(fields)}."
+                )
+        if config is None:
+            return cls(**options)
+        return dataclasses.replace(config, **options) if options else config
+
+    def study_directions(self) -> list[StudyDirection]:
+        """The study's directions from ``direction`` or ``directions``.
+
+        Raises:
+            ConfigurationError: If both are given, or a value is not a direction.
+        """
+        if self.direction is not None and self.directions is not None:
+            raise ConfigurationError(
+                "Give direction= (one objective) or directions= (one per objective), not both; "
+                f"got direction={self.direction!r} and directions={self.directions!r}."
+            )
+        if self.directions is None:
+            return [
+                _direction(
+                    "direction",
+                    StudyDirection.MAXIMIZE if self.direction is None else self.direction,
+                )
+            ]
+        if (
+            isinstance(self.directions, (str, StudyDirection))
+            or not isinstance(self.directions, Sequence)
+            or not self.directions
+        ):
+            raise ConfigurationError(
+                "directions must be a non-empty list of 'maximize'/'minimize', one per "
+                f"objective, got {self.directions!r}."
+            )
+        return [_direction("directions", value) for value in self.directions]
+
+    def build_sampler(self) -> optuna.samplers.BaseSampler | None:
+        """The sampler (built by ``sampler()`` when a function was given); None: the default."""
+        if self.sampler is None or isinstance(self.sampler, optuna.samplers.BaseSampler):
+            return self.sampler
+        built = self.sampler()
+        if not isinstance(built, optuna.samplers.BaseSampler):
+            raise ConfigurationError(
+                f"sampler() must return an Optuna sampler, got {type(built).__name__}."
+            )
+        return built
+
+    def for_reading(self) -> bool:
+        """Whether this config can only read a study (no ``evaluate`` or no ``llm``)."""
+        return self.evaluate is None or self.llm is None
+
+    def _check_llm(self) -> None:
+        from trace_optuna.llm import LLM  # the adapter imports litellm only when it calls it
+
+        if self.llm is not None and not isinstance(self.llm, (str, LLM)):
+            raise ConfigurationError(
+                "llm must be a litellm model string (e.g. 'openai/gpt-4o-mini', or "
+                f"'simulated/feedback-follower' offline) or a trace_optuna.LLM; got {self.llm!r}."
+            )
+
+    def _check_sampler(self) -> None:
+        sampler = self.sampler
+        if sampler is None or isinstance(sampler, optuna.samplers.BaseSampler):
+            return
+        if isinstance(sampler, str):
+            raise ConfigurationError(
+                f"sampler must be an Optuna sampler object, not the string {sampler!r}: e.g. "
+                "sampler=optuna.samplers.TPESampler(seed=0), or None for the default "
+                "StrategyBandit."
+            )
+        if isinstance(sampler, type) or not callable(sampler):
+            raise ConfigurationError(
+                "sampler must be an Optuna sampler instance or a function returning one (e.g. "
+                f"optuna.samplers.TPESampler(), not the class), got {sampler!r}."
+            )
+
+    def _check_artifacts(self) -> None:
+        if self.artifact_dir is not None and self.artifact_store is not None:
+            raise ConfigurationError(
+                "Give artifact_dir= (a directory, for a FileSystemArtifactStore) or "
+                "artifact_store= (any Optuna artifact store), not both."
+            )
+        if self.artifact_dir is not None and not isinstance(self.artifact_dir, (str, os.PathLike)):
+            raise ConfigurationError(
+                "artifact_dir must be a directory path (str or os.PathLike), got "
+                f"{type(self.artifact_dir).__name__} {self.artifact_dir!r}."
+            )
+        store = self.artifact_store
+        if store is not None and not all(
+            callable(getattr(store, method, None)) for method in ("open_reader", "write")
+        ):
+            raise ConfigurationError(
+                "artifact_store must be an Optuna artifact store (with open_reader and write, "
+                "e.g. optuna.artifacts.FileSystemArtifactStore), got "
+                f"{type(store).__name__}."
+            )
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...], none: bool = False) -> None:
+    if value is None and none:
+        return
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigurationError(
+            f"{name} must be one of {list(choices)}"
+            + (" or None" if none else "")
+            + f", got {value!r}."
+        )
+
+
+def _direction(name: str, value: Any) -> StudyDirection:
+    if isinstance(value, StudyDirection) and value != StudyDirection.NOT_SET:
+        return value
+    if isinstance(value, str) and value.lower() in ("maximize", "minimize"):
+        return StudyDirection[value.upper()]
+    raise ConfigurationError(
+        f"{name} must be 'maximize' or 'minimize'"
+        + (" for each objective" if name == "directions" else "")
+        + f" (or an optuna StudyDirection), got {value!r}."
+    )
+
+
+def _integer(name: str, value: Any, *, minimum: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigurationError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _seconds(name: str, value: Any, *, positive: bool) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds or None, got {type(value).__name__} {value!r}."
+        )
+    if value < 0 or (positive and value == 0):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds {'> 0' if positive else '>= 0'} or None, "
+            f"got {value!r}."
+        )
+
+
+def check_optimize_arguments(n_trials: Any, timeout: Any, callbacks: Any) -> list[Any]:
+    """Check ``optimize``'s own arguments; return the callbacks as a list.
+
+    Raises:
+        ConfigurationError: On a negative, zero or fractional ``n_trials``, a negative ``timeout``,
+            or a callback that is not callable.
+    """
+    if n_trials is not None:
+        if isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral):
+            raise ConfigurationError(
+                f"n_trials must be an int >= 1 or None, got {type(n_trials).__name__} "
+                f"{n_trials!r}."
+            )
+        if n_trials < 1:
+            raise ConfigurationError(f"n_trials must be >= 1 or None, got {n_trials!r}.")
+    _seconds("timeout", timeout, positive=True)
+    listed = list(callbacks or ())
+    for index, callback in enumerate(listed):
+        if not callable(callback):
+            raise ConfigurationError(
+                f"callbacks[{index}] must be callable as callback(study, frozen_trial), got "
+                f"{type(callback).__name__} {callback!r}."
+            )
+    return listed

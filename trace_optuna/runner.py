@@ -1,0 +1,279 @@
+"""``AgentRunner``: the agent of one process, its runs, parent re-runs and the live graph.
+
+A run restores a snapshot into the agent, clears the parameters' feedback and calls
+``evaluate``; when the candidate's own code raises, the error becomes its feedback (as in
+Trace's loops) and its exception node the output, so a next step can repair the code. The run
+this process made last keeps its Trace graph (:attr:`AgentRunner.live`): when the next trial
+starts from that candidate, its graph is reused instead of evaluated again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterator
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+
+from opto.trace.bundle import ExecutionError
+from opto.trace.containers import ParameterContainer
+from opto.trace.nodes import Node
+from optuna.exceptions import TrialPruned
+from optuna.trial import TrialState
+
+from trace_optuna import records
+from trace_optuna import snapshots
+from trace_optuna.evaluation import Evaluation
+from trace_optuna.evaluation import score_for_study
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import EvaluationTimeout
+from trace_optuna.exceptions import TraceOptunaError
+from trace_optuna.knobs import ParentTrial
+from trace_optuna.knobs import check_names
+from trace_optuna.knobs import takes_trial
+from trace_optuna.population import score_of
+from trace_optuna.strategies.base import ParentEvaluation
+from trace_optuna.strategies.base import RunResult
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.study import StudyDirection
+
+    from trace_optuna.config import Config
+    from trace_optuna.population import Population
+    from trace_optuna.sharing import Share
+
+
+@dataclasses.dataclass
+class Live:
+    """The candidate this process evaluated last, while its Trace graph is still usable."""
+
+    number: int
+    snapshot_hash: str
+    run: RunResult
+    registry_version: int | None = None  # the shared parameters' version it ran with
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What one trial's runs need to know and what they report back.
+
+    Attributes:
+        directions: The study's directions (scores are checked against them).
+        study_name: For error messages.
+        strategy_names: Knob names must not collide with them.
+        evaluate_s: Seconds spent in ``evaluate`` so far in this trial.
+        knobs: The params ``evaluate`` suggested on the running trial.
+    """
+
+    directions: list[StudyDirection]
+    study_name: str
+    strategy_names: list[str]
+    evaluate_s: float = 0.0
+    knobs: set[str] = dataclasses.field(default_factory=set)
+
+
+class AgentRunner:
+    """The agent this process optimizes, and every run of it.
+
+    Args:
+        config: The study's options (``agent``/``parameters``, ``evaluate``,
+            ``evaluate_form``, ``evaluate_timeout``).
+        shared: The study's side of shared parameters, or None for an agent of its own.
+
+    Raises:
+        ConfigurationError: On a wrong ``agent`` or ``evaluate``.
+        SnapshotError: If a parameter's value cannot be stored as JSON (names the path).
+    """
+
+    def __init__(self, config: Config, shared: Share | None) -> None:
+        self.shared = shared
+        self.make_agent: Callable[[], Any] = (
+            shared.selection.parameter_set.make
+            if shared is not None
+            else agent_factory(config.agent)
+        )
+        self.evaluate_takes_trial = takes_trial(config.evaluate, config.evaluate_form)
+        self.evaluate: Callable[..., Evaluation] = config.evaluate  # type: ignore[assignment]
+        self.timeout = config.evaluate_timeout
+        self.agent = self.make_agent()
+        self.parameters = snapshots.parameters(self.agent)
+        self._nodes = list(self.parameters.values())  # all of them, shared ones included
+        self.initial_snapshot = snapshots.snapshot(self.agent)
+        if shared is not None:  # the study optimizes its selection; the rest is context
+            shared.check(self.initial_snapshot)
+            owned = shared.selection.paths
+            self.parameters = {path: self.parameters[path] for path in owned}
+            self.initial_snapshot = {path: self.initial_snapshot[path] for path in owned}
+        self.live: Live | None = None
+
+    def owned_snapshot(self) -> dict[str, Any]:
+        """The agent's current values of the parameters this study optimizes."""
+        return {path: node._data for path, node in self.parameters.items()}
+
+    def run(
+        self,
+        values: dict[str, Any],
+        context: RunContext,
+        trial: optuna.Trial | ParentTrial,
+    ) -> RunResult:
+        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one).
+
+        In a study over shared parameters, ``values`` are the study's own; the others come from
+        the registry version the trial runs with.
+
+        Raises:
+            ConfigurationError: If ``evaluate`` breaks its contract (see
+                :class:`~trace_optuna.Evaluation`).
+            EvaluationTimeout: If the run took longer than ``evaluate_timeout``.
+        """
+        shared_values = {} if self.shared is None else self.shared.context_values()
+        snapshots.restore(self.agent, {**shared_values, **values})
+        for node in self._nodes:  # every run starts clean: no feedback of an earlier backward
+            node.zero_feedback()
+        self.live = None
+        started = time.perf_counter()
+        suggested_before = set(trial.params)
+        try:
+            with _time_limit(self.timeout):
+                if self.evaluate_takes_trial:
+                    evaluation = self.evaluate(self.agent, trial)
+                else:
+                    evaluation = self.evaluate(self.agent)
+        except ExecutionError as error:
+            raised = (error.exception_node.info or {}).get("output")
+            if isinstance(raised, (TrialPruned, EvaluationTimeout)):  # raised in traced code
+                raise raised from None
+            # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
+            # and its exception node the output, so the next step can repair the code.
+            return RunResult(
+                score=None,
+                feedback=str(error).strip(),
+                output=error.exception_node,
+                code_error=f"The candidate's code raised: {error.exception_node.data}",
+            )
+        finally:
+            context.evaluate_s += time.perf_counter() - started
+            if not isinstance(trial, ParentTrial):  # what evaluate suggested: the agent's knobs
+                suggested = set(trial.params) - suggested_before
+                context.knobs.update(suggested)
+                check_names(suggested, context.strategy_names)
+        if not isinstance(evaluation, Evaluation):
+            raise ConfigurationError(
+                f"evaluate() must return trace_optuna.Evaluation, got {type(evaluation).__name__}."
+            )
+        if evaluation.output is not None and not isinstance(evaluation.output, Node):
+            raise ConfigurationError(
+                "Evaluation.output must be the Trace node the agent produced, got "
+                f"{type(evaluation.output).__name__}."
+            )
+        score = score_for_study(
+            evaluation.score, context.directions, context.study_name, "evaluate()"
+        )
+        return RunResult(score, evaluation.feedback, evaluation.output, evaluation.details)
+
+    def rerun_parent(
+        self,
+        trial: optuna.Trial,
+        population: Population,
+        number: int,
+        context: RunContext,
+    ) -> tuple[ParentEvaluation, dict[str, Any]]:
+        """Re-run a stored trial's candidate for its graph and feedback, with its own knobs.
+
+        The live graph is reused when it is that trial's candidate's.
+
+        Returns:
+            The evaluation, and the knob values it ran with (``{}`` without knobs).
+        """
+        parent = population.trial(number)
+        if parent.state != TrialState.COMPLETE:
+            # A PRUNED trial has values too (its last report), but no score of its candidate.
+            raise TraceOptunaError(
+                f"Trial#{number} is {parent.state.name}, not COMPLETE: it has no score of its "
+                "candidate and cannot be a parent."
+            )
+        parent_snapshot = population.snapshot(number)
+        live = self.live
+        if (
+            live is not None
+            and live.number == number
+            and snapshots.snapshot_hash(self.owned_snapshot()) == live.snapshot_hash
+        ):
+            run = live.run  # its graph is live: a greedy chain evaluates once per trial
+            stored = records.decode(parent.user_attrs, records.KNOBS) or {}
+            knobs = {name: parent.params[name] for name in stored if name in parent.params}
+        else:
+            parent_trial = ParentTrial(parent, trial)
+            try:
+                run = self.run(parent_snapshot, context, parent_trial)
+            except TrialPruned as error:
+                # Pruning judges the running trial's candidate, never a parent's re-run.
+                raise TraceOptunaError(
+                    f"evaluate() raised TrialPruned while re-running parent Trial#{number} for "
+                    "its feedback. A parent's re-run must not prune: prune only when "
+                    "trial.should_prune() says so (it is False for a parent's re-run)."
+                ) from error
+            knobs = parent_trial.knobs
+            context.knobs.update(parent_trial.not_in_parent)  # suggested on the running trial
+        if run.output is None:
+            raise ConfigurationError(
+                "evaluate() returned an Evaluation without output; set output= to the Trace "
+                "node the agent produced, so feedback can flow back to the parameters."
+            )
+        evaluation = ParentEvaluation(
+            number, parent_snapshot, score_of(parent), run.feedback, run.output
+        )
+        return evaluation, knobs
+
+
+def agent_factory(agent: Any) -> Callable[[], Any]:
+    """A function that returns the agent: ``agent`` itself when it is one.
+
+    Raises:
+        ConfigurationError: If ``agent`` is neither an agent nor a function building one.
+    """
+    if isinstance(agent, (ParameterContainer, dict)):
+        return lambda: agent
+    if callable(agent):
+        return agent
+    raise ConfigurationError(
+        "agent must be a function that builds the agent (recommended: each process calls it "
+        f"once), a trace Module/@trace.model instance, or a dict of parameters; got "
+        f"{type(agent).__name__}."
+    )
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`EvaluationTimeout` inside the block once it has run ``seconds``.
+
+    A Unix interval timer: its signal handler raises in the main thread wherever the block is,
+    also inside a blocking sleep or socket read (Python retries neither after a handler that
+    raises). Code in C that never returns to Python is not interrupted.
+    """
+    if seconds is None:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise ConfigurationError(
+            "evaluate_timeout needs the main thread (it uses a timer signal); run the study "
+            "in the main thread or set evaluate_timeout=None."
+        )
+
+    def expire(number: int, frame: Any) -> None:
+        raise EvaluationTimeout(
+            f"evaluate() ran longer than evaluate_timeout={seconds} s and was interrupted."
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
