@@ -146,12 +146,13 @@ def test_threads_are_refused_with_a_pointer_to_processes(sqlite_url: str) -> Non
         study.optimize(n_trials=2, n_jobs=2)
 
 
-def test_evaluate_returning_the_wrong_type_fails_the_trial_with_the_reason(
+def test_evaluate_returning_the_wrong_type_stops_optimize_after_recording_the_reason(
     sqlite_url: str,
 ) -> None:
     study = create(sqlite_url, "x", evaluate=lambda agent: 0.5)
-    study.optimize(n_trials=1)
-    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    with pytest.raises(to.ConfigurationError, match="must return trace_optuna.Evaluation"):
+        study.optimize(n_trials=5)  # a contract error stops at once: not 5 failing trials
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.FAIL]
     assert study.record(0).error == (
         "ConfigurationError: evaluate() must return trace_optuna.Evaluation, got float."
     )

@@ -4,6 +4,7 @@ left alone, studies opened for reading, observers told in order, no UI in the co
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 from pathlib import Path
 import signal
@@ -251,3 +252,70 @@ def test_the_core_imports_no_ui(module: str) -> None:
         )
     )
     assert ui == [], f"{module} imports {ui}"
+
+
+def test_an_output_that_depends_on_no_parameter_stops_before_any_llm_call(
+    sqlite_url: str, study_name: str
+) -> None:
+    from opto import trace
+
+    def detached(agent: Greeter) -> to.Evaluation:
+        # The reply built from .data: a fresh node, with no path back to the parameters.
+        out = trace.node(agent.greeting.data + "!")
+        return to.Evaluation(score=0.0, feedback="Mention the order number.", output=out)
+
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=detached,
+        llm=SIMULATED,
+        storage=sqlite_url,
+        study_name=study_name,
+    )
+    with pytest.raises(to.ConfigurationError, match="depends on none of the agent's trainable"):
+        study.optimize(n_trials=5)
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.record(1).llm["calls"] == 0  # nothing paid for
+    assert "depends on none" in study.record(1).error
+
+
+class Verbose(CountingEvaluate):
+    """Feedback of 10 MB: the whole log of a run, say."""
+
+    def __call__(self, agent: Greeter) -> to.Evaluation:
+        evaluation = super().__call__(agent)
+        return dataclasses.replace(evaluation, feedback=evaluation.feedback + "x" * 10_000_000)
+
+
+def test_huge_feedback_is_cut_before_it_is_stored_or_sent(
+    sqlite_url: str, study_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=Verbose(),
+        llm=SIMULATED,
+        storage=sqlite_url,
+        study_name=study_name,
+        max_feedback_chars=5_000,
+        figure_interval=None,
+    )
+    study.optimize(n_trials=2)
+    feedback = study.record(1).feedback
+    assert len(feedback) < 5_200 and feedback.endswith("limited to max_feedback_chars=5000]")
+    prompt = study.record(1).llm_calls[0]["user"]
+    assert len(prompt) < 40_000  # the cut feedback, not 10 MB, reached the LLM
+    assert Path(sqlite_url.removeprefix("sqlite:///")).stat().st_size < 2_000_000
+    assert "10000" in caplog.text and "max_feedback_chars" in caplog.text
+
+
+def test_a_study_deleted_under_a_live_object_says_so(sqlite_url: str, study_name: str) -> None:
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=CountingEvaluate(),
+        llm=SIMULATED,
+        storage=sqlite_url,
+        study_name=study_name,
+    )
+    study.optimize(n_trials=1)
+    optuna.delete_study(study_name=study_name, storage=sqlite_url)
+    with pytest.raises(to.ConfigurationError, match="no longer in the storage"):
+        study.optimize(n_trials=1)

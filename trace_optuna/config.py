@@ -85,6 +85,9 @@ class Config:
             multi-objective study); None fails such trials. The error is its feedback either way.
         selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
             LLM preference judge, for tasks without a meaningful numeric score).
+        max_feedback_chars: The longest feedback text kept from one run of ``evaluate``; longer
+            feedback is cut (the cut is said at its end and logged) before it is stored or sent
+            to the LLM, so one huge feedback neither bloats the database nor the prompt.
         evaluate_timeout: Seconds one run of ``evaluate`` may take; a run that takes longer is
             interrupted (``EvaluationTimeout`` is raised inside it) and the trial fails with that
             reason. None: no limit. Needs the main thread (a Unix timer signal).
@@ -128,6 +131,7 @@ class Config:
     seed: int | None = None
     error_score: float | Sequence[float] | None = None
     selector: SelectorKind = "score"
+    max_feedback_chars: int = 20_000
     evaluate_timeout: float | None = None
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S
     grace_period: int | None = None
@@ -157,6 +161,11 @@ class Config:
             object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=None))
         if self.error_score is not None:
             object.__setattr__(self, "error_score", check_score(self.error_score, "error_score"))
+        object.__setattr__(
+            self,
+            "max_feedback_chars",
+            _integer("max_feedback_chars", self.max_feedback_chars, minimum=100),
+        )
         _seconds("evaluate_timeout", self.evaluate_timeout, positive=True)
         for name in ("heartbeat_interval", "grace_period"):
             value = getattr(self, name)

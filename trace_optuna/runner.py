@@ -10,9 +10,11 @@ starts from that candidate, its graph is reused instead of evaluated again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 import contextlib
 import dataclasses
+import logging
 import signal
 import threading
 import time
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
     from trace_optuna.config import Config
     from trace_optuna.population import Population
     from trace_optuna.sharing import Share
+
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -100,6 +105,7 @@ class AgentRunner:
         self.evaluate_takes_trial = takes_trial(config.evaluate, config.evaluate_form)
         self.evaluate: Callable[..., Evaluation] = config.evaluate  # type: ignore[assignment]
         self.timeout = config.evaluate_timeout
+        self.max_feedback_chars = config.max_feedback_chars
         self.agent = self.make_agent()
         self.parameters = snapshots.parameters(self.agent)
         self._nodes = list(self.parameters.values())  # all of them, shared ones included
@@ -152,7 +158,7 @@ class AgentRunner:
             # and its exception node the output, so the next step can repair the code.
             return RunResult(
                 score=None,
-                feedback=str(error).strip(),
+                feedback=self._cut(str(error).strip()),
                 output=error.exception_node,
                 code_error=f"The candidate's code raised: {error.exception_node.data}",
             )
@@ -174,7 +180,25 @@ class AgentRunner:
         score = score_for_study(
             evaluation.score, context.directions, context.study_name, "evaluate()"
         )
-        return RunResult(score, evaluation.feedback, evaluation.output, evaluation.details)
+        feedback = self._cut(evaluation.feedback)
+        return RunResult(score, feedback, evaluation.output, evaluation.details)
+
+    def _cut(self, feedback: str) -> str:
+        """The feedback, cut to ``max_feedback_chars`` (saying so) when longer."""
+        limit = self.max_feedback_chars
+        if len(feedback) <= limit:
+            return feedback
+        _logger.warning(
+            "evaluate() gave %d characters of feedback; keeping the first %d "
+            "(max_feedback_chars).",
+            len(feedback),
+            limit,
+        )
+        return (
+            feedback[:limit]
+            + f"\n[... {len(feedback) - limit} more characters cut: feedback is limited to "
+            f"max_feedback_chars={limit}]"
+        )
 
     def rerun_parent(
         self,
@@ -225,10 +249,33 @@ class AgentRunner:
                 "evaluate() returned an Evaluation without output; set output= to the Trace "
                 "node the agent produced, so feedback can flow back to the parameters."
             )
+        if run.code_error is None and not depends_on(run.output, self.parameters.values()):
+            raise ConfigurationError(
+                f"evaluate()'s output (Trial#{number}'s re-run) depends on none of the agent's "
+                f"trainable parameters {sorted(self.parameters)}: feedback cannot reach them, "
+                "and the LLM would be asked to change nothing. Build the output from the "
+                "parameters through Trace operations (a @trace.bundle method, node "
+                "arithmetic), not from their .data."
+            )
         evaluation = ParentEvaluation(
             number, parent_snapshot, score_of(parent), run.feedback, run.output
         )
         return evaluation, knobs
+
+
+def depends_on(output: Node, parameters: Iterable[Node]) -> bool:
+    """Whether Trace's graph leads from ``output`` back to any of ``parameters``."""
+    targets = {id(node) for node in parameters}
+    seen: set[int] = set()
+    stack = [output]
+    while stack:
+        node = stack.pop()
+        if id(node) in targets:
+            return True
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(node.parents)
+    return False
 
 
 def agent_factory(agent: Any) -> Callable[[], Any]:

@@ -42,8 +42,12 @@ started, and the same random seed, so the same parents.
 
 Anything that goes wrong inside a trial is stored (``trace:error``, ``trace:traceback``, the raw
 LLM responses) and raised as :class:`~trace_optuna.exceptions.TrialFailed`; ``TraceStudy``
-asks Optuna to catch it, so the trial ends FAIL and the study goes on. An interruption
-(Ctrl-C) is stored the same way, with ``trace:interrupted``, and raised on.
+asks Optuna to catch it, so the trial ends FAIL and the study goes on. Two exceptions: a broken
+contract (a :class:`~trace_optuna.exceptions.ConfigurationError`: ``evaluate`` returning
+something else than an ``Evaluation``, an output that depends on no parameter, a knob named like
+the step's own params) is stored the same way and then raised as it is, so ``optimize()`` stops
+at its first occurrence instead of failing every trial alike; an interruption (Ctrl-C) is
+stored with ``trace:interrupted`` and raised on, and resuming re-runs the trial.
 """
 
 from __future__ import annotations
@@ -290,6 +294,11 @@ class TraceObjective:
         except TrialPruned:
             # Not a failure: Optuna ends the trial PRUNED; keep what it recorded so far.
             self._write_record(run, error=None, ending=True)
+            raise
+        except ConfigurationError as broken:
+            # A contract broken (evaluate's return, a knob's name, a strategy's record): every
+            # trial would fail the same way, so optimize() stops with it after recording it.
+            self._write_record(run, broken, ending=True)
             raise
         except Exception as error:
             self._write_record(run, error, ending=True)

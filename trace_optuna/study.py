@@ -126,9 +126,9 @@ class TraceStudy:
                 threads_refused(f"n_jobs={n_jobs} would run Trace steps in threads")
             )
         objective = self.objective
-        _requeue_interrupted(self._study, self.config.max_retry)
         observed = [callback for o in objective.observers for callback in o.callbacks()]
         try:
+            _requeue_interrupted(self._study, self.config.max_retry)
             _optimize(
                 self._study,
                 objective,
@@ -139,6 +139,13 @@ class TraceStudy:
                 gc_after_trial=gc_after_trial,
                 show_progress_bar=show_progress_bar,
             )
+        except KeyError as error:  # Optuna's storages say a missing record this way
+            if _study_exists(self._study):
+                raise
+            raise ConfigurationError(
+                f"Study {self.study_name!r} is no longer in the storage (it was deleted while "
+                "this process used it); nothing more can be stored in it."
+            ) from error
         finally:
             notify(objective.observers, "optimize_finished", self._study)
 
@@ -437,6 +444,7 @@ def _optimize(
                 **kwargs,
             )
             return
+
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
             if not _taken_over(error):
                 raise
@@ -446,6 +454,14 @@ def _optimize(
                 "and re-queued it; going on. (%s)",
                 error,
             )
+
+
+def _study_exists(study: optuna.Study) -> bool:
+    try:
+        study._storage.get_study_id_from_name(study.study_name)
+    except KeyError:
+        return False
+    return True
 
 
 def _taken_over(error: Exception) -> bool:
