@@ -37,6 +37,8 @@ def storage_file(url: str) -> Path:
         ("directions", "maximize", r"directions must be a non-empty list"),
         ("sampler", "tpe", r"sampler must be an Optuna sampler object, not the string 'tpe'"),
         ("sampler", optuna.samplers.TPESampler, r"not the class"),
+        ("sampler", optuna.samplers.BruteForceSampler(), r"BruteForceSampler enumerates a fixed"),
+        ("sampler", optuna.samplers.GridSampler({"x": [1]}), r"GridSampler enumerates a fixed"),
         ("pruner", "median", r"pruner must be an Optuna pruner"),
         ("seed", 1.5, r"seed must be an int, got float"),
         ("seed", True, r"seed must be an int, got bool"),

@@ -241,6 +241,7 @@ class Config:
             raise ConfigurationError(
                 f"sampler() must return an Optuna sampler, got {type(built).__name__}."
             )
+        _check_sampler_fits(built)
         return built
 
     def for_reading(self) -> bool:
@@ -258,7 +259,10 @@ class Config:
 
     def _check_sampler(self) -> None:
         sampler = self.sampler
-        if sampler is None or isinstance(sampler, optuna.samplers.BaseSampler):
+        if isinstance(sampler, optuna.samplers.BaseSampler):
+            _check_sampler_fits(sampler)
+            return
+        if sampler is None:
             return
         if isinstance(sampler, str):
             raise ConfigurationError(
@@ -292,6 +296,17 @@ class Config:
                 "e.g. optuna.artifacts.FileSystemArtifactStore), got "
                 f"{type(store).__name__}."
             )
+
+
+def _check_sampler_fits(sampler: optuna.samplers.BaseSampler) -> None:
+    """Refuse samplers that enumerate a fixed search space: a Trace study has none."""
+    if isinstance(sampler, (optuna.samplers.BruteForceSampler, optuna.samplers.GridSampler)):
+        raise ConfigurationError(
+            f"sampler={type(sampler).__name__} enumerates a fixed search space, but a Trace "
+            "study has none: the baseline trial has no params and each strategy brings its own "
+            "settings (Optuna would stop the study after its first trial). Use the default "
+            "StrategyBandit, or optuna.samplers.TPESampler/RandomSampler."
+        )
 
 
 def _one_of(name: str, value: Any, choices: tuple[str, ...], none: bool = False) -> None:
