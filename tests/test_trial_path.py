@@ -319,3 +319,62 @@ def test_a_study_deleted_under_a_live_object_says_so(sqlite_url: str, study_name
     optuna.delete_study(study_name=study_name, storage=sqlite_url)
     with pytest.raises(to.ConfigurationError, match="no longer in the storage"):
         study.optimize(n_trials=1)
+
+
+class Perfect(CountingEvaluate):
+    """Every reply is perfect: the study is at its target from the baseline on."""
+
+    def __call__(self, agent: Greeter) -> to.Evaluation:
+        evaluation = super().__call__(agent)
+        return dataclasses.replace(evaluation, score=1.0, feedback="The reply is perfect.")
+
+
+def test_a_study_at_its_target_stops_every_worker(storage_url: str, study_name: str) -> None:
+    def worker(evaluate: CountingEvaluate) -> to.TraceStudy:
+        return to.create_study(
+            agent=make_greeter,
+            evaluate=evaluate,
+            llm=SIMULATED,
+            storage=storage_url,
+            study_name=study_name,
+            load_if_exists=True,
+            target=1.0,
+            figure_interval=None,
+        )
+
+    first = worker(Perfect())
+    first.optimize(n_trials=8)
+    assert len(first.trials) == 1  # the baseline reached it: no step, no LLM call
+    second = worker(Perfect())
+    second.optimize(n_trials=8)  # another worker of the same study runs nothing
+    assert len(second.trials) == 1
+
+
+def test_a_study_stops_when_a_step_reaches_its_target(sqlite_url: str, study_name: str) -> None:
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=CountingEvaluate(),
+        llm=SIMULATED,
+        storage=sqlite_url,
+        study_name=study_name,
+        target=0.5,
+        seed=0,
+        figure_interval=None,
+    )
+    study.optimize(n_trials=10)
+    values = [trial.value for trial in study.trials]
+    assert values[-1] >= 0.5 and all(value < 0.5 for value in values[:-1])
+    assert len(values) < 10
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "message"),
+    [
+        ([1.0], {}, "target must be one number"),
+        (1.0, {"directions": ["maximize", "minimize"]}, "target needs a single-objective"),
+        ("high", {}, "target"),
+    ],
+)
+def test_a_wrong_target_is_refused(target: Any, extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(to.ConfigurationError, match=message):
+        to.Config(target=target, **extra)

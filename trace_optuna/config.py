@@ -80,6 +80,9 @@ class Config:
             own). None is :class:`~trace_optuna.samplers.StrategyBandit` seeded with ``seed``.
         pruner: An Optuna pruner for ``evaluate(agent, trial)``'s ``trial.should_prune()``;
             None is Optuna's default (``MedianPruner``).
+        target: Stop once the study's best score reaches this (``>=`` when maximizing, ``<=``
+            when minimizing): every worker stops after its running trial, and ``optimize`` on a
+            study already there runs nothing. Single-objective studies only.
         seed: Recorded in the study; seeds the default sampler and each trial's random choices.
         error_score: The score of a candidate whose code raises (one number per direction in a
             multi-objective study); None fails such trials. The error is its feedback either way.
@@ -128,6 +131,7 @@ class Config:
     directions: Sequence[DirectionLike] | None = None
     sampler: optuna.samplers.BaseSampler | Callable[[], optuna.samplers.BaseSampler] | None = None
     pruner: optuna.pruners.BasePruner | None = None
+    target: float | None = None
     seed: int | None = None
     error_score: float | Sequence[float] | None = None
     selector: SelectorKind = "score"
@@ -159,6 +163,15 @@ class Config:
             )
         if self.seed is not None:
             object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=None))
+        if self.target is not None:
+            if len(self.study_directions()) > 1:
+                raise ConfigurationError(
+                    "target needs a single-objective study (one score to reach); this study "
+                    f"has directions {self.directions!r}."
+                )
+            if isinstance(self.target, (list, tuple)):
+                raise ConfigurationError(f"target must be one number, got {self.target!r}.")
+            object.__setattr__(self, "target", check_score(self.target, "target"))
         if self.error_score is not None:
             object.__setattr__(self, "error_score", check_score(self.error_score, "error_score"))
         object.__setattr__(

@@ -302,7 +302,8 @@ class TraceObjective:
             raise
         except Exception as error:
             self._write_record(run, error, ending=True)
-            raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from error
+            # The traceback is in the record (trace:traceback): one in the log is enough.
+            raise TrialFailed(f"Trial#{trial.number} failed: {_reason(error)}") from None
         except BaseException as interruption:  # Ctrl-C, SystemExit: keep what is known
             run.record[records.INTERRUPTED] = True
             self._write_record(run, interruption, ending=True)
@@ -679,6 +680,8 @@ def _retried_from(population: Population, number: int) -> int | None:
 
 def _reason(error: BaseException) -> str:
     text = str(error).strip()
+    if isinstance(error, _CandidateCodeFailed):
+        return text  # it says what happened; its class is ours, not the user's
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 from optuna.study import Study
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from trace_optuna import records
@@ -126,7 +127,16 @@ class TraceStudy:
                 threads_refused(f"n_jobs={n_jobs} would run Trace steps in threads")
             )
         objective = self.objective
+        if self._target_reached():
+            _logger.info(
+                "Study %r has reached its target %s; no trial to run.",
+                self.study_name,
+                self.config.target,
+            )
+            return
         observed = [callback for o in objective.observers for callback in o.callbacks()]
+        if self.config.target is not None:
+            observed.append(self._stop_at_target)
         try:
             _requeue_interrupted(self._study, self.config.max_retry)
             _optimize(
@@ -148,6 +158,25 @@ class TraceStudy:
             ) from error
         finally:
             notify(objective.observers, "optimize_finished", self._study)
+
+    def _target_reached(self) -> bool:
+        """Whether the study's best score (any worker's) reached ``target``."""
+        target = self.config.target
+        if target is None:
+            return False
+        best = self._population().best()
+        if best is None or best.value is None:
+            return False
+        if self._study.direction == StudyDirection.MINIMIZE:
+            return best.value <= target
+        return best.value >= target
+
+    def _stop_at_target(self, study: Study, trial: FrozenTrial) -> None:
+        if self._target_reached():
+            _logger.info(
+                "Study %r reached its target %s; stopping.", self.study_name, self.config.target
+            )
+            study.stop()
 
     @property
     def trials(self) -> list[FrozenTrial]:
