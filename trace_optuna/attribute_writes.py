@@ -17,10 +17,12 @@ dozens of commits for what is one record. :func:`write_trial_attrs` writes them 
   :func:`trace_optuna.storage.call_with_retry`); upserts make that harmless.
 * ``JournalStorage`` (Redis or file backend; trace_optuna's ``HeartbeatJournalStorage``): the
   same log entries that ``set_trial_user_attr``/``set_study_system_attr`` write (one per key:
-  Optuna's replay accepts one key per entry), appended in ONE call: on Redis one script that
-  appends them all atomically and returns every entry this process has not read yet (one round
-  trip instead of about four per key); on a file, one locked write. Other processes replay them
-  as Optuna's own.
+  Optuna's replay accepts one key per entry), the trial's appended in ONE call: on Redis one
+  script that appends them all atomically and returns every entry this process has not read
+  yet (one round trip instead of about four per key); on a file, one locked write. The study
+  system attributes follow in a second append, once the first has been replayed without
+  error (a study's entries would be applied even for a trial finished meanwhile). Other
+  processes replay them as Optuna's own.
 * Any other storage (``InMemoryStorage``, a user's own): one call per attribute.
 
 The rules are Optuna's ``set_trial_user_attr``'s, checked before anything is written: keys are
@@ -139,8 +141,7 @@ def write_trial_attrs(
         >>> study = optuna.create_study(storage="sqlite:///:memory:")
         >>> trial = study.ask()
         >>> write_trial_attrs(study._storage, trial._trial_id, {"a": 1, "b": [2, "three"]})
-        >>> study.tell(trial, 0.0)
-        <FrozenTrial ...>
+        >>> _ = study.tell(trial, 0.0)
         >>> study.trials[0].user_attrs
         {'a': 1, 'b': [2, 'three']}
     """
@@ -177,6 +178,14 @@ def write_attrs(
 
     Raises:
         As :func:`write_trial_attrs`.
+
+    Example:
+        >>> import optuna
+        >>> study = optuna.create_study(storage="sqlite:///:memory:")
+        >>> trial = study.ask()
+        >>> write_attrs(trial, {"score": 0.5}, study_system_attrs={"note": "first"})
+        >>> trial.user_attrs
+        {'score': 0.5}
     """
     write_trial_attrs(
         trial.study._storage,
@@ -274,8 +283,8 @@ def _write_rdb_rows(
             f"Trial#{trial.number} has already finished and can not be updated."
         )
     _check_study_id(study_id, trial.study_id, trial_id)
-    _upsert(connection, _TRIAL_USER_ATTRS, "trial_id", trial_id, user_rows)
-    _upsert(connection, _STUDY_SYSTEM_ATTRS, "study_id", trial.study_id, system_rows)
+    _upsert(connection, _TRIAL_USER_ATTRS, "trial_id", trial_id, user_rows, dialect)
+    _upsert(connection, _STUDY_SYSTEM_ATTRS, "study_id", trial.study_id, system_rows, dialect)
 
 
 def _begin_immediate(connection: sqlalchemy.Connection) -> None:
@@ -298,9 +307,13 @@ def _upsert(
     owner_column: str,
     owner_id: int,
     rows: dict[str, str],
+    dialect: str,
 ) -> None:
-    """Insert or overwrite ``{key: value_json}`` of one trial or study, in few statements."""
-    dialect = connection.dialect.name
+    """Insert or overwrite ``{key: value_json}`` of one trial or study, in few statements.
+
+    ``dialect`` is the connection's (any other name takes the path for dialects without an
+    upsert).
+    """
     for batch in _batches(rows):
         values = [{owner_column: owner_id, "key": key, "value_json": text} for key, text in batch]
         statement: Any
@@ -402,13 +415,11 @@ def _write_journal(
 ) -> None:
     with storage._thread_lock:
         replay = storage._replay_result
-        backend = storage._backend
-        redis_client = _redis_client(backend)
-        if redis_client is None:
+        if _redis_client(storage._backend) is None:
             storage._sync_with_backend()  # a local file: reading it is cheap
-        # Checked against the last state this process replayed; a trial finished by another
-        # process since then ignores these entries on every replay (as Optuna's own), and
-        # this process's replay below raises as Optuna's set_trial_user_attr does.
+        # Checked against the state this process last replayed. A trial finished by another
+        # process since then is caught by the replay of the user attributes' entries, which
+        # raises as Optuna's set_trial_user_attr does (every process ignores those entries).
         trial = replay.get_trial(trial_id)
         if trial.state.is_finished():
             raise UpdateFinishedTrialError(
@@ -417,38 +428,54 @@ def _write_journal(
         trial_study_id = replay._trial_id_to_study_id[trial_id]
         _check_study_id(study_id, trial_study_id, trial_id)
         worker_id = replay.worker_id
-        logs: list[dict[str, Any]] = [
-            {
-                "op_code": _SET_TRIAL_USER_ATTR,
-                "worker_id": worker_id,
-                "trial_id": trial_id,
-                "user_attr": {key: value},
-            }
-            for key, value in user_attrs.items()
-        ]
-        logs += [
-            {
-                "op_code": _SET_STUDY_SYSTEM_ATTR,
-                "worker_id": worker_id,
-                "study_id": trial_study_id,
-                "system_attr": {key: value},
-            }
-            for key, value in system_attrs.items()
-        ]
-        if redis_client is not None:
-            unread = redis_client.eval(
-                _REDIS_APPEND_AND_READ,
-                0,
-                backend._prefix,  # type: ignore[attr-defined]
-                replay.log_number_read,
-                *(json.dumps(log) for log in logs),
-            )
-            if all(entry is not None for entry in unread):
-                _replay_all(replay, (json.loads(entry) for entry in unread))
-                return
-        else:
-            backend.append_logs(logs)
-        _replay_all(replay, backend.read_logs(replay.log_number_read))
+        _append(
+            storage,
+            [
+                {
+                    "op_code": _SET_TRIAL_USER_ATTR,
+                    "worker_id": worker_id,
+                    "trial_id": trial_id,
+                    "user_attr": {key: value},
+                }
+                for key, value in user_attrs.items()
+            ],
+        )
+        # A second append, after the first was replayed without error: the study's entries
+        # would be applied even for a trial finished meanwhile, and nothing may be written then.
+        _append(
+            storage,
+            [
+                {
+                    "op_code": _SET_STUDY_SYSTEM_ATTR,
+                    "worker_id": worker_id,
+                    "study_id": trial_study_id,
+                    "system_attr": {key: value},
+                }
+                for key, value in system_attrs.items()
+            ],
+        )
+
+
+def _append(storage: JournalStorage, logs: list[dict[str, Any]]) -> None:
+    """Append ``logs`` in one backend call and replay up to them; raise as Optuna's replay."""
+    if not logs:
+        return
+    replay, backend = storage._replay_result, storage._backend
+    redis_client = _redis_client(backend)
+    if redis_client is not None:
+        unread = redis_client.eval(
+            _REDIS_APPEND_AND_READ,
+            0,
+            backend._prefix,  # type: ignore[attr-defined]
+            replay.log_number_read,
+            *(json.dumps(log) for log in logs),
+        )
+        if all(entry is not None for entry in unread):
+            _replay_all(replay, (json.loads(entry) for entry in unread))
+            return
+    else:
+        backend.append_logs(logs)
+    _replay_all(replay, backend.read_logs(replay.log_number_read))
 
 
 def _redis_client(backend: BaseJournalBackend) -> Any:
