@@ -112,8 +112,9 @@ def write_trial_attrs(
 
     The stored result is the same as ``storage.set_trial_user_attr(trial_id, key, value)`` for
     each user attribute and ``storage.set_study_system_attr(study_id, key, value)`` for each
-    study system attribute, written in one transaction on RDB storages and one log append on
-    journal storages (see the module docstring). Existing keys are overwritten.
+    study system attribute, written in one transaction on RDB storages, and on journal storages
+    in one log append for the trial's attributes and one for the study's (see the module
+    docstring). Existing keys are overwritten.
 
     Args:
         storage: The study's storage (``study._storage``; an ``RDBStorage``, the cache around
