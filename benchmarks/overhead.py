@@ -29,6 +29,13 @@ Usage::
     python benchmarks/overhead.py --quick                      # 100 and 1,000 trials
     python benchmarks/overhead.py --trials 100,10000 --storages sqlite,postgresql
     python benchmarks/overhead.py --quick --profile            # cProfile, per-size comparison
+    python benchmarks/overhead.py --writes                     # only the attribute-write section
+
+The attribute-write section (``--writes``, :func:`measure_writes`) compares, on the same
+storages, bare Optuna trials that store a 20-attribute record with one ``set_user_attr`` per
+key (a transaction each) against the same trials storing it with one
+``trace_optuna.attribute_writes.write_attrs`` (one transaction), with and without the trial's
+optuna-dashboard note (two study system attributes).
 
 Progress goes to stderr, the table to stdout, and the table (with the fill-phase series, the
 machine's load and the processes' memory) as JSON to ``benchmarks/results/overhead.json``.
@@ -49,6 +56,7 @@ import os
 from pathlib import Path
 import platform
 import pstats
+import random
 import sys
 import tempfile
 import time
@@ -70,6 +78,9 @@ MAX_GROWTH = 2.0
 TARGET_SIZE = 10_000
 WARMUP_TRIALS = 3
 PROFILE_MIN_MS = 0.3  # functions cheaper than this per trial are left out of the comparison
+WRITES_TRIALS = 100  # trials per variant and storage in the attribute-write section
+WRITES_CHUNK = 20  # trials per interleaved turn in that section
+WRITES_WARMUP = 10
 
 
 # -- what workers exchange ----------------------------------------------------------------------
@@ -458,6 +469,8 @@ class Settings:
     seed: int
     postgresql_url: str
     profile: bool
+    writes: bool = False
+    writes_trials: int = WRITES_TRIALS
 
 
 def _log(message: str) -> None:
@@ -573,6 +586,203 @@ def _measure_windows(
             f"at every size; ms/trial so far, trace_optuna vs bare Optuna, {so_far}"
         )
     return totals
+
+
+# -- attribute writes: per key against one write ------------------------------------------------
+
+WRITE_VARIANTS = ("per-key", "one write", "per-key + note", "one write + note")
+
+
+def realistic_record(rng: random.Random, number: int) -> dict[str, Any]:
+    """20 attributes shaped like a trace_optuna trial record, about 26 KB of JSON.
+
+    Sizes follow the demo's records (18 keys, 6 KB, most under 200 bytes), with the texts a
+    real model writes: a longer LLM transcript (20 KB), diff and feedback.
+    """
+
+    def text(size: int) -> str:
+        return "".join(rng.choice("abcdefghij klmnopqrstuvwxyz.é") for _ in range(size))
+
+    return {
+        "trace:schema": 3,
+        "trace:worker": f"host-{number % 4}:{10_000 + number}",
+        "trace:strategy": rng.choice(["optoprime", "genetic", "evolutionary"]),
+        "trace:parents": [max(0, number - 1)],
+        "trace:parent_score": rng.random(),
+        "trace:parent_feedback": text(300),
+        "trace:changed": ["instructions", "sign"],
+        "trace:diff": text(1_000),
+        "trace:value:instructions": text(300),
+        "trace:snapshot": {"instructions": text(600), "sign": text(900)},
+        "trace:snapshot_hash": f"{rng.getrandbits(64):016x}",
+        "trace:feedback": text(300),
+        "trace:details": {"length": rng.randrange(500), "words": text(80).split()},
+        "trace:score": rng.random(),
+        "trace:improvement": rng.random() - 0.5,
+        "trace:llm": {"model": "openai/gpt-4o-mini", "calls": 1, "tokens": 4000, "cost": 1e-3},
+        "trace:llm_calls": [
+            {"system": text(3_000), "user": text(15_000), "response": text(2_000)}
+        ],
+        "trace:time": {"evaluate_s": rng.random(), "llm_s": rng.random(), "total_s": 2.0},
+        "trace:knobs": {"agent.temperature": rng.random()},
+        "trace:evaluated": [{"snapshot_hash": f"{rng.getrandbits(64):016x}", "score": 0.5}],
+    }
+
+
+def _note(trial_id: int, rng: random.Random) -> dict[str, Any]:
+    """optuna-dashboard's note of one trial: its version and one chunk (about 1 KB)."""
+    return {
+        f"dashboard:{trial_id}:note_ver": 1,
+        f"dashboard:{trial_id}:note_str:0": "".join(rng.choice("ab c") for _ in range(1_000)),
+    }
+
+
+def _run_write_trials(
+    study: optuna.Study, variant: str, trials: int, rng: random.Random
+) -> tuple[float, float]:
+    """Run ``trials`` trials writing their record as ``variant`` says; (wall s, writes s)."""
+    from trace_optuna.attribute_writes import write_attrs
+
+    storage, study_id = study._storage, study._study_id
+    wall_s = writes_s = 0.0
+    for _ in range(trials):
+        number = len(study.get_trials(deepcopy=False))
+        record = realistic_record(rng, number)
+        started = time.perf_counter()
+        trial = study.ask()
+        trial.suggest_categorical("strategy", ["optoprime", "genetic", "evolutionary"])
+        note = _note(trial._trial_id, rng) if variant.endswith("note") else {}
+        writing = time.perf_counter()
+        if variant.startswith("per-key"):
+            for key, value in record.items():
+                trial.set_user_attr(key, value)
+            for key, value in note.items():
+                storage.set_study_system_attr(study_id, key, value)
+        else:
+            write_attrs(trial, record, study_system_attrs=note)
+        writes_s += time.perf_counter() - writing
+        study.tell(trial, record["trace:score"])
+        wall_s += time.perf_counter() - started
+    return wall_s, writes_s
+
+
+@dataclasses.dataclass
+class WriteRow:
+    """One line of the attribute-write table."""
+
+    storage: str
+    variant: str
+    trials: int
+    ms_per_trial: float
+    writes_ms_per_trial: float
+    vs_per_key: float
+
+
+def measure_writes(kind: str, settings: Settings) -> list[WriteRow]:
+    """Every variant on one fresh database of ``kind``, in interleaved rounds.
+
+    Each variant has its own study (the same database, plain ``optuna.create_study`` from
+    the URL: RDBStorage in Optuna's cache), seeded RandomSampler, one categorical param.
+    """
+    import optuna
+
+    with databases(kind, ["writes"], settings.postgresql_url) as urls:
+        url = urls["writes"]
+        studies = {
+            variant: optuna.create_study(
+                study_name=f"writes-{variant}",
+                storage=url,
+                direction="maximize",
+                sampler=optuna.samplers.RandomSampler(seed=settings.seed),
+            )
+            for variant in WRITE_VARIANTS
+        }
+        rng = random.Random(settings.seed)
+        for variant, study in studies.items():
+            _run_write_trials(study, variant, WRITES_WARMUP, rng)
+        totals = {variant: [0.0, 0.0] for variant in WRITE_VARIANTS}
+        rounds = settings.writes_trials // WRITES_CHUNK
+        for round_index in range(rounds):
+            shift = round_index % len(WRITE_VARIANTS)
+            for variant in WRITE_VARIANTS[shift:] + WRITE_VARIANTS[:shift]:
+                wall_s, writes_s = _run_write_trials(studies[variant], variant, WRITES_CHUNK, rng)
+                totals[variant][0] += wall_s
+                totals[variant][1] += writes_s
+            done = (round_index + 1) * WRITES_CHUNK
+            so_far = ", ".join(
+                f"{variant} {totals[variant][0] / done * 1000:.1f}" for variant in WRITE_VARIANTS
+            )
+            _log(f"[{kind}] writes: {done}/{settings.writes_trials} trials; ms/trial {so_far}")
+        for study in studies.values():
+            study._storage._backend.engine.dispose()  # before the database is dropped
+    trials = settings.writes_trials
+    ms = {variant: totals[variant][0] / trials * 1000 for variant in WRITE_VARIANTS}
+    return [
+        WriteRow(
+            storage=kind,
+            variant=variant,
+            trials=trials,
+            ms_per_trial=ms[variant],
+            writes_ms_per_trial=totals[variant][1] / trials * 1000,
+            vs_per_key=ms[variant]
+            / ms["per-key + note" if variant.endswith("note") else "per-key"],
+        )
+        for variant in WRITE_VARIANTS
+    ]
+
+
+def format_writes_table(rows: list[WriteRow]) -> str:
+    """The attribute-write table: whole trials (ask, write, tell) and the write alone."""
+    header = (
+        f"{'storage':<11} {'record written as':<34} {'ms/trial':>9}  {'of it writing':>13}  "
+        f"{'vs per-key':>10}"
+    )
+    described = {
+        "per-key": "20 set_user_attr (20 commits)",
+        "one write": "1 write_attrs (1 commit)",
+        "per-key + note": "20 set_user_attr + 2 note keys",
+        "one write + note": "1 write_attrs with the note",
+    }
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row.storage:<11} {described[row.variant]:<34} {row.ms_per_trial:>9.1f}  "
+            f"{row.writes_ms_per_trial:>13.1f}  {row.vs_per_key:>9.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main_writes(settings: Settings) -> int:
+    """Run the attribute-write section on each storage; print the table; write the JSON."""
+    machine_before = _machine()
+    _log(
+        f"attribute writes: {settings.writes_trials} trials per variant, storages "
+        f"{settings.storages}, load average {machine_before['load_average']}"
+    )
+    started = time.perf_counter()
+    rows: list[WriteRow] = []
+    for kind in settings.storages:
+        rows.extend(measure_writes(kind, settings))
+    print(format_writes_table(rows))
+    print()
+    print(
+        "ms/trial: ask + 1 suggest + the record (20 attributes, about 26 KB of JSON) + tell, "
+        "bare Optuna storage from the URL; 'of it writing': the record's writes alone."
+    )
+    result = {
+        "settings": dataclasses.asdict(settings),
+        "machine": {
+            **machine_before,
+            "load_average_at_end": list(os.getloadavg()),
+            "minutes": (time.perf_counter() - started) / 60,
+        },
+        "rows": [dataclasses.asdict(row) for row in rows],
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    output = RESULTS_DIR / "overhead-writes.json"
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    _log(f"wrote {output}")
+    return 0
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -720,6 +930,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="profile trace_optuna's measured trials with cProfile and compare sizes "
         "(timings then include the profiler's cost)",
     )
+    parser.add_argument(
+        "--writes",
+        action="store_true",
+        help="run only the attribute-write section: per-key set_user_attr against one "
+        "write_attrs per trial",
+    )
+    parser.add_argument(
+        "--writes-trials",
+        type=int,
+        default=WRITES_TRIALS,
+        help=f"trials per variant and storage in that section (default: {WRITES_TRIALS})",
+    )
     args = parser.parse_args(argv)
     sizes = sorted({int(size) for size in ("100,1000" if args.quick else args.trials).split(",")})
     storages = [kind.strip() for kind in args.storages.split(",") if kind.strip()]
@@ -730,6 +952,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--window, --chunk and --fill-batch must be at least 1")
     if args.window % args.chunk:
         parser.error(f"--window ({args.window}) must be a multiple of --chunk ({args.chunk})")
+    if args.writes_trials < WRITES_CHUNK or args.writes_trials % WRITES_CHUNK:
+        parser.error(f"--writes-trials must be a positive multiple of {WRITES_CHUNK}")
     if min(sizes) < args.window:
         parser.error(f"every size must hold a whole window of {args.window} trials")
     return Settings(
@@ -741,6 +965,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         seed=args.seed,
         postgresql_url=args.postgresql_url,
         profile=args.profile,
+        writes=args.writes,
+        writes_trials=args.writes_trials,
     )
 
 
@@ -751,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = parse_args(argv)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    if settings.writes:
+        return main_writes(settings)
     machine_before = _machine()
     _log(
         f"sizes {settings.sizes}, storages {settings.storages}, window {settings.window}, "
