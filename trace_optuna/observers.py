@@ -12,7 +12,8 @@ The order of the calls for one study::
     study_ready(study, agent, ..., coordinator)  create_study/load_study, or a first trial
     callbacks()                                 Optuna callbacks added to every optimize()
     per trial: trial_started(trial, record)     the record is filled as the trial runs
-               before_write(trial, record)      may rewrite the record (e.g. long texts out)
+               before_write(trial, record)      may rewrite the record (long texts out) and
+                                                add study attributes to its one write (a note)
                record_written(trial, record)    the trial still runs; its values are not told
     optimize_finished(study)                    when optimize() returns
 
@@ -66,8 +67,16 @@ class TrialObserver:
     def trial_started(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
         """A trial starts; ``record`` is the dict its attributes are collected in."""
 
-    def before_write(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
-        """The record is complete and about to be written; it may be changed in place."""
+    def before_write(
+        self, trial: optuna.Trial, record: dict[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The record is complete and about to be written; it may be changed in place.
+
+        Returns:
+            Study system attributes to write in the same write as the record (e.g. the
+            dashboard's note of the trial), or None.
+        """
+        return None
 
     def record_written(self, trial: optuna.Trial, record: Mapping[str, Any]) -> None:
         """The record is in the storage; the trial has not been told its values yet."""

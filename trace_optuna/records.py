@@ -325,14 +325,27 @@ def write(set_attr: Any, values: Mapping[str, Any]) -> None:
             set_attr(stored_key, stored_value)
 
 
-def write_trial(trial: Any, record: Mapping[str, Any]) -> None:
-    """Write a running trial's record: every logical attribute that is not None, chunked.
+def write_trial(
+    trial: Any, record: Mapping[str, Any], study_system_attrs: Mapping[str, Any] | None = None
+) -> None:
+    """Write a running trial's record in one write: every logical attribute that is not None,
+    chunked, and ``study_system_attrs`` (e.g. its dashboard note) with it.
+
+    One transaction on RDB storages, one round trip on Redis
+    (:func:`trace_optuna.attribute_writes.write_attrs`); each key is stored after its chunks.
 
     Args:
         trial: The running ``optuna.Trial``.
         record: ``{logical key: value}``.
+        study_system_attrs: ``{key: value}`` for the trial's study, or None.
     """
-    write(trial.set_user_attr, {key: value for key, value in record.items() if value is not None})
+    from trace_optuna.attribute_writes import write_attrs  # imports storage, which imports us
+
+    stored: dict[str, Any] = {}
+    for key, value in record.items():
+        if value is not None:
+            stored.update(reversed(list(encode(key, value).items())))
+    write_attrs(trial, stored, study_system_attrs=study_system_attrs or None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -587,9 +587,10 @@ class TraceObjective:
             "total_s": round(time.perf_counter() - run.started, 6),
         }
         try:
-            for observer in self.observers:  # e.g. long texts to artifacts
-                observer.before_write(trial, record)
-            records.write_trial(trial, record)
+            study_attrs: dict[str, Any] = {}
+            for observer in self.observers:  # e.g. long texts to artifacts, the trial's note
+                study_attrs.update(observer.before_write(trial, record) or {})
+            records.write_trial(trial, record, study_system_attrs=study_attrs)
         except Exception:
             if not ending:
                 raise

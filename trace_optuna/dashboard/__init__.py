@@ -53,7 +53,6 @@ from trace_optuna.dashboard._figures import FigureRefresher
 from trace_optuna.dashboard._figures import dashboard_trial_url
 from trace_optuna.dashboard._figures import figures_stamp
 from trace_optuna.dashboard._figures import save_figures
-from trace_optuna.dashboard._hooks import after_write
 from trace_optuna.dashboard._hooks import before_write
 from trace_optuna.dashboard._hooks import enter_trial
 from trace_optuna.dashboard._human import HumanFeedback
@@ -86,7 +85,6 @@ __all__ = [
     "NOTE_DIFF_CHARS",
     "NOTE_TEXT_CHARS",
     "add_commands",
-    "after_write",
     "before_write",
     "dashboard_trial_url",
     "describe_study",

@@ -1,5 +1,5 @@
-"""The step's hooks around a running trial: which trial runs (for :class:`HumanFeedback`),
-long texts offloaded before its record is written, its note written after.
+"""What happens around a running trial: which trial runs (for :class:`HumanFeedback`), long
+texts offloaded and the note built just before the record is written (in the same write).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import optuna
 
 from trace_optuna.dashboard._artifacts import offload_long_texts
 from trace_optuna.dashboard._imports import _dashboard_installed
+from trace_optuna.dashboard._notes import note_attrs
 from trace_optuna.dashboard._notes import trial_note
-from trace_optuna.dashboard._notes import write_note
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -42,20 +42,22 @@ def enter_trial(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 
 def before_write(
     trial: optuna.Trial, attrs: dict[str, Any], artifact_store: ArtifactStore | None
-) -> None:
-    """Called by the step just before it writes the record: offload long texts."""
+) -> dict[str, Any]:
+    """Called just before the record is written: offload long texts, and return the trial's
+    note (as study system attributes) to be written with the record.
+
+    A note that cannot be built is left out (logged): a note is a view and never fails the
+    trial.
+    """
     if artifact_store is not None:
         offload_long_texts(trial, attrs, artifact_store)
-
-
-def after_write(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Called by the step after it wrote the record (the trial still runs): write the note."""
     _RUNNING.set(None)
     if not _dashboard_installed():
-        return
+        return {}
     try:
-        write_note(trial, trial_note(trial.number, attrs, dict(trial.params)))
-    except Exception:  # a note is a view: never fail the trial over it
+        return note_attrs(trial, trial_note(trial.number, attrs, dict(trial.params)))
+    except Exception:
         _logger.warning(
-            "Trial#%d: could not save its dashboard note.", trial.number, exc_info=True
+            "Trial#%d: could not build its dashboard note.", trial.number, exc_info=True
         )
+        return {}

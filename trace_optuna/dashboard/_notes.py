@@ -29,21 +29,29 @@ def write_note(trial: optuna.Trial, body: str) -> None:
     ``optuna_dashboard.save_note`` reads every study system attribute (all notes and figures
     of the study) twice per call, so its cost grows with the study. A trial's note is written
     only by the process running it (and by a person, in the dashboard, usually later), so this
-    writes optuna-dashboard's keys without reading (and without importing optuna-dashboard):
-    the version and the chunks, and blanks for chunks a longer earlier note of this process left.
+    writes optuna-dashboard's keys without reading (and without importing optuna-dashboard).
     """
-    trial_id = trial._trial_id
     storage, study_id = trial.storage, trial.study._study_id
+    for key, value in note_attrs(trial, body).items():
+        storage.set_study_system_attr(study_id, key, value)
+
+
+def note_attrs(trial: optuna.Trial, body: str) -> dict[str, Any]:
+    """The study system attributes that make ``body`` the trial's note: the version and the
+    chunks, and blanks for chunks a longer earlier note of this process left. Write them all
+    (the record's one write takes them along)."""
+    trial_id = trial._trial_id
     version, chunks_before = _note_versions.get(trial_id, (0, 0))
     chunks = _chunks(body)
-    storage.set_study_system_attr(study_id, note_version_key(trial_id), version + 1)
+    attrs: dict[str, Any] = {note_version_key(trial_id): version + 1}
     for index, chunk in enumerate(chunks):
-        storage.set_study_system_attr(study_id, note_chunk_key(trial_id, index), chunk)
+        attrs[note_chunk_key(trial_id, index)] = chunk
     for index in range(len(chunks), chunks_before):
-        storage.set_study_system_attr(study_id, note_chunk_key(trial_id, index), "")
+        attrs[note_chunk_key(trial_id, index)] = ""
     _note_versions[trial_id] = (version + 1, max(len(chunks), chunks_before))
     if len(_note_versions) > 10_000:  # only running trials matter; forget old ones
         _note_versions.pop(next(iter(_note_versions)))
+    return attrs
 
 
 def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any]) -> str:

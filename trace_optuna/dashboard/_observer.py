@@ -15,7 +15,6 @@ from typing import Any
 from trace_optuna.dashboard._artifacts import resolve_artifact_store
 from trace_optuna.dashboard._artifacts import stored_artifact_store
 from trace_optuna.dashboard._figures import FigureRefresher
-from trace_optuna.dashboard._hooks import after_write
 from trace_optuna.dashboard._hooks import before_write
 from trace_optuna.dashboard._hooks import enter_trial
 from trace_optuna.dashboard._study import describe_study
@@ -79,11 +78,8 @@ class DashboardObserver(TrialObserver):
     def trial_started(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
         enter_trial(trial, record)
 
-    def before_write(self, trial: optuna.Trial, record: dict[str, Any]) -> None:
-        before_write(trial, record, self.artifact_store)
-
-    def record_written(self, trial: optuna.Trial, record: Mapping[str, Any]) -> None:
-        after_write(trial, dict(record))
+    def before_write(self, trial: optuna.Trial, record: dict[str, Any]) -> dict[str, Any]:
+        return before_write(trial, record, self.artifact_store)  # the note, in the same write
 
     def optimize_finished(self, study: optuna.Study) -> None:
         if self._refresher is not None:
