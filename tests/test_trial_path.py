@@ -378,3 +378,39 @@ def test_a_study_stops_when_a_step_reaches_its_target(sqlite_url: str, study_nam
 def test_a_wrong_target_is_refused(target: Any, extra: dict[str, Any], message: str) -> None:
     with pytest.raises(to.ConfigurationError, match=message):
         to.Config(target=target, **extra)
+
+
+def make_edited_greeter() -> Greeter:
+    agent = Greeter()
+    agent.greeting._data = "Hi there."  # the user edited the program's starting prompt
+    return agent
+
+
+def test_an_edited_program_is_evaluated_as_a_new_root_or_refused(
+    storage_url: str, study_name: str
+) -> None:
+    def open_study(make: Any, **extra: Any) -> to.TraceStudy:
+        return to.create_study(
+            agent=make,
+            evaluate=CountingEvaluate(),
+            llm=SIMULATED,
+            storage=storage_url,
+            study_name=study_name,
+            load_if_exists=True,
+            seed=0,
+            figure_interval=None,
+            **extra,
+        )
+
+    open_study(make_greeter).optimize(n_trials=2)
+    with pytest.raises(to.ConfigurationError, match="program was edited since the study began"):
+        open_study(make_edited_greeter, edited_start="refuse")
+    edited = open_study(make_edited_greeter)
+    edited.optimize(n_trials=2)
+    root = edited.record(2)
+    assert root.strategy == "baseline" and root.parents == []
+    assert root.snapshot["greeting"] == "Hi there."
+    assert edited.record(3).strategy == "optoprime"  # then the study steps on as before
+    # Reopened again, the edited start is a trial now: no further root.
+    open_study(make_edited_greeter, edited_start="refuse").optimize(n_trials=1)
+    assert edited.record(4).strategy == "optoprime"

@@ -22,8 +22,10 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from trace_optuna import records
+from trace_optuna import snapshots
 from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.population import Population
 from trace_optuna.strategies.base import registered
 
 if TYPE_CHECKING:
@@ -168,6 +170,8 @@ def bind(objective: TraceObjective, study: optuna.Study) -> None:
             "stored scores of failing candidates would mean two things): reopen it without "
             "error_score (it takes the study's), or use a new study."
         )
+    if objective.config.edited_start == "refuse" and objective.shared is None:
+        _refuse_edited_start(objective, study)
     stored_llm = attrs.get(records.STUDY_LLM_SETTINGS)
     current_llm = objective.llm.settings()
     if stored_llm is not None and stored_llm.get("model") != current_llm.get("model"):
@@ -178,6 +182,21 @@ def bind(objective: TraceObjective, study: optuna.Study) -> None:
         )
         _logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _refuse_edited_start(objective: TraceObjective, study: optuna.Study) -> None:
+    """With ``edited_start="refuse"``: the agent's starting values must be a trial's."""
+    population = Population(study)
+    population.refresh()
+    if population.best() is None:
+        return  # nothing evaluated yet: the first trial evaluates the start
+    start_hash = snapshots.snapshot_hash(objective.initial_snapshot)
+    if population.trial_with_snapshot(start_hash) is None:
+        raise ConfigurationError(
+            f"Study {study.study_name!r} holds no trial with this agent's starting values: the "
+            "program was edited since the study began. Reopen it with edited_start='evaluate' "
+            "to evaluate them as a new root trial, or use a new study."
+        )
 
 
 def _refuse_plain_trials(study: optuna.Study) -> None:

@@ -43,6 +43,7 @@ DEFAULT_FIGURE_INTERVAL = 60.0  # seconds between refreshes of the study's saved
 EvaluateForm = Literal["agent", "agent_trial"]
 OnConflict = Literal["reevaluate", "skip"]
 SelectorKind = Literal["score", "llm"]
+EditedStart = Literal["evaluate", "refuse"]
 DirectionLike = str | StudyDirection
 
 
@@ -70,6 +71,10 @@ class Config:
         on_conflict: With ``parameters``: what a trial does when another study published one of
             its paths since it started: ``"reevaluate"`` its changes on the newer values and
             publish if still better, or ``"skip"`` publishing.
+        edited_start: What a reopened study does when the agent's starting values are in none
+            of its trials (the program was edited since): ``"evaluate"`` them as a new root
+            trial (strategy ``baseline``, no parents) so the study can build on them, or
+            ``"refuse"`` to reopen it.
         strategies: A strategy name, a :class:`~trace_optuna.Strategy`, or a list of them; the
             trial's ``strategy`` parameter picks one. Fixed for the life of a study.
         direction: ``"maximize"`` (the default) or ``"minimize"`` the score, or an Optuna
@@ -126,6 +131,7 @@ class Config:
     evaluate_form: EvaluateForm | None = None
     parameters: Selection | None = None
     on_conflict: OnConflict = "reevaluate"
+    edited_start: EditedStart = "evaluate"
     strategies: Any = ("optoprime",)
     direction: DirectionLike | None = None
     directions: Sequence[DirectionLike] | None = None
@@ -148,6 +154,7 @@ class Config:
         _one_of("evaluate_form", self.evaluate_form, ("agent", "agent_trial"), none=True)
         _one_of("on_conflict", self.on_conflict, ("reevaluate", "skip"))
         _one_of("selector", self.selector, ("score", "llm"))
+        _one_of("edited_start", self.edited_start, ("evaluate", "refuse"))
         if self.evaluate is not None and not callable(self.evaluate):
             raise ConfigurationError(
                 "evaluate must be a function evaluate(agent) or evaluate(agent, trial) -> "
