@@ -129,20 +129,42 @@ def snapshot(agent: Any) -> Snapshot:
 def restore(agent: Any, values: Mapping[str, Any]) -> None:
     """Write a snapshot's values into an agent's parameters, in place.
 
-    Every trainable parameter of the agent must have a value in ``values`` and every value
-    must belong to a parameter, so a snapshot of another agent is refused instead of applied
-    halfway.
+    Every trainable parameter of the agent must have a value in ``values``, every value must
+    belong to a parameter, and every value must be of the kind the parameter holds now: a str
+    for a str (a trainable method's code is its source, a str), a number for a number (an int
+    or a float for a float, stored as a float; an int for an int), a bool for a bool, a list
+    for a list, a dict for a dict. None fits any parameter, and any value fits a parameter
+    that holds None. So a snapshot of another agent, or a hand-edited one with a wrong type, is
+    refused instead of applied halfway: on any error no parameter has changed.
 
     Args:
         agent: An agent as accepted by :func:`parameters`.
         values: A snapshot, as returned by :func:`snapshot` or ``TraceStudy.best_snapshot``.
 
     Raises:
-        SnapshotError: If the paths do not match the agent's, or a value is not JSON.
+        SnapshotError: If ``values`` is not a mapping, the paths do not match the agent's, a
+            value is not JSON, or a value's type does not fit its parameter (the error names
+            the path, the type the parameter holds and the type given).
+
+    Example:
+        >>> from opto import trace
+        >>> agent = {"prompt": trace.node("Hi", trainable=True)}
+        >>> restore(agent, {"prompt": "Hello"})
+        >>> try:
+        ...     restore(agent, {"prompt": 5})
+        ... except SnapshotError as error:
+        ...     print(error)  # doctest: +NORMALIZE_WHITESPACE
+        Cannot restore this snapshot: 'prompt' holds a str and the snapshot gives an int (5).
+        Was it edited by hand, or taken of another agent?
     """
+    if not isinstance(values, Mapping):
+        raise SnapshotError(
+            "A snapshot must be a mapping {parameter path: value} (see trace_optuna.snapshot); "
+            f"got {type(values).__name__}."
+        )
     nodes = parameters(agent)
     missing = sorted(set(nodes) - set(values))
-    unknown = sorted(set(values) - set(nodes))
+    unknown = sorted(set(values) - set(nodes), key=str)
     if missing or unknown:
         raise SnapshotError(
             "The snapshot does not fit this agent: "
@@ -158,8 +180,47 @@ def restore(agent: Any, values: Mapping[str, Any]) -> None:
         )
     for path, value in values.items():
         check_json_value(path, value)
+    problems = [
+        problem
+        for path, node in nodes.items()
+        if (problem := _kind_problem(path, node, values[path])) is not None
+    ]
+    if problems:
+        raise SnapshotError(
+            "Cannot restore this snapshot: "
+            + "; ".join(problems)
+            + ". Was it edited by hand, or taken of another agent?"
+        )
     for path, node in nodes.items():
-        node._set(values[path])
+        value = values[path]
+        if isinstance(node._data, float) and type(value) is int:
+            value = float(value)  # the parameter stays a float for the values that follow
+        node._set(value)
+
+
+def _kind_problem(path: str, node: ParameterNode, value: Any) -> str | None:
+    """Why ``value`` may not replace the value ``node`` holds now, or None when it may."""
+    current = node._data
+    if current is None or value is None:
+        return None
+    if isinstance(current, bool) or isinstance(value, bool):
+        fits = isinstance(current, bool) and isinstance(value, bool)
+    elif isinstance(current, float):
+        fits = isinstance(value, (int, float))
+    else:  # int, str, list, dict: the same type (JSON has nothing between them)
+        fits = isinstance(value, type(current))
+    if fits:
+        return None
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    holds = f"{_a(current)}"
+    if node.name.split(":")[0] == "__code":  # a trainable method: its source code
+        holds = "a str (the method's source code)"
+    return f"{path!r} holds {holds} and the snapshot gives {_a(value)} ({shown})"
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def check_json_value(path: str, value: Any) -> None:
