@@ -246,8 +246,10 @@ def resolve(strategies: Any) -> list[Strategy]:
             class instead of an instance, anything else that is not a name or a Strategy, an
             empty list, or a name given twice.
     """
-    if isinstance(strategies, (str, Strategy)):
-        strategies = [strategies]
+    if isinstance(strategies, (str, Strategy)) or (
+        isinstance(strategies, type) and issubclass(strategies, Strategy)
+    ):
+        strategies = [strategies]  # one of them; a class is refused below, naming the fix
     elif not isinstance(strategies, (list, tuple)):
         raise ConfigurationError(
             "strategies must be a strategy name, a trace_optuna.Strategy instance, or a list "

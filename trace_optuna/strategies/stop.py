@@ -550,6 +550,11 @@ class StopStrategy(Strategy):
                 f"StopStrategy: timeout_s must be a finite number > 0; got {timeout_s!r} "
                 f"({type(timeout_s).__name__})."
             )
+        if not isinstance(seed_source, str):
+            raise ConfigurationError(
+                "StopStrategy: seed_source must be Python source (a str) defining improve("
+                f"solution, feedback, utility, llm, budget); got {type(seed_source).__name__}."
+            )
         problem = check_improver_source(seed_source)
         if problem is not None:
             raise ConfigurationError(f"StopStrategy: seed_source is not an improver: {problem}.")
