@@ -58,6 +58,7 @@ def parameters(agent: Any) -> dict[str, ParameterNode]:
     seen: set[int] = set()
     for path, node in _walk(agent, "", seen):
         if node.trainable and path not in found:
+            _declared_kind(node)  # remembered at first sight: what restore() checks against
             if len(path) > _MAX_PATH_LENGTH:
                 raise SnapshotError(
                     f"Parameter path {path[:60]!r}... is {len(path)} characters long; paths are "
@@ -130,12 +131,13 @@ def restore(agent: Any, values: Mapping[str, Any]) -> None:
     """Write a snapshot's values into an agent's parameters, in place.
 
     Every trainable parameter of the agent must have a value in ``values``, every value must
-    belong to a parameter, and every value must be of the kind the parameter holds now: a str
-    for a str (a trainable method's code is its source, a str), a number for a number (an int
-    or a float for a float, stored as a float; an int for an int), a bool for a bool, a list
-    for a list, a dict for a dict. None fits any parameter, and any value fits a parameter
-    that holds None. So a snapshot of another agent, or a hand-edited one with a wrong type, is
-    refused instead of applied halfway: on any error no parameter has changed.
+    belong to a parameter, and every value must be of the kind its parameter held when
+    trace_optuna first saw it (a study's agent: when it was built): a str for a str (a
+    trainable method's code is its source, a str), an int for an int, an int or a float for a
+    float (stored as a float), a bool for a bool, a list for a list, a dict for a dict. None
+    fits any parameter, and a parameter first seen holding None takes any value. So a snapshot
+    of another agent, or a hand-edited one with a wrong type, is refused instead of applied
+    halfway: on any error no parameter has changed.
 
     Args:
         agent: An agent as accepted by :func:`parameters`.
@@ -193,33 +195,45 @@ def restore(agent: Any, values: Mapping[str, Any]) -> None:
         )
     for path, node in nodes.items():
         value = values[path]
-        if isinstance(node._data, float) and type(value) is int:
-            value = float(value)  # the parameter stays a float for the values that follow
+        if _declared_kind(node) is float and type(value) is int:
+            value = float(value)  # a float parameter stays a float
         node._set(value)
 
 
+# The JSON kind of value a parameter held when trace_optuna first saw it (when the agent was
+# built, for a study's agent). restore() checks against it rather than against the current
+# value: a parameter built holding None takes any value, and keeps taking any value after a
+# restore has put, say, a list in it.
+_DECLARED_KIND = "_trace_optuna_declared_kind"
+_KINDS: tuple[type, ...] = (bool, int, float, str, list, dict)  # bool before int: a subclass
+
+
+def _kind(value: Any) -> type | None:
+    return next((kind for kind in _KINDS if isinstance(value, kind)), None)
+
+
+def _declared_kind(node: ParameterNode) -> type | None:
+    if _DECLARED_KIND not in vars(node):
+        setattr(node, _DECLARED_KIND, _kind(node._data))
+    return vars(node)[_DECLARED_KIND]
+
+
 def _kind_problem(path: str, node: ParameterNode, value: Any) -> str | None:
-    """Why ``value`` may not replace the value ``node`` holds now, or None when it may."""
-    current = node._data
-    if current is None or value is None:
+    """Why ``value`` may not be restored into ``node``, or None when it may."""
+    declared, given = _declared_kind(node), _kind(value)
+    if declared is None or value is None or given is declared:
         return None
-    if isinstance(current, bool) or isinstance(value, bool):
-        fits = isinstance(current, bool) and isinstance(value, bool)
-    elif isinstance(current, float):
-        fits = isinstance(value, (int, float))
-    else:  # int, str, list, dict: the same type (JSON has nothing between them)
-        fits = isinstance(value, type(current))
-    if fits:
+    if declared is float and given is int:
         return None
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    holds = f"{_a(current)}"
+    holds = _a(declared)
     if node.name.split(":")[0] == "__code":  # a trainable method: its source code
         holds = "a str (the method's source code)"
-    return f"{path!r} holds {holds} and the snapshot gives {_a(value)} ({shown})"
+    return f"{path!r} holds {holds} and the snapshot gives {_a(type(value))} ({shown})"
 
 
-def _a(value: Any) -> str:
-    name = type(value).__name__
+def _a(kind: type) -> str:
+    name = kind.__name__
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
