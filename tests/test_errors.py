@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from opto import trace
 import optuna
 import pytest
@@ -10,6 +13,7 @@ from support_agents import Greeter
 from support_agents import make_greeter
 
 import trace_optuna as to
+from trace_optuna import exceptions
 
 SIMULATED = "simulated/feedback-follower"
 
@@ -179,3 +183,66 @@ def test_numpy_scores_are_numbers() -> None:
     assert to.Evaluation(score=np.float32(0.5), feedback="").score == 0.5
     assert to.Evaluation(score=[np.int64(3), np.float64(0.25)], feedback="").score == [3.0, 0.25]
     assert type(to.Evaluation(score=np.float32(0.5), feedback="").score) is float
+
+
+def _public_exception_classes() -> dict[str, type[BaseException]]:
+    """Every public exception class defined in a trace_optuna module, by qualified name."""
+    found: dict[str, type[BaseException]] = {}
+    for module_info in pkgutil.walk_packages(to.__path__, "trace_optuna."):
+        if module_info.name.endswith("__main__"):
+            continue  # running it is the CLI
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and not issubclass(value, Warning)  # warned, not raised
+                and value.__module__ == module.__name__
+                and not name.startswith("_")
+            ):
+                found[f"{value.__module__}.{value.__qualname__}"] = value
+    return found
+
+
+def test_every_public_exception_is_defined_in_exceptions_and_derives_from_the_base() -> None:
+    found = _public_exception_classes()
+    # Raised by the test fixtures when a database server is down, never by the library.
+    found.pop("trace_optuna.testing.ServerUnavailable", None)
+    assert sorted(name for name in found if not name.startswith("trace_optuna.exceptions.")) == []
+    assert all(issubclass(error, to.TraceOptunaError) for error in found.values())
+    tree = exceptions.__doc__ or ""
+    for error in found.values():
+        assert f" {error.__name__} " in tree, f"{error.__name__} is missing from the tree"
+    assert len(found) >= 11
+
+
+def test_old_import_paths_are_the_same_classes() -> None:
+    from trace_optuna.dashboard import HumanFeedbackTimeout
+    from trace_optuna.strategies.optoprime import SuggestionError
+    from trace_optuna.strategies.sandbox import ImproverFailed
+    from trace_optuna.strategies.sandbox import Rejected
+
+    assert HumanFeedbackTimeout is exceptions.HumanFeedbackTimeout
+    assert SuggestionError is exceptions.SuggestionError
+    assert ImproverFailed is exceptions.ImproverFailed
+    assert Rejected is exceptions.Rejected
+
+
+@pytest.mark.parametrize(
+    "error, bases",
+    [
+        ("ConfigurationError", (ValueError,)),
+        ("SnapshotError", (ValueError,)),
+        ("NoCompletedTrialError", (ValueError,)),
+        ("SuggestionError", (exceptions.LLMError, ValueError)),
+        ("Rejected", (ValueError,)),
+        ("HumanFeedbackTimeout", ()),
+        ("ImproverFailed", ()),
+    ],
+)
+def test_except_valueerror_still_catches_what_it_caught(
+    error: str, bases: tuple[type, ...]
+) -> None:
+    cls = getattr(exceptions, error)
+    assert issubclass(cls, exceptions.TraceOptunaError)
+    assert all(issubclass(cls, base) for base in bases)

@@ -128,3 +128,88 @@ def test_a_trial_stores_its_llm_texts_in_one_attribute_however_many_calls(
 def test_newer_schema_is_refused_with_a_clear_error() -> None:
     with pytest.raises(RecordError, match="schema 99"):
         records.check_schema({records.SCHEMA: 99}, "Trial#3")
+
+
+def _stored(storage_url: str, study_name: str) -> list[tuple]:
+    """Everything a study's trials hold, to check that a refused read changed nothing."""
+    study = optuna.load_study(study_name=study_name, storage=resolve_storage(storage_url))
+    return [
+        (t.number, t.state, t.values, t.params, t.user_attrs, t.system_attrs) for t in study.trials
+    ]
+
+
+def test_record_of_a_plain_optuna_trial_says_trace_optuna_did_not_write_it(
+    storage_url: str, study_name: str
+) -> None:
+    plain = optuna.create_study(study_name=study_name, storage=resolve_storage(storage_url))
+    plain.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    before = _stored(storage_url, study_name)
+    study = to.load_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=demo.make_agent,
+        evaluate=demo.evaluate,
+        llm=demo.DEMO_LLM,
+        figure_interval=None,
+    )
+    with pytest.raises(RecordError) as caught:
+        study.record(0)
+    message = str(caught.value)
+    assert "Trial#0 (COMPLETE) holds no trace_optuna record" in message
+    assert "not written by trace_optuna" in message
+    with pytest.raises(RecordError, match=r"has no Trial#-1: its trials are numbered 0 to 2"):
+        study.record(-1)
+    with pytest.raises(RecordError, match=r"has no Trial#3: its trials are numbered 0 to 2"):
+        study.record(3)
+    assert _stored(storage_url, study_name) == before
+
+
+def test_record_refuses_a_trial_number_the_study_does_not_hold(
+    storage_url: str, study_name: str
+) -> None:
+    """``record(-1)`` used to return the last trial, as a Python list would."""
+    study = to.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=demo.make_agent,
+        evaluate=demo.evaluate,
+        llm=to.LLM(demo.DEMO_LLM, simulated_seed=0),
+        seed=0,
+        figure_interval=None,
+    )
+    study.optimize(n_trials=2)
+    before = _stored(storage_url, study_name)
+    assert study.record(1).number == 1
+    for number in (-1, -2, 2, 10**6):
+        with pytest.raises(RecordError) as caught:
+            study.record(number)
+        assert f"Study '{study_name}' has no Trial#{number}" in str(caught.value)
+        assert "its trials are numbered 0 to 1" in str(caught.value)
+    for number in ("1", 1.0, True, None):
+        with pytest.raises(to.ConfigurationError, match=r"A trial number must be an int; got"):
+            study.record(number)  # type: ignore[arg-type]
+    assert _stored(storage_url, study_name) == before
+
+
+def test_a_study_without_trials_says_so(sqlite_url: str, study_name: str) -> None:
+    optuna.create_study(study_name=study_name, storage=sqlite_url)
+    study = to.load_study(
+        study_name=study_name,
+        storage=sqlite_url,
+        agent=demo.make_agent,
+        evaluate=demo.evaluate,
+        llm=demo.DEMO_LLM,
+        figure_interval=None,
+    )
+    with pytest.raises(RecordError, match=r"has no Trial#0: it holds no trial yet"):
+        study.record(0)
+
+
+def test_a_running_trace_trial_has_a_record_before_its_snapshot() -> None:
+    """``trace:worker`` is the first thing a trial writes: that is already a record."""
+    trial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING,
+        user_attrs={records.WORKER: {"host": "worker-1", "pid": 1}},
+    )
+    record = records.build_record(trial, {})
+    assert record.state == "RUNNING" and record.worker["pid"] == 1 and record.snapshot == {}

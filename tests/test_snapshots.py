@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from opto import trace
 import pytest
+from support_agents import CountingEvaluate
+from support_agents import make_greeter
 
 import trace_optuna as to
 from trace_optuna import snapshots
@@ -115,3 +117,108 @@ def test_hash_is_content_based_and_diff_is_readable() -> None:
     assert "--- prompt (parent)" in text
     assert "-line two" in text and "+line 2" in text
     assert "same" not in text
+
+
+@trace.model
+class Kinds:
+    """One parameter of each JSON kind, and one that holds None."""
+
+    def __init__(self) -> None:
+        self.instructions = trace.node("Be kind.", trainable=True)
+        self.words = trace.node(10, trainable=True)
+        self.temperature = trace.node(0.5, trainable=True)
+        self.verbose = trace.node(False, trainable=True)
+        self.steps = trace.node(["plan", "act"], trainable=True)
+        self.style = trace.node({"tone": "warm"}, trainable=True)
+        self.anything = trace.node(None, trainable=True)
+
+    @trace.bundle(trainable=True)
+    def reply(self, text):
+        """Reply to the text."""
+        return text + "!"
+
+
+@pytest.mark.parametrize(
+    "path, value, holds, given",
+    [
+        ("instructions", 5, "a str", "an int (5)"),
+        ("instructions", ["Be kind."], "a str", "a list"),
+        ("words", "10", "an int", "a str ('10')"),
+        ("words", 10.5, "an int", "a float (10.5)"),
+        ("words", True, "an int", "a bool (True)"),
+        ("temperature", "0.7", "a float", "a str"),
+        ("temperature", False, "a float", "a bool"),
+        ("verbose", 1, "a bool", "an int (1)"),
+        ("verbose", "false", "a bool", "a str"),
+        ("steps", {"plan": 1}, "a list", "a dict"),
+        ("style", ["warm"], "a dict", "a list"),
+        ("reply", 5, "a str (the method's source code)", "an int (5)"),
+    ],
+)
+def test_restore_refuses_a_value_of_another_type_naming_the_path_and_both_types(
+    path: str, value: object, holds: str, given: str
+) -> None:
+    agent = Kinds()
+    before = to.snapshot(agent)
+    with pytest.raises(to.SnapshotError) as caught:
+        to.restore(agent, {**before, path: value})
+    assert f"{path!r} holds {holds} and the snapshot gives {given}" in str(caught.value)
+    assert to.snapshot(agent) == before  # nothing was restored halfway
+
+
+def test_restore_names_every_misfit_and_refuses_what_is_not_a_snapshot() -> None:
+    agent = Kinds()
+    before = to.snapshot(agent)
+    with pytest.raises(to.SnapshotError, match=r"'instructions' holds .*; 'words' holds"):
+        to.restore(agent, {**before, "instructions": 5, "words": "ten"})
+    with pytest.raises(to.SnapshotError, match="must be a mapping .* got list"):
+        to.restore(agent, [("instructions", "Hi")])  # type: ignore[arg-type]
+    with pytest.raises(to.SnapshotError, match=r"no parameter at \['instructionz'\]"):
+        to.restore(agent, {**before, "instructionz": "Hi"})
+    assert to.snapshot(agent) == before
+
+
+def test_restore_accepts_what_fits() -> None:
+    agent = Kinds()
+    values = {
+        **to.snapshot(agent),
+        "instructions": "Be brief.",
+        "words": 12,
+        "temperature": 1,  # an int for a float parameter: it stays a float
+        "verbose": True,
+        "steps": [],
+        "style": {},
+        "anything": [1, "two"],  # a parameter holding None takes any value
+    }
+    to.restore(agent, values)
+    restored = to.snapshot(agent)
+    assert restored == values
+    assert isinstance(restored["temperature"], float)
+    to.restore(agent, {**values, "instructions": None, "anything": "three"})  # None fits any
+    assert agent.instructions._data is None and agent.anything._data == "three"
+
+
+def test_every_record_a_study_wrote_restores_into_a_fresh_agent(
+    storage_url: str, study_name: str
+) -> None:
+    """Values the library stored (str, int and code) keep their types through the storage."""
+    study = to.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=make_greeter,
+        evaluate=CountingEvaluate(),
+        llm="simulated/feedback-follower",
+        strategies=["optoprime", "genetic"],
+        seed=0,
+    )
+    study.optimize(n_trials=5)
+    for trial in study.trials:
+        snapshot = study.record(trial.number).snapshot
+        agent = make_greeter()
+        to.restore(agent, snapshot)
+        assert to.snapshot(agent) == snapshot
+    agent = study.load_best()
+    assert to.snapshot(agent) == study.best_snapshot
+    tampered = {**study.best_snapshot, "excitement": "2"}
+    with pytest.raises(to.SnapshotError, match="'excitement' holds an int and the snapshot"):
+        to.restore(make_greeter(), tampered)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection
+import numbers
 import random
 from typing import TYPE_CHECKING
 from typing import Any
@@ -27,6 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from trace_optuna import records
+from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
 
 if TYPE_CHECKING:
@@ -105,13 +107,28 @@ class Population:
             self._best = trial
 
     def trial(self, number: int) -> FrozenTrial:
-        """The trial with this number, as last read."""
+        """The trial with this number, as last read.
+
+        Raises:
+            ConfigurationError: If ``number`` is not an int.
+            RecordError: If the study holds no trial with this number (a negative one
+                included: trial numbers count from 0); the error names the numbers it holds.
+        """
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+            raise ConfigurationError(
+                f"A trial number must be an int; got {number!r} ({type(number).__name__})."
+            )
+        number = int(number)  # a negative index must not count from the end
         if not 0 <= number < len(self._trials):
             self.refresh()
-        try:
-            return self._trials[number]
-        except IndexError:
-            raise RecordError(f"The study has no Trial#{number}.") from None
+        if not 0 <= number < len(self._trials):
+            held = (
+                f"its trials are numbered 0 to {len(self._trials) - 1}"
+                if self._trials
+                else "it holds no trial yet"
+            )
+            raise RecordError(f"Study {self._study.study_name!r} has no Trial#{number}: {held}.")
+        return self._trials[number]
 
     def completed(self) -> list[FrozenTrial]:
         """Completed trials that hold a trace_optuna snapshot, in trial order."""
@@ -128,16 +145,24 @@ class Population:
         Single-objective: strictly larger when maximizing, smaller when minimizing.
         Multi-objective: ``a`` dominates ``b`` (Pareto): no objective worse, at least one
         strictly better.
+
+        Raises:
+            ConfigurationError: If a score does not have the study's shape (one number per
+                direction).
         """
         if isinstance(a, list) and isinstance(b, list):
             if len(a) != len(self._signs) or len(b) != len(self._signs):
-                raise ValueError(
+                raise ConfigurationError(
                     f"Scores {a} and {b} must have one number per direction ({len(self._signs)})."
                 )
             pairs = [(sign * x, sign * y) for sign, x, y in zip(self._signs, a, b, strict=True)]
             return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
         if isinstance(a, list) or isinstance(b, list):
-            raise ValueError(f"Cannot compare a score list with a number: {a!r}, {b!r}.")
+            kind = f"lists of {len(self._signs)} numbers" if len(self._signs) > 1 else "numbers"
+            raise ConfigurationError(
+                f"Cannot compare a score list with a number: {a!r}, {b!r}; this study's scores "
+                f"are {kind}."
+            )
         return a > b if self._maximize else a < b
 
     def best(self) -> FrozenTrial | None:

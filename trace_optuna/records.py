@@ -452,8 +452,22 @@ def read_value(trial: FrozenTrial, path: str, expected_hash: str) -> Any:
 
 
 def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
-    """Decode a frozen trial into a :class:`TrialRecord` (``snapshot`` resolved by the caller)."""
+    """Decode a frozen trial into a :class:`TrialRecord` (``snapshot`` resolved by the caller).
+
+    Raises:
+        RecordError: If the trial holds no ``trace:`` attribute (trace_optuna did not write
+            it), or was written with a newer record schema.
+    """
     attrs = trial.user_attrs
+    if not any(key.startswith(PREFIX) for key in attrs):
+        # A trace_optuna trial writes trace:worker first of all, so a trial without any
+        # trace: attribute is a plain Optuna trial (or one whose step has not started yet).
+        raise RecordError(
+            f"Trial#{trial.number} ({trial.state.name}) holds no trace_optuna record: it was "
+            "not written by trace_optuna (a plain Optuna trial, e.g. of study.optuna.optimize "
+            "or of a study created without trace_optuna), so it has no snapshot, feedback or "
+            "LLM calls to read."
+        )
     schema = check_schema(attrs, f"Trial#{trial.number}")
     summary = attrs.get(LLM) or {}
     calls = llm_calls(attrs)

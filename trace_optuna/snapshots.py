@@ -58,6 +58,7 @@ def parameters(agent: Any) -> dict[str, ParameterNode]:
     seen: set[int] = set()
     for path, node in _walk(agent, "", seen):
         if node.trainable and path not in found:
+            _declared_kind(node)  # remembered at first sight: what restore() checks against
             if len(path) > _MAX_PATH_LENGTH:
                 raise SnapshotError(
                     f"Parameter path {path[:60]!r}... is {len(path)} characters long; paths are "
@@ -129,20 +130,43 @@ def snapshot(agent: Any) -> Snapshot:
 def restore(agent: Any, values: Mapping[str, Any]) -> None:
     """Write a snapshot's values into an agent's parameters, in place.
 
-    Every trainable parameter of the agent must have a value in ``values`` and every value
-    must belong to a parameter, so a snapshot of another agent is refused instead of applied
-    halfway.
+    Every trainable parameter of the agent must have a value in ``values``, every value must
+    belong to a parameter, and every value must be of the kind its parameter held when
+    trace_optuna first saw it (a study's agent: when it was built): a str for a str (a
+    trainable method's code is its source, a str), an int for an int, an int or a float for a
+    float (stored as a float), a bool for a bool, a list for a list, a dict for a dict. None
+    fits any parameter, and a parameter first seen holding None takes any value. So a snapshot
+    of another agent, or a hand-edited one with a wrong type, is refused instead of applied
+    halfway: on any error no parameter has changed.
 
     Args:
         agent: An agent as accepted by :func:`parameters`.
         values: A snapshot, as returned by :func:`snapshot` or ``TraceStudy.best_snapshot``.
 
     Raises:
-        SnapshotError: If the paths do not match the agent's, or a value is not JSON.
+        SnapshotError: If ``values`` is not a mapping, the paths do not match the agent's, a
+            value is not JSON, or a value's type does not fit its parameter (the error names
+            the path, the type the parameter holds and the type given).
+
+    Example:
+        >>> from opto import trace
+        >>> agent = {"prompt": trace.node("Hi", trainable=True)}
+        >>> restore(agent, {"prompt": "Hello"})
+        >>> try:
+        ...     restore(agent, {"prompt": 5})
+        ... except SnapshotError as error:
+        ...     print(error)  # doctest: +NORMALIZE_WHITESPACE
+        Cannot restore this snapshot: 'prompt' holds a str and the snapshot gives an int (5).
+        Was it edited by hand, or taken of another agent?
     """
+    if not isinstance(values, Mapping):
+        raise SnapshotError(
+            "A snapshot must be a mapping {parameter path: value} (see trace_optuna.snapshot); "
+            f"got {type(values).__name__}."
+        )
     nodes = parameters(agent)
     missing = sorted(set(nodes) - set(values))
-    unknown = sorted(set(values) - set(nodes))
+    unknown = sorted(set(values) - set(nodes), key=str)
     if missing or unknown:
         raise SnapshotError(
             "The snapshot does not fit this agent: "
@@ -158,8 +182,59 @@ def restore(agent: Any, values: Mapping[str, Any]) -> None:
         )
     for path, value in values.items():
         check_json_value(path, value)
+    problems = [
+        problem
+        for path, node in nodes.items()
+        if (problem := _kind_problem(path, node, values[path])) is not None
+    ]
+    if problems:
+        raise SnapshotError(
+            "Cannot restore this snapshot: "
+            + "; ".join(problems)
+            + ". Was it edited by hand, or taken of another agent?"
+        )
     for path, node in nodes.items():
-        node._set(values[path])
+        value = values[path]
+        if _declared_kind(node) is float and type(value) is int:
+            value = float(value)  # a float parameter stays a float
+        node._set(value)
+
+
+# The JSON kind of value a parameter held when trace_optuna first saw it (when the agent was
+# built, for a study's agent). restore() checks against it rather than against the current
+# value: a parameter built holding None takes any value, and keeps taking any value after a
+# restore has put, say, a list in it.
+_DECLARED_KIND = "_trace_optuna_declared_kind"
+_KINDS: tuple[type, ...] = (bool, int, float, str, list, dict)  # bool before int: a subclass
+
+
+def _kind(value: Any) -> type | None:
+    return next((kind for kind in _KINDS if isinstance(value, kind)), None)
+
+
+def _declared_kind(node: ParameterNode) -> type | None:
+    if _DECLARED_KIND not in vars(node):
+        setattr(node, _DECLARED_KIND, _kind(node._data))
+    return vars(node)[_DECLARED_KIND]
+
+
+def _kind_problem(path: str, node: ParameterNode, value: Any) -> str | None:
+    """Why ``value`` may not be restored into ``node``, or None when it may."""
+    declared, given = _declared_kind(node), _kind(value)
+    if declared is None or value is None or given is declared:
+        return None
+    if declared is float and given is int:
+        return None
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    holds = _a(declared)
+    if node.name.split(":")[0] == "__code":  # a trainable method: its source code
+        holds = "a str (the method's source code)"
+    return f"{path!r} holds {holds} and the snapshot gives {_a(type(value))} ({shown})"
+
+
+def _a(kind: type) -> str:
+    name = kind.__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def check_json_value(path: str, value: Any) -> None:

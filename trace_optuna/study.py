@@ -26,6 +26,7 @@ from trace_optuna.config import Config
 from trace_optuna.config import check_optimize_arguments
 from trace_optuna.coordination import coordinator_for
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.observers import notify
@@ -193,7 +194,9 @@ class TraceStudy:
         self._single_objective("best_trial")
         best = self._population().best()
         if best is None:
-            raise ValueError(f"Study {self.study_name!r} has no completed trial yet.")
+            raise NoCompletedTrialError(
+                f"Study {self.study_name!r} has no completed trace_optuna trial yet."
+            )
         return best
 
     @property

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
 from trace_optuna.strategies.sandbox import ImproverFailed
 from trace_optuna.strategies.sandbox import Rejected
@@ -254,8 +255,25 @@ def test_a_failure_of_the_parent_propagates_and_the_child_is_killed() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"timeout_s": 0}, {"memory_bytes": 10}, {"max_utility_calls": -1}, {"max_file_bytes": 1.5}],
+    [
+        {"timeout_s": 0},
+        {"timeout_s": float("inf")},  # the CPU backstop would overflow
+        {"timeout_s": True},
+        {"memory_bytes": 10},
+        {"max_utility_calls": -1},
+        {"max_file_bytes": 1.5},
+    ],
 )
 def test_limits_are_validated(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError, match=next(iter(kwargs))):
         SandboxLimits(**kwargs)
+
+
+@pytest.mark.parametrize("budget", [-1, 1.5, True, "2"])
+def test_the_budget_is_validated_before_anything_runs(budget: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"budget must be an int >= 0"):
+        run_improver(HEADER + "    return solution\n", 1, "", budget, llm=_no_llm, utility=float)
+
+
+def _no_llm(messages: Any, temperature: Any) -> str:
+    raise AssertionError("never called")

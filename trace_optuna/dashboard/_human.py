@@ -23,14 +23,9 @@ from trace_optuna.dashboard._notes import trial_note
 from trace_optuna.dashboard._notes import write_note
 from trace_optuna.evaluation import Evaluation
 from trace_optuna.exceptions import ConfigurationError
-from trace_optuna.exceptions import TraceOptunaError
+from trace_optuna.exceptions import HumanFeedbackTimeout
 
 _logger = logging.getLogger(__name__)
-
-
-class HumanFeedbackTimeout(TraceOptunaError):
-    """Nobody answered :class:`HumanFeedback`'s form in time; the trial fails, its candidate
-    stays in its record."""
 
 
 class HumanFeedback:

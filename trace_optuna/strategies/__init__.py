@@ -7,6 +7,8 @@ from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import check_int
+from trace_optuna.strategies.base import check_number
 from trace_optuna.strategies.base import register
 from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.evolutionary import EvolutionaryStrategy
@@ -28,6 +30,8 @@ __all__ = [
     "StepContext",
     "StopStrategy",
     "Strategy",
+    "check_int",
+    "check_number",
     "register",
     "resolve",
 ]

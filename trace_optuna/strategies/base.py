@@ -20,9 +20,16 @@ Rules:
 * Read state from ``context.population`` (the storage), never from attributes you kept from an
   earlier call: another worker may have run the trials in between, and the process may be new.
 * The agent's parameters may be left holding anything; the trial restores what it evaluates.
-* Raise :class:`~trace_optuna.exceptions.LLMError` when the LLM gave nothing usable, and any
-  other exception for a real failure: the trial is recorded as FAIL with the reason and the
-  study goes on. Do not catch-and-hide errors to return the parent unchanged.
+* Raise :class:`~trace_optuna.exceptions.LLMError` when the LLM gave nothing usable,
+  :class:`~trace_optuna.exceptions.NoCompletedTrialError` when the population holds nothing to
+  start from, and any other exception for a real failure: the trial is recorded as FAIL with
+  the reason and the study goes on. Do not catch-and-hide errors to return the parent
+  unchanged.
+* Check your constructor's arguments when the strategy is built (:func:`check_int`,
+  :func:`check_number`), so a bad setting fails once, naming the argument and the rule,
+  instead of failing every trial. A setting is either *fixed* (given to the constructor: the
+  same in every trial, and no Optuna parameter) or *sampled* (None: Optuna suggests it in every
+  trial in :meth:`Strategy.suggest_settings`, so the study's sampler tunes it).
 * Scores follow the study's direction: ``context.better(a, b)`` says which is better. In a
   multi-objective study a score is a list (one number per direction) and ``better`` is Pareto
   dominance: two scores can each be no better than the other. ``population.best()`` is then
@@ -38,10 +45,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
+import difflib
 import random
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
+from typing import NoReturn
 
 from trace_optuna.exceptions import ConfigurationError
 
@@ -192,10 +201,26 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 
 
 def register(strategy_class: type[Strategy]) -> type[Strategy]:
-    """Make a strategy class available by its name (usable as a class decorator)."""
-    if not strategy_class.name:
+    """Make a strategy class available by its name (usable as a class decorator).
+
+    Raises:
+        ConfigurationError: If ``strategy_class`` is not a :class:`Strategy` subclass, has no
+            name, or its name is taken by another class.
+    """
+    if not (isinstance(strategy_class, type) and issubclass(strategy_class, Strategy)):
+        raise ConfigurationError(
+            f"register() takes a trace_optuna.Strategy subclass, got {strategy_class!r}."
+        )
+    name = strategy_class.name
+    if not isinstance(name, str) or not name:
         raise ConfigurationError(f"{strategy_class.__name__}.name must be a non-empty str.")
-    _REGISTRY[strategy_class.name] = strategy_class
+    taken = _REGISTRY.get(name)
+    if taken is not None and taken.__qualname__ != strategy_class.__qualname__:
+        raise ConfigurationError(
+            f"The strategy name {name!r} is taken by {taken.__qualname__}; give "
+            f"{strategy_class.__qualname__} another name."
+        )
+    _REGISTRY[name] = strategy_class
     return strategy_class
 
 
@@ -205,33 +230,131 @@ def registered() -> dict[str, type[Strategy]]:
 
 
 def resolve(strategies: Any) -> list[Strategy]:
-    """Turn a list of names and/or Strategy instances into Strategy instances.
+    """Turn one name, one Strategy instance, or a list or tuple of them into Strategy instances.
+
+    Names resolve through the registry (:func:`register`); a name builds the strategy with
+    its default settings (each sampled by Optuna).
+
+    Example:
+        >>> [strategy.name for strategy in resolve("optoprime")]
+        ['optoprime']
+        >>> [strategy.name for strategy in resolve(["optoprime", "genetic"])]
+        ['optoprime', 'genetic']
 
     Raises:
-        ConfigurationError: On an unknown name, a non-Strategy, an empty list or duplicates.
+        ConfigurationError: On an unknown name (the error lists the valid ones), a Strategy
+            class instead of an instance, anything else that is not a name or a Strategy, an
+            empty list, or a name given twice.
     """
-    if isinstance(strategies, (str, Strategy)):
-        strategies = [strategies]
-    resolved: list[Strategy] = []
-    for item in strategies:
-        if isinstance(item, Strategy):
-            if not item.name:
-                raise ConfigurationError(f"{type(item).__name__}.name must be a non-empty str.")
-            resolved.append(item)
-        elif isinstance(item, str):
-            if item not in _REGISTRY:
-                raise ConfigurationError(
-                    f"Unknown strategy {item!r}; valid names are {sorted(_REGISTRY)}, or pass "
-                    "a trace_optuna.Strategy instance."
-                )
-            resolved.append(_REGISTRY[item]())
-        else:
-            raise ConfigurationError(
-                f"strategies must hold names or Strategy instances, got {type(item).__name__}."
-            )
+    if isinstance(strategies, (str, Strategy)) or (
+        isinstance(strategies, type) and issubclass(strategies, Strategy)
+    ):
+        strategies = [strategies]  # one of them; a class is refused below, naming the fix
+    elif not isinstance(strategies, (list, tuple)):
+        raise ConfigurationError(
+            "strategies must be a strategy name, a trace_optuna.Strategy instance, or a list "
+            f"of them; got {_shown(strategies)}. Valid names are {sorted(_REGISTRY)}."
+        )
+    resolved = [_resolve_one(item) for item in strategies]
+    if not resolved:
+        raise ConfigurationError(
+            f"strategies must name at least one strategy; valid names are {sorted(_REGISTRY)}."
+        )
     names = [strategy.name for strategy in resolved]
-    if not names:
-        raise ConfigurationError("strategies must name at least one strategy.")
-    if len(set(names)) != len(names):
-        raise ConfigurationError(f"strategies must not repeat a name: {names}.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigurationError(
+            f"strategies names {repeated} more than once ({names}): the trial's 'strategy' "
+            "parameter picks a strategy by its name, so each name may appear once."
+        )
     return resolved
+
+
+def _resolve_one(item: Any) -> Strategy:
+    if isinstance(item, Strategy):
+        if not isinstance(item.name, str) or not item.name:
+            raise ConfigurationError(f"{type(item).__name__}.name must be a non-empty str.")
+        return item
+    if isinstance(item, str):
+        if item not in _REGISTRY:
+            close = difflib.get_close_matches(item, list(_REGISTRY), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"Unknown strategy {item!r}; valid names are {sorted(_REGISTRY)}, or pass a "
+                f"trace_optuna.Strategy instance.{hint}"
+            )
+        return _REGISTRY[item]()
+    if isinstance(item, type) and issubclass(item, Strategy):
+        raise ConfigurationError(
+            f"strategies must hold Strategy instances, not classes: pass {item.__name__}() "
+            f"instead of {item.__name__}."
+        )
+    raise ConfigurationError(
+        f"strategies must hold strategy names or trace_optuna.Strategy instances, got "
+        f"{_shown(item)}. Valid names are {sorted(_REGISTRY)}."
+    )
+
+
+def _shown(value: Any) -> str:
+    """``value`` as an error message shows it: its repr (cut short) and its type."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_int(
+    owner: str, name: str, value: Any, low: int, high: int | None = None, *, sampled: bool = False
+) -> None:
+    """Refuse a constructor argument that is not an int in ``[low, high]``.
+
+    For strategy authors: check settings in ``__init__`` so that a bad one fails when the
+    strategy is built, not at every trial.
+
+    Args:
+        owner: The class whose argument it is (named in the error).
+        name: The argument's name.
+        value: What was given.
+        low: The smallest value allowed.
+        high: The largest value allowed; None for no limit.
+        sampled: Whether None is allowed (it means "sampled by Optuna in each trial").
+
+    Raises:
+        ConfigurationError: Naming ``owner``, ``name``, the rule and the value given.
+    """
+    if value is None and sampled:
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= low and (high is None or value <= high):
+            return
+    rule = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    _refuse(owner, name, rule, value, sampled)
+
+
+def check_number(
+    owner: str, name: str, value: Any, low: float, high: float, *, sampled: bool = False
+) -> None:
+    """Refuse a constructor argument that is not a finite number (int or float) in ``[low, high]``.
+
+    Args:
+        owner: The class whose argument it is (named in the error).
+        name: The argument's name.
+        value: What was given.
+        low: The smallest value allowed.
+        high: The largest value allowed.
+        sampled: Whether None is allowed (it means "sampled by Optuna in each trial").
+
+    Raises:
+        ConfigurationError: Naming ``owner``, ``name``, the rule and the value given.
+    """
+    if value is None and sampled:
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low <= value <= high:  # NaN fails both comparisons
+            return
+    _refuse(owner, name, f"a number in [{low:g}, {high:g}]", value, sampled)
+
+
+def _refuse(owner: str, name: str, rule: str, value: Any, sampled: bool) -> NoReturn:
+    alternative = ", or None to let Optuna sample it in each trial" if sampled else ""
+    raise ConfigurationError(f"{owner}: {name} must be {rule}{alternative}; got {_shown(value)}.")

@@ -19,10 +19,12 @@ from typing import Any
 
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
+from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.snapshots import snapshot_hash
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import check_int
 from trace_optuna.strategies.base import register
 from trace_optuna.strategies.optoprime import optoprime_update
 
@@ -36,12 +38,20 @@ _logger = logging.getLogger(__name__)
 class EvolutionaryStrategy(Strategy):
     """(mu + lambda) evolution with OptoPrime as the mutation operator.
 
+    ``mu`` and ``offspring`` are each either fixed here (the same in every trial; no Optuna
+    parameter) or, when None, sampled by Optuna in every trial under the parameter name given
+    below, so the study's sampler tunes them. ``temperature_range`` is always fixed.
+
     Args:
-        mu: How many of the best candidates a parent is drawn from. None: sampled as
-            ``evolutionary.mu`` in [1, 4].
-        offspring: Lambda, the offspring per trial. None: sampled as
-            ``evolutionary.offspring`` in [2, 5].
-        temperature_range: The lowest and highest LLM temperature of the offspring.
+        mu: How many of the best candidates a parent is drawn from, an int >= 1. None:
+            sampled as ``evolutionary.mu`` in [1, 4].
+        offspring: Lambda, the offspring per trial, an int >= 1 (each is one LLM call and one
+            evaluation). None: sampled as ``evolutionary.offspring`` in [2, 5].
+        temperature_range: The lowest and highest LLM temperature of the offspring, a pair
+            of numbers with 0 <= low <= high <= 2.
+
+    Raises:
+        ConfigurationError: If a setting is of the wrong type or out of its range.
     """
 
     name = "evolutionary"
@@ -52,25 +62,26 @@ class EvolutionaryStrategy(Strategy):
         offspring: int | None = None,
         temperature_range: tuple[float, float] = (0.2, 1.2),
     ) -> None:
-        low, high = temperature_range
-        if not 0.0 <= low <= high <= 2.0:
-            raise ConfigurationError(
-                f"temperature_range must satisfy 0 <= low <= high <= 2, got {temperature_range}."
-            )
+        check_int("EvolutionaryStrategy", "mu", mu, 1, sampled=True)
+        check_int("EvolutionaryStrategy", "offspring", offspring, 1, sampled=True)
         self.mu = mu
         self.offspring = offspring
-        self.temperature_range = (low, high)
+        self.temperature_range = _temperature_range(temperature_range)
 
     def suggest_settings(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
-            "mu": self.mu or trial.suggest_int("evolutionary.mu", 1, 4),
-            "offspring": self.offspring or trial.suggest_int("evolutionary.offspring", 2, 5),
+            "mu": self.mu if self.mu is not None else trial.suggest_int("evolutionary.mu", 1, 4),
+            "offspring": self.offspring
+            if self.offspring is not None
+            else trial.suggest_int("evolutionary.offspring", 2, 5),
         }
 
     def propose(self, context: StepContext) -> Proposal:
         top = context.population.top_k(int(context.settings["mu"]))
         if not top:
-            raise LLMError("evolutionary needs a completed trial to start from; none yet.")
+            raise NoCompletedTrialError(
+                "evolutionary needs a completed trial to start from; there is none yet."
+            )
         chosen = context.rng.choice(top)
         parent = context.evaluate_parent(chosen.number)
 
@@ -117,3 +128,17 @@ class EvolutionaryStrategy(Strategy):
         if count == 1:
             return [round((low + high) / 2, 3)]
         return [round(low + (high - low) * i / (count - 1), 3) for i in range(count)]
+
+
+def _temperature_range(value: Any) -> tuple[float, float]:
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and 0.0 <= value[0] <= value[1] <= 2.0
+    ):
+        return float(value[0]), float(value[1])
+    raise ConfigurationError(
+        "EvolutionaryStrategy: temperature_range must be a (low, high) pair of numbers with "
+        f"0 <= low <= high <= 2; got {value!r} ({type(value).__name__})."
+    )

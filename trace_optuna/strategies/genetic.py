@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from trace_optuna.exceptions import LLMError
+from trace_optuna.exceptions import SuggestionError
 from trace_optuna.population import score_of
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import check_int
+from trace_optuna.strategies.base import check_number
 from trace_optuna.strategies.base import register
 from trace_optuna.strategies.optoprime import OptoPrimeStrategy
-from trace_optuna.strategies.optoprime import SuggestionError
 from trace_optuna.strategies.optoprime import cast_suggestion
 from trace_optuna.strategies.optoprime import optoprime_update
 
@@ -54,11 +56,19 @@ CROSSOVER_SYSTEM_PROMPT = (
 class GeneticStrategy(Strategy):
     """Crossover of two tournament-selected parents, then an optional OptoPrime mutation.
 
+    Each setting is either fixed here (the same in every trial; no Optuna parameter) or, when
+    None, sampled by Optuna in every trial under the parameter name given below, so the
+    study's sampler tunes it and importance analysis sees it.
+
     Args:
-        tournament_size: Candidates per tournament. None: sampled as
-            ``genetic.tournament_size`` in [2, 4].
-        mutation_rate: Probability of mutating the child. None: sampled as
-            ``genetic.mutation_rate`` in [0, 1].
+        tournament_size: Candidates drawn per tournament, an int >= 1 (1 draws a parent at
+            random; a tournament larger than the population draws all of it). None: sampled
+            as ``genetic.tournament_size`` in [2, 4].
+        mutation_rate: Probability of mutating the child, a number in [0, 1]. None: sampled
+            as ``genetic.mutation_rate`` in [0, 1].
+
+    Raises:
+        ConfigurationError: If a setting is of the wrong type or out of its range.
     """
 
     name = "genetic"
@@ -66,13 +76,16 @@ class GeneticStrategy(Strategy):
     def __init__(
         self, tournament_size: int | None = None, mutation_rate: float | None = None
     ) -> None:
+        check_int("GeneticStrategy", "tournament_size", tournament_size, 1, sampled=True)
+        check_number("GeneticStrategy", "mutation_rate", mutation_rate, 0.0, 1.0, sampled=True)
         self.tournament_size = tournament_size
-        self.mutation_rate = mutation_rate
+        self.mutation_rate = None if mutation_rate is None else float(mutation_rate)
 
     def suggest_settings(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
             "tournament_size": self.tournament_size
-            or trial.suggest_int("genetic.tournament_size", 2, 4),
+            if self.tournament_size is not None
+            else trial.suggest_int("genetic.tournament_size", 2, 4),
             "mutation_rate": self.mutation_rate
             if self.mutation_rate is not None
             else trial.suggest_float("genetic.mutation_rate", 0.0, 1.0),

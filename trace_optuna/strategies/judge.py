@@ -35,17 +35,28 @@ JUDGE_MARKER = "#Compare"
 class Selector:
     """Picks the best of several evaluated candidates.
 
+    Both settings are fixed: they are not Optuna parameters.
+
     Args:
         kind: ``"score"`` or ``"llm"``.
-        llm: The LLM the judge asks when ``kind == "llm"``.
+        llm: The LLM the judge asks when ``kind == "llm"`` (an object with
+            ``complete(messages)``, such as :class:`~trace_optuna.LLM`); unused by
+            ``"score"``.
 
     Raises:
-        ConfigurationError: On an unknown kind.
+        ConfigurationError: On an unknown kind, or a judge without an LLM.
     """
 
     def __init__(self, kind: str, llm: LLM) -> None:
-        if kind not in SELECTORS:
-            raise ConfigurationError(f"selector must be one of {list(SELECTORS)}, got {kind!r}.")
+        if not isinstance(kind, str) or kind not in SELECTORS:
+            raise ConfigurationError(
+                f"selector must be one of {list(SELECTORS)}; got {kind!r} ({type(kind).__name__})."
+            )
+        if kind == "llm" and not callable(getattr(llm, "complete", None)):
+            raise ConfigurationError(
+                'selector="llm" needs an LLM to judge with (an object with complete(messages), '
+                f"such as trace_optuna.LLM); got {type(llm).__name__}."
+            )
         self.kind = kind
         self.llm = llm
 
@@ -61,11 +72,11 @@ class Selector:
         none of the others dominates (the earliest such champion when several are).
 
         Raises:
-            ValueError: If ``candidates`` is empty.
+            ConfigurationError: If ``candidates`` is empty.
             LLMError: If the judge's answer names no winner.
         """
         if not candidates:
-            raise ValueError("select() needs at least one candidate.")
+            raise ConfigurationError("select() needs at least one candidate; got none.")
         champion = 0
         for challenger in range(1, len(candidates)):
             if self._prefers(candidates[challenger][1], candidates[champion][1], better):

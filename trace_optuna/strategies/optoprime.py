@@ -29,19 +29,19 @@ with contextlib.redirect_stdout(io.StringIO()):
 from trace_optuna import records
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
+from trace_optuna.exceptions import NoCompletedTrialError
+from trace_optuna.exceptions import SuggestionError
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import check_int
+from trace_optuna.strategies.base import check_number
 from trace_optuna.strategies.base import register
 
 if TYPE_CHECKING:
     import optuna
 
 _logger = logging.getLogger(__name__)
-
-
-class SuggestionError(ValueError):
-    """An LLM suggestion cannot be turned into a value of the parameter's type."""
 
 
 def cast_suggestion(current: Any, suggested: Any) -> Any:
@@ -157,12 +157,20 @@ class OptoPrimeStrategy(Strategy):
     next step from the same parent sees what was tried and what the feedback said (an
     overshoot, say) instead of asking the same question again.
 
+    ``temperature`` and ``memory_size`` are each either fixed here (the same in every trial;
+    no Optuna parameter) or, when None, sampled by Optuna in every trial under the parameter
+    name given below, so the study's sampler tunes them.
+
     Args:
-        temperature: The LLM temperature of the proposal. None: sampled by Optuna as
-            ``optoprime.temperature`` in [0, 1].
-        memory_size: How many earlier (variables, feedback) pairs OptoPrime shows. None:
-            sampled as ``optoprime.memory_size`` in [0, 4].
-        objective: Replaces OptoPrime's default instruction to the LLM, if given.
+        temperature: The LLM temperature of the proposal, a number in [0, 2]. None: sampled
+            as ``optoprime.temperature`` in [0, 1].
+        memory_size: How many earlier (variables, feedback) pairs OptoPrime shows, an int >=
+            0. None: sampled as ``optoprime.memory_size`` in [0, 4].
+        objective: Replaces OptoPrime's default instruction to the LLM, a non-empty str;
+            None keeps the default.
+
+    Raises:
+        ConfigurationError: If a setting is of the wrong type or out of its range.
     """
 
     name = "optoprime"
@@ -173,11 +181,14 @@ class OptoPrimeStrategy(Strategy):
         memory_size: int | None = None,
         objective: str | None = None,
     ) -> None:
-        if memory_size is not None and (not isinstance(memory_size, int) or memory_size < 0):
-            raise ConfigurationError(f"memory_size must be an int >= 0, got {memory_size!r}.")
-        if temperature is not None and not 0.0 <= temperature <= 2.0:
-            raise ConfigurationError(f"temperature must be in [0, 2], got {temperature!r}.")
-        self.temperature = temperature
+        check_number("OptoPrimeStrategy", "temperature", temperature, 0.0, 2.0, sampled=True)
+        check_int("OptoPrimeStrategy", "memory_size", memory_size, 0, sampled=True)
+        if objective is not None and (not isinstance(objective, str) or not objective.strip()):
+            raise ConfigurationError(
+                "OptoPrimeStrategy: objective must be a non-empty str, or None for OptoPrime's "
+                f"default instruction; got {objective!r} ({type(objective).__name__})."
+            )
+        self.temperature = None if temperature is None else float(temperature)
         self.memory_size = memory_size
         self.objective = objective
 
@@ -194,7 +205,9 @@ class OptoPrimeStrategy(Strategy):
     def propose(self, context: StepContext) -> Proposal:
         best = context.population.best()
         if best is None:
-            raise LLMError("optoprime needs a completed trial to start from; there is none yet.")
+            raise NoCompletedTrialError(
+                "optoprime needs a completed trial to start from; there is none yet."
+            )
         parent = context.evaluate_parent(best.number)
         memory_size = int(context.settings.get("memory_size", 0))
         update = optoprime_update(

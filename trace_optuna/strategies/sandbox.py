@@ -52,6 +52,9 @@ import tempfile
 import time
 from typing import Any
 
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import ImproverFailed
+from trace_optuna.exceptions import Rejected
 from trace_optuna.exceptions import TraceOptunaError
 
 _logger = logging.getLogger(__name__)
@@ -66,47 +69,10 @@ FAILURE_KINDS = (
     "protocol",
     "result",
 )
-"""What :attr:`ImproverFailed.kind` can be."""
+"""What :attr:`~trace_optuna.exceptions.ImproverFailed.kind` can be."""
 
 _STDERR_TAIL_BYTES = 4000
 _READ_CHUNK = 65536
-
-
-class ImproverFailed(TraceOptunaError):
-    """An improver run broke a rule or raised; the child process has been killed.
-
-    Attributes:
-        kind: One of :data:`FAILURE_KINDS`: ``timeout``, ``budget`` (an LLM call beyond the
-            budget), ``utility_budget``, ``memory``, ``error`` (the improver raised, also a
-            syntax error), ``crashed`` (the process died), ``protocol`` (a malformed
-            message), ``result`` (what ``improve`` returned is unusable).
-        details: The improver's traceback or the tail of its stderr, if any.
-        llm_calls: LLM calls the parent served before the failure.
-        utility_calls: Utility calls the parent served before the failure.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        message: str,
-        *,
-        details: str = "",
-        llm_calls: int = 0,
-        utility_calls: int = 0,
-    ) -> None:
-        super().__init__(f"The improver failed ({kind}): {message}")
-        self.kind = kind
-        self.details = details
-        self.llm_calls = llm_calls
-        self.utility_calls = utility_calls
-
-
-class Rejected(ValueError):
-    """Raised by an LLM or utility handler to refuse one request; the improver sees the error.
-
-    Anything else a handler raises is treated as a failure of the caller (for example the
-    user's ``evaluate`` crashing): the child is killed and the exception propagates.
-    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +87,9 @@ class SandboxLimits:
         max_message_bytes: Longest protocol line the child may send.
         max_file_bytes: Largest file the child may write (``RLIMIT_FSIZE``), its captured
             output included.
+
+    Raises:
+        ConfigurationError: If a limit is of the wrong type or out of its range.
     """
 
     timeout_s: float = 60.0
@@ -130,20 +99,28 @@ class SandboxLimits:
     max_file_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
-            raise ValueError(f"timeout_s must be a number > 0, got {self.timeout_s!r}.")
+        if not _is_number(self.timeout_s) or not 0 < self.timeout_s < math.inf:
+            raise ConfigurationError(
+                f"timeout_s must be a finite number > 0, got {self.timeout_s!r}."
+            )
         for name in ("memory_bytes", "max_message_bytes", "max_file_bytes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1024 * 1024:
-                raise ValueError(f"{name} must be an int of at least 1 MiB, got {value!r}.")
-        if (
-            isinstance(self.max_utility_calls, bool)
-            or not isinstance(self.max_utility_calls, int)
-            or self.max_utility_calls < 0
-        ):
-            raise ValueError(
+            if not _is_int(value) or value < 1024 * 1024:
+                raise ConfigurationError(
+                    f"{name} must be an int of at least 1 MiB (1048576), got {value!r}."
+                )
+        if not _is_int(self.max_utility_calls) or self.max_utility_calls < 0:
+            raise ConfigurationError(
                 f"max_utility_calls must be an int >= 0, got {self.max_utility_calls!r}."
             )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
@@ -266,6 +243,7 @@ def run_improver(
         The run, once ``improve`` returned a JSON value.
 
     Raises:
+        ConfigurationError: If ``budget`` is not an int >= 0.
         ImproverFailed: If the improver raised, broke a limit or the protocol.
         Exception: Whatever ``llm`` or ``utility`` raised other than :class:`Rejected`.
 
@@ -278,8 +256,8 @@ def run_improver(
         >>> run.solution, run.utility_calls
         (2, 1)
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-        raise ValueError(f"budget must be an int >= 0, got {budget!r}.")
+    if not _is_int(budget) or budget < 0:
+        raise ConfigurationError(f"budget must be an int >= 0, got {budget!r}.")
     limits = limits or SandboxLimits()
     with tempfile.TemporaryDirectory(prefix="trace-optuna-improver-") as workdir:
         output_path = os.path.join(workdir, ".output")

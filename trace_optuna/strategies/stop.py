@@ -78,15 +78,16 @@ from optuna.trial import TrialState
 from trace_optuna import records
 from trace_optuna import snapshots
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import ImproverFailed
+from trace_optuna.exceptions import NoCompletedTrialError
+from trace_optuna.exceptions import Rejected
 from trace_optuna.exceptions import SnapshotError
-from trace_optuna.exceptions import TraceOptunaError
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
+from trace_optuna.strategies.base import check_int
 from trace_optuna.strategies.base import register
-from trace_optuna.strategies.sandbox import ImproverFailed
-from trace_optuna.strategies.sandbox import Rejected
 from trace_optuna.strategies.sandbox import SandboxLimits
 from trace_optuna.strategies.sandbox import run_improver
 
@@ -494,18 +495,22 @@ class StopStrategy(Strategy):
     """STOP: a self-improving improver program proposes the candidate (see the module docs).
 
     Args:
-        meta_every: K: a meta-step runs every K STOP trials of the current version, and a new
-            version is trialled for K STOP trials before it is compared.
-        num_candidates: The range of the sampled ``stop.num_candidates``: the LLM calls (so,
-            for the seed improver, the candidate solutions) one STOP step may use; it is the
-            improver's ``budget``.
-        meta_budget: LLM calls a meta-step's improver may make on its own source.
-        smoke_budget: LLM calls of the smoke run that scores a proposed program.
+        meta_every: K, an int >= 1: a meta-step runs every K STOP trials of the current
+            version, and a new version is trialled for K STOP trials before it is compared.
+        num_candidates: A (low, high) pair of ints, 1 <= low <= high: the range in which Optuna
+            samples ``stop.num_candidates`` in every trial, the LLM calls (so, for the seed
+            improver, the candidate solutions) one STOP step may use; it is the improver's
+            ``budget``. ``(n, n)`` fixes it at n.
+        meta_budget: LLM calls a meta-step's improver may make on its own source, an int >= 1.
+        smoke_budget: LLM calls of the smoke run that scores a proposed program, an int >= 1.
         timeout_s: Wall-clock seconds an improver run may take on its own (LLM and utility
-            calls served by the worker do not count).
-        memory_mb: Memory (address space) limit of an improver process, in MiB.
-        seed_source: The first improver version; stored at the first STOP trial of the study,
-            after which the stored lineage is used.
+            calls served by the worker do not count), a finite number > 0.
+        memory_mb: Memory (address space) limit of an improver process in MiB, an int >= 16.
+        seed_source: The first improver version, Python source defining ``improve`` with five
+            parameters; stored at the first STOP trial of the study, after which the stored
+            lineage is used.
+
+    All settings but ``num_candidates`` are fixed: they are not Optuna parameters.
 
     Single-objective only: the utility and the meta-utility are one number per candidate, so
     a multi-objective study refuses this strategy (``multi_objective = False``).
@@ -534,16 +539,25 @@ class StopStrategy(Strategy):
             ("smoke_budget", smoke_budget, 1),
             ("memory_mb", memory_mb, 16),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigurationError(f"{name} must be an int >= {least}, got {value!r}.")
+            check_int("StopStrategy", name, value, least)
         low, high = _range(num_candidates)
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
-            raise ConfigurationError(f"timeout_s must be a number > 0, got {timeout_s!r}.")
-        if not timeout_s > 0:
-            raise ConfigurationError(f"timeout_s must be a number > 0, got {timeout_s!r}.")
+        if (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, (int, float))
+            or not 0 < timeout_s < math.inf
+        ):
+            raise ConfigurationError(
+                f"StopStrategy: timeout_s must be a finite number > 0; got {timeout_s!r} "
+                f"({type(timeout_s).__name__})."
+            )
+        if not isinstance(seed_source, str):
+            raise ConfigurationError(
+                "StopStrategy: seed_source must be Python source (a str) defining improve("
+                f"solution, feedback, utility, llm, budget); got {type(seed_source).__name__}."
+            )
         problem = check_improver_source(seed_source)
         if problem is not None:
-            raise ConfigurationError(f"seed_source is not an improver: {problem}.")
+            raise ConfigurationError(f"StopStrategy: seed_source is not an improver: {problem}.")
         self.meta_every = meta_every
         self.num_candidates = (low, high)
         self.meta_budget = meta_budget
@@ -567,7 +581,9 @@ class StopStrategy(Strategy):
     def propose(self, context: StepContext) -> Proposal:
         best = context.population.best()
         if best is None or best.value is None:
-            raise TraceOptunaError("stop needs a completed trial to start from; there is none.")
+            raise NoCompletedTrialError(
+                "stop needs a completed trial to start from; there is none yet."
+            )
         study = context.trial.study
         sign = 1.0 if context.better(1.0, 0.0) else -1.0
         lineage = _Lineage.load(study, self.seed_source, sign)
@@ -819,12 +835,13 @@ def _meta_feedback(
 
 def _range(value: Any) -> tuple[int, int]:
     if (
-        isinstance(value, tuple)
+        isinstance(value, (tuple, list))
         and len(value) == 2
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         and 1 <= value[0] <= value[1]
     ):
         return value[0], value[1]
     raise ConfigurationError(
-        f"num_candidates must be a (low, high) pair of ints with 1 <= low <= high, got {value!r}."
+        "StopStrategy: num_candidates must be a (low, high) pair of ints with 1 <= low <= high; "
+        f"got {value!r} ({type(value).__name__})."
     )
