@@ -131,6 +131,9 @@ class Rejected(TraceOptunaError, ValueError):
     from ``llm``) and may go on. Anything else a handler raises is a failure of the caller
     (for example the user's ``evaluate`` crashing): the improver is killed and the exception
     propagates. See :func:`trace_optuna.strategies.sandbox.run_improver`.
+    """
+
+
 class EvaluationTimeout(TraceOptunaError):
     """One run of ``evaluate`` took longer than ``evaluate_timeout`` and was interrupted.
 
