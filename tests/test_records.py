@@ -144,14 +144,7 @@ def test_record_of_a_plain_optuna_trial_says_trace_optuna_did_not_write_it(
     plain = optuna.create_study(study_name=study_name, storage=resolve_storage(storage_url))
     plain.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
     before = _stored(storage_url, study_name)
-    study = to.load_study(
-        study_name=study_name,
-        storage=storage_url,
-        agent=demo.make_agent,
-        evaluate=demo.evaluate,
-        llm=demo.DEMO_LLM,
-        figure_interval=None,
-    )
+    study = to.load_study(study_name=study_name, storage=storage_url)  # for reading
     with pytest.raises(RecordError) as caught:
         study.record(0)
     message = str(caught.value)
