@@ -18,6 +18,8 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 import pytest
 import sqlalchemy
+from support_concurrency import assert_ran_at_once
+from support_concurrency import by_worker
 from support_shared import Member
 from test_faults import wait_until
 
@@ -484,6 +486,11 @@ def test_workers_of_two_studies_at_once_lose_no_update(
     storage_url: str, study_name: str, tmp_path: Path
 ) -> None:
     versions, trials, _ = _run_two_studies(storage_url, study_name, tmp_path, trials=12)
+    # What follows is about collisions: the two studies, and each study's two workers, ran
+    # trials at the same time.
+    assert_ran_at_once(trials, "the two studies")
+    for app in trials:
+        assert_ran_at_once(by_worker(trials[app]), f"the two workers of {app!r}")
     check_log(versions)
     assert set(versions[0].values) == {"a.x", "b.x"}
     published = sum(
@@ -517,6 +524,7 @@ def test_a_crashed_worker_of_one_study_resumes_and_the_registry_stays_whole(
     versions, trials, killed = _run_two_studies(
         storage_url, study_name, tmp_path, trials=8, kill=True
     )
+    assert_ran_at_once(trials, "the two studies")
     number = int(killed.split(":")[0])
     left = trials["left"]
     assert Counter(t.state for t in left) == {TrialState.COMPLETE: 8, TrialState.FAIL: 1}
