@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # The quick subset: no test over ~10 s, no browser, nothing that stops a database server.
 QUICK ?= not slow and not browser and not destructive
 
-.PHONY: demo test test-quick lint clean
+.PHONY: demo dashboard test test-quick lint clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.created:
 
 $(VENV)/.runtime: pyproject.toml $(VENV)/.created
 	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dashboard: pyproject.toml $(VENV)/.created
+	$(VENV)/bin/pip install --quiet -e ".[dashboard]"
 	touch $@
 
 $(VENV)/.test: pyproject.toml $(VENV)/.created
@@ -29,6 +33,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.created
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/trace-optuna demo
+
+# Browse the demo's study in optuna-dashboard (installs the [dashboard] extra first).
+dashboard: $(VENV)/.dashboard
+	$(VENV)/bin/trace-optuna dashboard --storage sqlite:///trace_optuna_demo.db
 
 test: $(VENV)/.test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -33,6 +33,7 @@ SERVER_KINDS = tuple(kind for kind in testing.STORAGE_KINDS if kind != "sqlite")
 REPORTED_MARKERS = ("storage", "browser", "destructive", "slow")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
