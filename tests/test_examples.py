@@ -7,7 +7,10 @@ from pathlib import Path
 import subprocess
 import sys
 
+import pytest
 from support_concurrency import assert_ran_at_once
+
+pytestmark = pytest.mark.slow  # every test runs an example script in a new process
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -129,6 +129,7 @@ def _inside_a_step(study: optuna.Study) -> tuple[int, int] | None:
     return None
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("storage_url", ["postgresql", "mysql", "redis"], indirect=True)
 def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_path: Path) -> None:
     log = tmp_path / "workers.log"
@@ -251,6 +252,7 @@ def _postgresql_is_up() -> bool:
     return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], timeout=30).returncode == 0
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.destructive  # stops the PostgreSQL server every other test and person uses
 @pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
 def test_workers_ride_out_a_database_restart(

@@ -494,6 +494,7 @@ def _kill_one_inside_a_step(url: str, study: str) -> str:
     return f"{number}:{pid}"
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("storage_url", ["postgresql", "mysql", "redis"], indirect=True)
 def test_workers_of_two_studies_at_once_lose_no_update(
     storage_url: str, study_name: str, tmp_path: Path
@@ -530,6 +531,7 @@ def test_workers_of_two_studies_at_once_lose_no_update(
     assert conflicts, "no conflict happened: the test did not exercise the compare-and-set"
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
 def test_a_crashed_worker_of_one_study_resumes_and_the_registry_stays_whole(
     storage_url: str, study_name: str, tmp_path: Path
