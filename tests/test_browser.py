@@ -30,6 +30,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 90
 
+pytestmark = pytest.mark.browser
+
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="browser tests need selenium: pip install trace-optuna[test]"
 )

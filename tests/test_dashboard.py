@@ -149,6 +149,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, to.TraceStud
     return url, study, directory / "artifacts"
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_the_rest_api_shows_each_trials_note_feedback_diff_and_llm_usage(
     written: tuple[str, to.TraceStudy, Path],
 ) -> None:
@@ -185,6 +186,7 @@ def test_the_rest_api_shows_each_trials_note_feedback_diff_and_llm_usage(
     assert "OptoPrime" in study_attrs[records.STUDY_STRATEGY_DOCS]
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_figures_are_saved_into_the_study_and_served(
     written: tuple[str, to.TraceStudy, Path],
 ) -> None:
@@ -210,6 +212,7 @@ def test_figures_are_saved_into_the_study_and_served(
     assert f'<a href="/dashboard/studies/{sid}/trials?numbers=4">#4</a>' in texts
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_long_prompts_go_to_artifacts_that_the_dashboard_serves(
     written: tuple[str, to.TraceStudy, Path],
 ) -> None:
@@ -270,6 +273,7 @@ def test_load_study_uses_the_artifact_directory_the_study_recorded(
     assert read_text(study.trials[1], records.llm_call_key(0, "user"), store)
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_the_stock_optuna_dashboard_command_shows_the_notes_too(
     written: tuple[str, to.TraceStudy, Path], tmp_path: Path
 ) -> None:
@@ -388,6 +392,7 @@ def test_human_feedback_arguments_are_checked() -> None:
         HumanFeedback(reply)(demo.make_agent())
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_a_person_scores_in_the_dashboard_and_the_text_drives_the_next_step(
     sqlite_url: str,
 ) -> None:
@@ -533,6 +538,7 @@ def test_note_and_figure_keys_are_optuna_dashboards_own() -> None:
     assert _note.SYSTEM_ATTR_MAX_LENGTH == _custom_plot_data.SYSTEM_ATTR_MAX_LENGTH == 2045
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_a_trial_imports_neither_optuna_dashboard_nor_plotly(sqlite_url: str) -> None:
     code = f"""
 import sys

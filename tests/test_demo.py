@@ -124,6 +124,7 @@ print(json.dumps(trajectory))
 """
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
 def test_a_rerun_in_a_fresh_process_is_identical() -> None:
     runs = [
         subprocess.Popen(

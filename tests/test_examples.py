@@ -7,6 +7,11 @@ from pathlib import Path
 import subprocess
 import sys
 
+import pytest
+from support_concurrency import assert_ran_at_once
+
+pytestmark = pytest.mark.slow  # every test runs an example script in a new process
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -72,9 +77,13 @@ def test_shared_parameters_in_parallel_processes_loses_nothing(tmp_path: Path) -
     assert "registry 'agent-team'" in stdout
     storage = resolve_storage(url)
     expected = {"agent1": 6, "agent2": 6, "agent3": 6, "agent1+agent2": 3, "agent2+agent3": 3}
+    ran = {}
     for name, trials in {**expected, "workflow": 2}.items():
         study = optuna.load_study(study_name=name, storage=storage)
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials, name
+        ran[name] = study.trials
+    # One process per study: studies ran at the same time (the conflicts the log resolves).
+    assert_ran_at_once(ran, "the studies of --parallel", every_pair=False)
     # The log is a valid compare-and-set sequence: each version was published on a base that
     # no later version before it changed any of the publisher's paths.
     versions = Registry(storage, "agent-team").versions()

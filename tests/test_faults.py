@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 import pytest
+from support_concurrency import assert_ran_at_once
 from support_openai_server import OpenAIServer
 from support_openai_server import Reply
 import support_workers
@@ -128,6 +129,7 @@ def _inside_a_step(study: optuna.Study) -> tuple[int, int] | None:
     return None
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("storage_url", ["postgresql", "mysql", "redis"], indirect=True)
 def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_path: Path) -> None:
     log = tmp_path / "workers.log"
@@ -153,7 +155,9 @@ def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_pa
     all_trials = study.get_trials()
     # Nothing lost: every trial the workers finished is COMPLETE, the dead one is FAIL and was
     # re-run, and nothing is left RUNNING or WAITING.
-    assert states(study) == {TrialState.COMPLETE: int(finished.group(1)), TrialState.FAIL: 1}
+    assert states(study) == {TrialState.COMPLETE: int(finished.group(1)), TrialState.FAIL: 1}, [
+        t.user_attrs.get(records.ERROR) for t in all_trials if t.state == TrialState.FAIL
+    ]
     dead = all_trials[killed]
     assert dead.state == TrialState.FAIL
     (retry,) = [t for t in all_trials if t.system_attrs.get("failed_trial") == killed]
@@ -164,6 +168,9 @@ def test_a_killed_worker_loses_nothing(storage_url: str, study_name: str, tmp_pa
     # Nothing duplicated: the four baselines raced, one was evaluated and three reused it.
     baselines = [t for t in all_trials if t.user_attrs.get(records.STRATEGY) == "baseline"]
     assert len(baselines) == 4
+    # They ran at once (the barrier held each until all four were running): a race, not a
+    # queue of workers each finding the candidate already stored.
+    assert_ran_at_once({f"Trial#{t.number}": [t] for t in baselines}, "the four baselines")
     # Whichever baseline claimed the candidate first evaluated it; the others point to it.
     (evaluated,) = [t for t in baselines if records.DUPLICATE_OF not in t.user_attrs]
     reused = [t.user_attrs[records.DUPLICATE_OF] for t in baselines if t is not evaluated]
@@ -245,6 +252,8 @@ def _postgresql_is_up() -> bool:
     return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], timeout=30).returncode == 0
 
 
+@pytest.mark.slow  # worker processes
+@pytest.mark.destructive  # stops the PostgreSQL server every other test and person uses
 @pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
 def test_workers_ride_out_a_database_restart(
     storage_url: str, study_name: str, tmp_path: Path

@@ -90,6 +90,7 @@ class EndlessEvaluate:
         )
 
 
+@pytest.mark.slow  # 64 s here
 def test_the_step_releases_the_registry_every_trial(sqlite_url: str) -> None:
     # A few hundred agent runs: the registry must not keep them alive, and the step must still
     # continue from its parent's live graph (each candidate is evaluated exactly once).

@@ -480,9 +480,9 @@ class ParetoKnobEvaluate:
         return to.Evaluation(score=score, feedback=feedback, output=out)
 
 
-def test_knobs_in_a_multi_objective_user_study(storage_url: str, study_name: str) -> None:
+def test_knobs_in_a_multi_objective_user_study(sqlite_url: str, study_name: str) -> None:
     study = user_study(
-        storage_url,
+        sqlite_url,
         study_name,
         direction=None,
         directions=["maximize", "minimize"],
@@ -495,7 +495,7 @@ def test_knobs_in_a_multi_objective_user_study(storage_url: str, study_name: str
         evaluates.append(evaluate)
 
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    reopened = reopen(storage_url, study_name, evaluate=ParetoKnobEvaluate())
+    reopened = reopen(sqlite_url, study_name, evaluate=ParetoKnobEvaluate())
     for trial in study.trials:
         assert len(trial.values) == 2
         record = reopened.record(trial.number)

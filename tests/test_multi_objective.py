@@ -143,9 +143,9 @@ def test_a_multi_objective_study_runs_and_reads_back(storage_url: str, study_nam
 
 
 def test_greedy_steps_start_from_the_pareto_front_by_the_documented_rule(
-    storage_url: str, study_name: str
+    sqlite_url: str, study_name: str
 ) -> None:
-    study = make_study(storage_url, study_name)
+    study = make_study(sqlite_url, study_name)
     study.optimize(n_trials=6)
 
     trials = study.trials
@@ -223,10 +223,10 @@ def test_population_pareto_front_parent_rule_and_ranking(sqlite_url: str) -> Non
 
 
 def test_the_bandit_picks_strategies_in_a_multi_objective_study(
-    storage_url: str, study_name: str
+    sqlite_url: str, study_name: str
 ) -> None:
     strategies = ["optoprime", "genetic", "evolutionary"]
-    study = make_study(storage_url, study_name, strategies=strategies)
+    study = make_study(sqlite_url, study_name, strategies=strategies)
     assert isinstance(study.optuna.sampler, StrategyBandit)
     study.optimize(n_trials=7)
 

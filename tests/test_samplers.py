@@ -83,6 +83,7 @@ def _share(picks: Sequence[str], arm: str) -> float:
     return sum(pick == arm for pick in picks) / len(picks)
 
 
+@pytest.mark.slow  # 13-64 s here: many trials
 def test_best_arm_gets_the_largest_share(sqlite_url: str) -> None:
     # Classic UCB (no prior). Measured: mean share of "stop" in trials 12-23 over seeds 0-9 is
     # 0.87 (0.89-0.97 for seeds 10-19, 20-29, 30-39; uniform picks would give 0.25).
@@ -98,6 +99,7 @@ def test_best_arm_gets_the_largest_share(sqlite_url: str) -> None:
     assert mean_share["stop"] == max(mean_share.values())
 
 
+@pytest.mark.slow  # 13-64 s here: many trials
 def test_untried_arms_wait_their_turn_in_listed_order(sqlite_url: str) -> None:
     # The default prior: the first listed arm runs first, the others are tried later (in the
     # listed order) and the best still wins. Measured over seeds 0-9: "stop" (listed last) is
@@ -142,6 +144,7 @@ def test_a_stalled_first_arm_hands_over(sqlite_url: str) -> None:
     assert picks[-4:] == ["genetic"] * 4, picks
 
 
+@pytest.mark.slow  # 13-64 s here: many trials
 def test_a_new_best_arm_takes_over_within_bounded_trials(sqlite_url: str) -> None:
     # "stop" is best until trial 25, then "optoprime" (which was worst). Measured over seeds
     # 0-11: "optoprime" is picked again 2-13 trials after the switch and holds 0.92-1.0 of
@@ -377,6 +380,7 @@ def test_multi_objective_reward_is_one_when_the_step_improves_some_objective(
     assert statistics["stop"].pulls == 0
 
 
+@pytest.mark.slow  # 13-64 s here: many trials
 def test_multi_objective_best_arm_gets_the_largest_share(sqlite_url: str) -> None:
     # Each arm's step improves some objective with its own probability. Measured: the share
     # of "stop" in trials 20-39 is 0.95, 1.0, 1.0, 0.6, 0.85 for seeds 0-4 (mean 0.88; 0.92

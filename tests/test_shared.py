@@ -18,11 +18,14 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 import pytest
 import sqlalchemy
+from support_concurrency import assert_ran_at_once
+from support_concurrency import by_worker
 from support_shared import Member
 from test_faults import wait_until
 
 import trace_optuna as to
 from trace_optuna import records
+from trace_optuna import testing
 from trace_optuna.registry import Registry
 from trace_optuna.registry import State
 from trace_optuna.registry import Version
@@ -268,13 +271,25 @@ def _intrude(url: str, name: str, values: dict[str, Any], owned: tuple[str, ...]
     assert result.version is not None
 
 
+# The compare-and-set that detects the conflict runs on every storage; what each policy does
+# with a detected conflict is the same logic everywhere, so the other outcomes run on SQLite.
 @pytest.mark.parametrize(
-    ("policy", "intrusion", "status"),
+    ("storage_url", "policy", "intrusion", "status"),
     [
-        ("reevaluate", {"a.x": 100}, "published"),
-        ("reevaluate", {"a.x": 100, "b.x": -1000}, "conflict_rejected"),
-        ("skip", {"a.x": 100}, "conflict_skipped"),
+        *[
+            pytest.param(kind, "reevaluate", {"a.x": 100}, "published", id=f"{kind}-published")
+            for kind in testing.STORAGE_KINDS
+        ],
+        pytest.param(
+            "sqlite",
+            "reevaluate",
+            {"a.x": 100, "b.x": -1000},
+            "conflict_rejected",
+            id="sqlite-conflict_rejected",
+        ),
+        pytest.param("sqlite", "skip", {"a.x": 100}, "conflict_skipped", id="sqlite-skipped"),
     ],
+    indirect=["storage_url"],
 )
 def test_a_conflicting_publish_is_detected_recorded_and_resolved(
     storage_url: str, study_name: str, policy: str, intrusion: dict[str, Any], status: str
@@ -479,11 +494,17 @@ def _kill_one_inside_a_step(url: str, study: str) -> str:
     return f"{number}:{pid}"
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("storage_url", ["postgresql", "mysql", "redis"], indirect=True)
 def test_workers_of_two_studies_at_once_lose_no_update(
     storage_url: str, study_name: str, tmp_path: Path
 ) -> None:
     versions, trials, _ = _run_two_studies(storage_url, study_name, tmp_path, trials=12)
+    # What follows is about collisions: the two studies, and each study's two workers, ran
+    # trials at the same time.
+    assert_ran_at_once(trials, "the two studies")
+    for app in trials:
+        assert_ran_at_once(by_worker(trials[app]), f"the two workers of {app!r}")
     check_log(versions)
     assert set(versions[0].values) == {"a.x", "b.x"}
     published = sum(
@@ -510,6 +531,7 @@ def test_workers_of_two_studies_at_once_lose_no_update(
     assert conflicts, "no conflict happened: the test did not exercise the compare-and-set"
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
 def test_a_crashed_worker_of_one_study_resumes_and_the_registry_stays_whole(
     storage_url: str, study_name: str, tmp_path: Path
@@ -517,6 +539,7 @@ def test_a_crashed_worker_of_one_study_resumes_and_the_registry_stays_whole(
     versions, trials, killed = _run_two_studies(
         storage_url, study_name, tmp_path, trials=8, kill=True
     )
+    assert_ran_at_once(trials, "the two studies")
     number = int(killed.split(":")[0])
     left = trials["left"]
     assert Counter(t.state for t in left) == {TrialState.COMPLETE: 8, TrialState.FAIL: 1}

@@ -144,6 +144,8 @@ def test_non_strict_mysql_warns_and_a_large_code_parameter_survives(
     assert record.snapshot["program"] == BIG_PROGRAM
 
 
+@pytest.mark.slow  # starts Python processes that import trace_optuna
+@pytest.mark.storage
 @pytest.mark.parametrize("kind", ["postgresql", "mysql"])
 def test_workers_opening_an_empty_database_together_all_succeed(kind: str) -> None:
     # Each process creates Optuna's tables; all but one find the version row inserted by

@@ -298,6 +298,7 @@ def test_report_embeds_every_figure_and_loads_nothing_from_the_network(
     assert "best score" in page and "mixed" in page
 
 
+@pytest.mark.browser  # kaleido renders through the system's Chromium
 def test_figures_render_to_png(mixed: optuna.Study, tmp_path: Path) -> None:
     """Renders every figure once with kaleido (through the system's chromium)."""
     pytest.importorskip("kaleido", reason="kaleido renders PNGs: pip install trace-optuna[test]")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+import itertools
 from pathlib import Path
 import sys
 import threading
+import time
 import types
 
 import optuna
 from optuna.trial import TrialState
 import pytest
+from support_concurrency import overlap
 
 import trace_optuna as to
 from trace_optuna import cli
@@ -142,16 +145,23 @@ def test_claims_are_atomic_when_workers_race(storage_url: str, study_name: str) 
     coordinator = coordinator_for(storage)
     start = threading.Barrier(racers)
     outcomes: dict[int, Claim] = {}
+    intervals: list[tuple[float, float]] = []
 
     def claim(trial_id: int) -> None:
         start.wait()
+        began = time.monotonic()
         outcomes[trial_id] = coordinator.claim(study, trial_id, "contested")
+        intervals.append((began, time.monotonic()))
 
     threads = [threading.Thread(target=claim, args=(trial_id,)) for trial_id in trial_ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    # A race, not a queue: some claims were in flight at the same moment.
+    assert any(overlap(a, b) for a, b in itertools.combinations(intervals, 2)), (
+        f"no two claims overlapped in time ({intervals}): the race did not happen"
+    )
     assert Counter(outcome.held for outcome in outcomes.values()) == {True: 1, False: racers - 1}
     (winner,) = [trial_id for trial_id, outcome in outcomes.items() if outcome.held]
     holders = {outcome.holder for outcome in outcomes.values() if not outcome.held}

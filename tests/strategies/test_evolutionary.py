@@ -32,6 +32,7 @@ def evolutionary_study(storage_url: str, study_name: str, evaluate=demo.evaluate
     )
 
 
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # strategy logic
 def test_every_offspring_is_evaluated_and_kept(storage_url: str, study_name: str) -> None:
     evaluate = CountingDemoEvaluate()
     study = evolutionary_study(storage_url, study_name, evaluate, mu=1, offspring=4)

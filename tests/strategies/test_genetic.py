@@ -34,6 +34,7 @@ def test_first_step_falls_back_to_greedy_until_two_candidates(
     assert study.record(1).parents == [0]
 
 
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # strategy logic
 def test_crossover_records_both_parents_and_merges_them(storage_url: str, study_name: str) -> None:
     study = genetic_study(storage_url, study_name, 0.0)
     study.optimize(n_trials=6)

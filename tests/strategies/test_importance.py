@@ -9,6 +9,7 @@ import trace_optuna as to
 from trace_optuna import demo
 
 
+@pytest.mark.slow  # 16 s here
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PED-ANOVA warns on small regimes
 def test_importance_ranks_strategy_and_settings(sqlite_url: str, study_name: str) -> None:
     study = to.create_study(

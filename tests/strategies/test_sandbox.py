@@ -60,6 +60,7 @@ def failure(body: str, **kwargs: Any) -> ImproverFailed:
     return caught.value
 
 
+@pytest.mark.slow  # 13 s here
 def test_a_well_behaved_improver_talks_to_the_parent_only_through_llm_and_utility() -> None:
     parent = Parent()
     body = (

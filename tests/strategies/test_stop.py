@@ -72,6 +72,7 @@ def versions_used(study: to.TraceStudy) -> list[str | None]:
     return [trial.user_attrs.get("trace:stop_version") for trial in study.trials]
 
 
+@pytest.mark.slow  # 9-15 s here
 def test_stop_improves_and_its_lineage_lives_in_the_storage(
     storage_url: str, study_name: str
 ) -> None:
