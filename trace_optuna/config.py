@@ -118,7 +118,7 @@ class Config:
         >>> from trace_optuna import demo
         >>> config = Config(agent=demo.make_agent, evaluate=demo.evaluate, llm=demo.DEMO_LLM)
         >>> config.study_directions()
-        [StudyDirection.MAXIMIZE]
+        [<StudyDirection.MAXIMIZE: 2>]
         >>> Config(selector="best")
         Traceback (most recent call last):
         ...
