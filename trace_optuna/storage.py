@@ -465,6 +465,8 @@ def _storage_errors(url: str) -> Iterator[None]:
         raise ConfigurationError(
             f"Could not open storage {redact(url)!r}: {str(cause).splitlines()[0]}"
         ) from None
+    except OSError as error:  # a journal file Optuna opens for appending, on read-only media
+        raise ConfigurationError(f"Could not open storage {redact(url)!r}: {error}") from None
 
 
 def _unknown_scheme(url: str) -> ConfigurationError:
