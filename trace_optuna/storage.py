@@ -225,7 +225,7 @@ def open_existing(
 
     Example:
         >>> import tempfile
-        >>> open_existing(f"sqlite:///{tempfile.mkdtemp()}/typo.db")
+        >>> open_existing(f"sqlite:///{tempfile.mkdtemp()}/typo.db")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         trace_optuna.exceptions.ConfigurationError: No file ...
@@ -274,7 +274,7 @@ def check_study_name(study_name: object, *, allow_none: bool = False) -> str | N
             :data:`MAX_STUDY_NAME_LENGTH` characters.
 
     Example:
-        >>> check_study_name("x" * 513)
+        >>> check_study_name("x" * 513)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         trace_optuna.exceptions.ConfigurationError: study_name is 513 characters long; ...
