@@ -61,7 +61,7 @@ def test_storage_comes_from_the_environment(
     [
         (
             ("best", "--storage", "sqlite:///missing.db", "--study", "nope"),
-            "no study named 'nope'",
+            "No file 'missing.db'",
         ),
         (("demo", "--storage", "mongodb://x/y", "--trials", "1"), "Unknown storage URL"),
     ],
@@ -71,3 +71,144 @@ def test_errors_are_one_clear_line(tmp_path: Path, args: tuple, message: str) ->
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "missing.db").exists()
+
+
+# -- numbers, storages and studies a careless user gives ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (("demo", "--trials", "-3"), "--trials"),
+        (("demo", "--trials", "0"), "--trials"),
+        (("demo", "--trials", "2.5"), "--trials"),
+        (("demo", "--seed", "-1"), "--seed"),
+        (("demo", "--noise", "1.5"), "--noise"),
+        (("demo", "--noise", "nan"), "--noise"),
+        (("worker", "--trials", "0"), "--trials"),
+        (("worker", "--timeout", "-1"), "--timeout"),
+        (("worker", "--timeout", "inf"), "--timeout"),
+        (("worker", "--heartbeat-interval", "0"), "--heartbeat-interval"),
+        (("worker", "--grace-period", "-5"), "--grace-period"),
+        (("workers", "--processes", "0"), "--processes"),
+        (("dashboard", "--port", "70000"), "--port"),
+        (("dashboard", "--port", "-1"), "--port"),
+    ],
+)
+def test_numeric_options_out_of_range_are_argparse_errors_naming_the_option(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    option: str,
+) -> None:
+    from trace_optuna.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    rest = ("--study", "s", "--app", "nowhere:app") if args[0] in ("worker", "workers") else ()
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--storage", url, *rest])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {option}: must be" in error and repr(args[-1]) in error
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("command", ["best", "report", "dashboard"])
+def test_reading_commands_on_a_missing_file_create_nothing(tmp_path: Path, command: str) -> None:
+    extra = {"best": ["--study", "s"], "report": ["--study", "s", "--out", "r.html"]}
+    result = subprocess.run(
+        [sys.executable, "-m", "trace_optuna", command, "--storage", "sqlite:///typo.db"]
+        + extra.get(command, ["--port", "0"]),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,  # the dashboard served a new empty database forever
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "No file 'typo.db'" in result.stderr and "creates nothing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _plain_study(url: str) -> None:
+    import optuna
+
+    optuna.create_study(study_name="plain", storage=url).optimize(
+        lambda trial: trial.suggest_float("x", 0, 1), n_trials=3
+    )
+
+
+def test_best_and_report_say_a_plain_optuna_study_is_not_theirs(tmp_path: Path) -> None:
+    _plain_study(f"sqlite:///{tmp_path / 'plain.db'}")
+    for args in (["best"], ["report", "--out", "r.html"]):
+        result = trace_optuna(
+            *args, "--storage", "sqlite:///plain.db", "--study", "plain", cwd=tmp_path, check=False
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Study 'plain' was not made by trace_optuna" in result.stderr
+        assert "(3 COMPLETE)" in result.stderr and "optuna best-trial" in result.stderr
+        assert "no completed trial" not in result.stderr
+    assert not (tmp_path / "r.html").exists()
+    wrong = trace_optuna(
+        "best", "--storage", "sqlite:///plain.db", "--study", "plian", cwd=tmp_path, check=False
+    )
+    assert "No study named 'plian' in sqlite:///plain.db; it holds ['plain']." in wrong.stderr
+
+
+def test_report_out_must_be_a_file_in_an_existing_directory(tmp_path: Path) -> None:
+    trace_optuna("demo", "--trials", "1", "--no-progress", cwd=tmp_path)
+    for out, problem in ((tmp_path / "nowhere" / "r.html", "is not one"), (tmp_path, "directory")):
+        result = trace_optuna(
+            "report",
+            "--storage",
+            "sqlite:///trace_optuna_demo.db",
+            "--study",
+            "trace-optuna-demo",
+            "--out",
+            str(out),
+            cwd=tmp_path,
+            check=False,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"--out {str(out)!r} must name an HTML file" in result.stderr
+        assert problem in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_best_and_report_read_a_study_on_read_only_media(tmp_path: Path) -> None:
+    from test_storage import read_only_directory
+
+    media = tmp_path / "media"
+    media.mkdir()
+    url = f"sqlite:///{media / 'demo.db'}"
+    trace_optuna("demo", "--trials", "3", "--no-progress", "--storage", url, cwd=tmp_path)
+    expected = trace_optuna(
+        "best", "--storage", url, "--study", "trace-optuna-demo", cwd=tmp_path
+    ).stdout
+    assert sorted(path.name for path in media.iterdir()) == ["demo.db"]
+    with read_only_directory(media, tmp_path / "ro") as place:
+        read_only = f"sqlite:///{place / 'demo.db'}"
+        best = trace_optuna(
+            "best", "--storage", read_only, "--study", "trace-optuna-demo", cwd=tmp_path
+        )
+        assert json.loads(best.stdout) == json.loads(expected)
+        trace_optuna(
+            "report",
+            "--storage",
+            read_only,
+            "--study",
+            "trace-optuna-demo",
+            "--out",
+            str(tmp_path / "report.html"),
+            cwd=tmp_path,
+        )
+        assert "trace-optuna-demo" in (tmp_path / "report.html").read_text(encoding="utf-8")
+        demo = trace_optuna(
+            "demo", "--trials", "1", "--storage", read_only, cwd=tmp_path, check=False
+        )
+        assert demo.returncode == 2 and "is read-only for this process" in demo.stderr
+        assert sorted(path.name for path in place.iterdir()) == ["demo.db"]

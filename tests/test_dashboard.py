@@ -313,6 +313,84 @@ def test_the_stock_optuna_dashboard_command_shows_the_notes_too(
     assert study.record(3).feedback in detail["trials"][3]["note"]["body"]
 
 
+def _get_without_accept_encoding(base: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """GET as curl or a health check does: no Accept-Encoding header at all (urllib sends
+    ``identity``)."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_static_files_are_served_to_clients_that_send_no_accept_encoding(
+    written: tuple[str, to.TraceStudy, Path],
+) -> None:
+    url, _, _ = written
+    with running_dashboard(url) as base:
+        status, headers, body = _get_without_accept_encoding(base, "/static/bundle.js")
+        assert status == 200, body[:500]
+        assert "Content-Encoding" not in headers and len(body) > 100_000
+        assert get_bytes(base, "/static/bundle.js") == body  # as urllib (identity) gets it
+        status, _, icon = _get_without_accept_encoding(base, "/favicon.ico")
+        assert status == 200 and icon
+        request = urllib.request.Request(
+            base + "/static/bundle.js", headers={"Accept-Encoding": "gzip"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Content-Encoding"] == "gzip"  # still compressed on request
+
+
+def test_the_dashboard_serves_a_study_on_read_only_media(tmp_path: Path) -> None:
+    from test_storage import read_only_directory
+
+    media = tmp_path / "media"
+    media.mkdir()
+    url = f"sqlite:///{media / 'demo.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "trace_optuna", "demo", "--trials", "2", "--no-progress"]
+        + ["--storage", url],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert sorted(path.name for path in media.iterdir()) == ["demo.db"]
+    with read_only_directory(media, tmp_path / "ro") as place:
+        with running_dashboard(f"sqlite:///{place / 'demo.db'}") as base:
+            detail = get_json(base, f"/api/studies/{study_id(base, 'trace-optuna-demo')}")
+        assert len(detail["trials"]) == 2
+        assert detail["trials"][1]["note"]["body"].startswith("## Trial 1: `optoprime`")
+        assert sorted(path.name for path in place.iterdir()) == ["demo.db"]
+
+
+def test_a_port_in_use_is_one_clear_line(written: tuple[str, to.TraceStudy, Path]) -> None:
+    import socket
+
+    url, _, _ = written
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "trace_optuna", "dashboard", "--storage", url]
+            + ["--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port 0" in result.stderr
+
+
 # -- notes, unit by unit ----------------------------------------------------------------------
 
 

@@ -6,12 +6,18 @@ The storage comes from ``--storage`` or the ``TRACE_OPTUNA_STORAGE`` environment
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from collections.abc import Sequence
 import json
 import logging
+import math
 import os
 import sys
+from typing import TYPE_CHECKING
 from typing import Any
+
+if TYPE_CHECKING:
+    import optuna
 
 STORAGE_ENV = "TRACE_OPTUNA_STORAGE"
 DEMO_STUDY = "trace-optuna-demo"
@@ -25,6 +31,106 @@ def _storage_argument(parser: argparse.ArgumentParser, default: str | None = Non
         help=f"Optuna storage URL (default: ${STORAGE_ENV}"
         + (f", else {default})" if default else ")"),
     )
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``minimum``; argparse names the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from 0 (any free port) to 65535, got {text!r}"
+        )
+    return value
+
+
+def require_storage(args: argparse.Namespace) -> str:
+    """The ``--storage`` URL, or a ConfigurationError saying how to give one."""
+    from trace_optuna.exceptions import ConfigurationError
+
+    if not args.storage:
+        raise ConfigurationError(
+            f"give --storage URL or set {STORAGE_ENV} (e.g. sqlite:///study.db)."
+        )
+    return str(args.storage)
+
+
+def load_for_reading(storage: str, study_name: str) -> optuna.Study:
+    """Open a trace_optuna study to read it, creating nothing and writing nothing.
+
+    Raises:
+        ConfigurationError: If the storage holds no study (a missing SQLite file included),
+            no study of that name (the error lists the names it has), or the study was not
+            made by trace_optuna.
+    """
+    from collections import Counter
+
+    import optuna
+
+    from trace_optuna import records
+    from trace_optuna.exceptions import ConfigurationError
+    from trace_optuna.storage import open_existing
+    from trace_optuna.storage import redact
+
+    opened = open_existing(storage, read_only=True)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=opened)
+    except KeyError:
+        names = sorted(summary.study_name for summary in optuna.get_all_study_summaries(opened))
+        raise ConfigurationError(
+            f"No study named {study_name!r} in {redact(storage)}; "
+            + (f"it holds {names}." if names else "it holds no study.")
+        ) from None
+    if records.SCHEMA not in study.user_attrs:
+        states = Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
+        counts = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        raise ConfigurationError(
+            f"Study {study_name!r} was not made by trace_optuna: it has no {records.SCHEMA!r} "
+            f"attribute, so its trials ({counts or 'none'}) hold no Trace steps (snapshots, "
+            "feedback, diffs) to show. Read a plain Optuna study with Optuna's own tools: "
+            f"optuna best-trial --study-name {study_name!r} --storage {redact(storage)}, "
+            "optuna.visualization, or optuna-dashboard."
+        )
+    return study
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -57,19 +163,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    import optuna
-
     from trace_optuna.population import Population
-    from trace_optuna.storage import resolve_storage
 
-    if not args.storage:
-        print(f"error: give --storage or set {STORAGE_ENV}", file=sys.stderr)
-        return 2
-    try:
-        study = optuna.load_study(study_name=args.study, storage=resolve_storage(args.storage))
-    except KeyError:
-        print(f"error: no study named {args.study!r} in that storage", file=sys.stderr)
-        return 2
+    study = load_for_reading(require_storage(args), args.study)
     population = Population(study)
     population.refresh()
     if population.multi_objective:
@@ -97,20 +193,23 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="the trace_optuna.workers.App to run, as package.module:name",
     )
     parser.add_argument(
-        "--trials", type=int, default=None, help="trials to run (default: no limit)"
+        "--trials", type=int_at_least(1), default=None, help="trials to run (default: no limit)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=None, help="stop starting trials after S seconds"
+        "--timeout",
+        type=positive_seconds,
+        default=None,
+        help="stop starting trials after S seconds",
     )
     parser.add_argument(
         "--heartbeat-interval",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="seconds between heartbeats of a running trial (default: the app's, 60)",
     )
     parser.add_argument(
         "--grace-period",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="seconds without a heartbeat before a trial counts as dead (default: twice the "
         "interval)",
@@ -133,9 +232,7 @@ def _worker(args: argparse.Namespace) -> int:
     from trace_optuna.workers import load_app
     from trace_optuna.workers import run_worker
 
-    if not args.storage:
-        print(f"error: give --storage or set {STORAGE_ENV}", file=sys.stderr)
-        return 2
+    require_storage(args)
     app = dataclasses.replace(load_app(args.app), **_app_overrides(args))
     try:
         done = run_worker(
@@ -155,9 +252,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _workers(args: argparse.Namespace) -> int:
     from trace_optuna.workers import run_workers
 
-    if not args.storage:
-        print(f"error: give --storage or set {STORAGE_ENV}", file=sys.stderr)
-        return 2
+    require_storage(args)
     return run_workers(
         args.app,
         processes=args.processes,
@@ -183,11 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _storage_argument(demo, DEMO_STORAGE)
     demo.add_argument("--study", default=DEMO_STUDY, help="study name (default: %(default)s)")
-    demo.add_argument("--trials", type=int, default=20, help="trials to add (default: 20)")
-    demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    demo.add_argument(
+        "--trials", type=int_at_least(1), default=20, help="trials to add (default: 20)"
+    )
+    demo.add_argument("--seed", type=int_at_least(0), default=0, help="seed (default: 0)")
     demo.add_argument(
         "--noise",
-        type=float,
+        type=fraction,
         default=0.1,
         help="share of wrong suggestions the simulated model makes (default: 0.1)",
     )
@@ -210,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workers.add_argument(
         "--processes",
-        type=int,
+        type=int_at_least(1),
         default=os.cpu_count() or 1,
         help="worker processes (default: the number of CPUs)",
     )

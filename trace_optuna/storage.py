@@ -3,16 +3,28 @@
 * ``None``: the default, a SQLite file ``trace_optuna.db`` in the working directory.
 * ``sqlite:///path.db``: RDBStorage in WAL mode with a 30 s busy timeout (Optuna's default 5 s
   gives "database is locked" under several writers). One host only: SQLite's locking does not
-  work over network file systems.
+  work over network file systems. A path starting with ``~`` is the user's home, as in a shell
+  (``sqlite:///~/runs/study.db``); SQLAlchemy and Optuna do not expand it, so give the stock
+  ``optuna-dashboard`` the absolute path. A missing directory, a directory instead of a file
+  and a file or directory that cannot be written are refused before SQLite runs, naming the
+  path.
 * ``postgresql://...``, ``mysql+pymysql://...`` (and other SQLAlchemy URLs): RDBStorage with
   ``pool_pre_ping`` so a restarted database server does not leave dead pooled connections.
   MySQL/MariaDB sessions are checked for a strict ``sql_mode`` when the storage opens.
+  ``postgres://`` is refused (SQLAlchemy dropped that alias): write ``postgresql://``. A
+  missing driver names the URL and the package to install (``mysql://`` means the MySQLdb
+  driver: trace_optuna's ``[mysql]`` extra installs PyMySQL, for ``mysql+pymysql://``).
 * ``redis://host:port/db``: Optuna's JournalStorage over Redis; ``?prefix=NAME`` keeps several
   independent journals in one Redis database.
 * ``journal:///path/to/file.log``: Optuna's JournalStorage over a local file.
   Journals opened from a URL are a :class:`HeartbeatJournalStorage`: JournalStorage with the
   heartbeat Optuna gives RDB storages, so dead workers' trials are retried on them too.
 * Any ``optuna.storages.BaseStorage`` instance is used as it is.
+
+:func:`resolve_storage` opens a storage to write to (creating a SQLite file and Optuna's tables
+if needed); :func:`open_existing` opens one that must already hold studies and creates nothing,
+read-only on request (SQLite on read-only media included). :func:`check_study_name` refuses a
+study name that no storage would take.
 
 RDB storages opened from a URL are a :class:`ResilientRDBStorage`: Optuna's RDBStorage with its
 heartbeat switched on (a worker killed mid-trial leaves a trial that the next worker marks FAIL
@@ -25,6 +37,8 @@ each trial only fetches what changed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterator
+import contextlib
 import functools
 import logging
 import os
@@ -65,13 +79,22 @@ RETRY_TIMEOUT_S = 600.0
 
 _logger = logging.getLogger(__name__)
 
-_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
-_DRIVER_EXTRAS = {
-    "psycopg": "trace-optuna[postgres]",
-    "psycopg2": "trace-optuna[postgres] or psycopg2-binary",
-    "pymysql": "trace-optuna[mysql]",
-    "MySQLdb": "trace-optuna[mysql] and a mysql+pymysql:// URL",
-    "redis": "trace-optuna[redis]",
+MAX_STUDY_NAME_LENGTH = 512
+"""Characters in a study name: Optuna's ``studies.study_name`` column is ``String(512)``
+(PostgreSQL and MySQL/MariaDB refuse longer names; SQLite and Redis would take them, but such a
+study could not move to a server)."""
+
+_RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+# A missing driver module -> (the URL scheme whose driver trace_optuna installs, the package).
+# mysql:// and mariadb:// mean SQLAlchemy's default MySQLdb (mysqlclient, a C build); the
+# [mysql] extra installs PyMySQL instead, so the advice is the URL that uses it.
+_DRIVER_ADVICE = {
+    "psycopg": ("postgresql+psycopg", "'trace-optuna[postgres]'"),
+    "psycopg2": ("postgresql+psycopg", "'trace-optuna[postgres]'"),
+    "pymysql": ("mysql+pymysql", "'trace-optuna[mysql]'"),
+    "MySQLdb": ("mysql+pymysql", "'trace-optuna[mysql]'"),
+    "mariadb": ("mysql+pymysql", "'trace-optuna[mysql]'"),
+    "redis": ("redis", "'trace-optuna[redis]'"),
 }
 _STRICT_MODES = ("STRICT_TRANS_TABLES", "STRICT_ALL_TABLES")
 
@@ -130,8 +153,12 @@ def resolve_storage(
             RetryStaleTrialCallback(max_retry) if heartbeat_interval else None
         ),
     }
-    scheme = storage.split("://", 1)[0].split("+", 1)[0].lower() if "://" in storage else ""
-    try:
+    storage = expand_home(storage)
+    scheme = _scheme(storage)
+    path = local_file(storage)
+    if path is not None:
+        check_local_file(storage, write=True)
+    with _storage_errors(storage):
         if scheme == "redis":
             from optuna.storages.journal import JournalRedisBackend
 
@@ -140,7 +167,6 @@ def resolve_storage(
         if scheme == "journal":
             from optuna.storages.journal import JournalFileBackend
 
-            path = local_file(storage)
             assert path is not None
             return HeartbeatJournalStorage(JournalFileBackend(path), **heartbeat)
         if scheme in _RDB_SCHEMES:
@@ -157,17 +183,123 @@ def resolve_storage(
             if scheme in ("mysql", "mariadb"):
                 check_sql_mode(rdb)
             return rdb
-    except ImportError as error:
-        raise ConfigurationError(_missing_driver_message(storage, error)) from None
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
-        cause = error.__cause__ or error
-        raise ConfigurationError(
-            f"Could not open storage {redact(storage)!r}: {str(cause).splitlines()[0]}"
-        ) from None
-    raise ConfigurationError(
-        f"Unknown storage URL {redact(storage)!r}: the scheme must be one of sqlite, "
-        "postgresql, mysql (e.g. mysql+pymysql://), redis or journal."
+    raise _unknown_scheme(storage)
+
+
+def open_existing(
+    storage: str | BaseStorage | None,
+    *,
+    read_only: bool = False,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = None,
+    max_retry: int | None = MAX_RETRY,
+    retry_timeout: float = RETRY_TIMEOUT_S,
+) -> BaseStorage:
+    """Open a storage that already holds studies, creating nothing.
+
+    :func:`resolve_storage` creates what a URL names (a SQLite file, Optuna's tables in an
+    empty database); reading or reopening a study must not, so a mistyped path is an error
+    here instead of a new empty database. Use it to load a study
+    (``optuna.load_study(..., storage=open_existing(url))``) and in every reading command.
+
+    Args:
+        storage: A URL, a storage object (returned as it is) or None for the default SQLite
+            file.
+        read_only: Open a SQLite file read-only (SQLite's ``mode=ro``; on read-only media,
+            where SQLite cannot make its WAL index, ``immutable=1``), without a heartbeat:
+            for reading a study on a file or directory this process cannot write. Other
+            storages are opened as by :func:`resolve_storage`, and reading them writes
+            nothing.
+        heartbeat_interval: As for :func:`resolve_storage`; ignored when ``read_only``.
+        grace_period: As for :func:`resolve_storage`.
+        max_retry: As for :func:`resolve_storage`.
+        retry_timeout: As for :func:`resolve_storage`.
+
+    Returns:
+        An Optuna storage object.
+
+    Raises:
+        ConfigurationError: If the SQLite or journal file does not exist (or is a
+            directory, or is read-only and ``read_only`` is False), the database holds no
+            Optuna tables, or as :func:`resolve_storage`.
+
+    Example:
+        >>> import tempfile
+        >>> open_existing(f"sqlite:///{tempfile.mkdtemp()}/typo.db")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        trace_optuna.exceptions.ConfigurationError: No file ...
+    """
+    if storage is None:
+        storage = DEFAULT_STORAGE
+    if not isinstance(storage, str):
+        return resolve_storage(storage)
+    storage = expand_home(storage)
+    scheme = _scheme(storage)
+    path = local_file(storage)
+    if path is not None:
+        if not os.path.lexists(path):
+            raise ConfigurationError(
+                f"No file {_shown(path)}: storage {storage!r} holds no study yet, and opening "
+                "it to read creates nothing. Check the path (create the study with "
+                "create_study or trace-optuna demo/worker first)."
+            )
+        check_local_file(storage, write=not read_only)
+        if scheme == "sqlite" and read_only:
+            return _open_sqlite_read_only(storage, path, retry_timeout)
+    if scheme in _RDB_SCHEMES:
+        _require_optuna_tables(storage, scheme, _engine_kwargs(scheme))
+    return resolve_storage(
+        storage,
+        heartbeat_interval=None if read_only else heartbeat_interval,
+        grace_period=None if read_only else grace_period,
+        max_retry=max_retry,
+        retry_timeout=retry_timeout,
     )
+
+
+def check_study_name(study_name: object, *, allow_none: bool = False) -> str | None:
+    """Refuse a study name that a storage would not take, before anything is created.
+
+    Args:
+        study_name: The name to check.
+        allow_none: Accept None (``create_study`` then lets Optuna make a name up).
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ConfigurationError: If the name is not a str, is empty or only spaces, holds a NUL
+            character (PostgreSQL refuses it), or is longer than
+            :data:`MAX_STUDY_NAME_LENGTH` characters.
+
+    Example:
+        >>> check_study_name("x" * 513)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        trace_optuna.exceptions.ConfigurationError: study_name is 513 characters long; ...
+    """
+    if study_name is None and allow_none:
+        return None
+    if not isinstance(study_name, str):
+        raise ConfigurationError(
+            f"study_name must be a str, got {type(study_name).__name__} {study_name!r}."
+        )
+    if not study_name.strip():
+        raise ConfigurationError(
+            f"study_name must not be empty or only spaces, got {study_name!r}."
+        )
+    if "\x00" in study_name:
+        raise ConfigurationError(
+            f"study_name must not contain a NUL character (\\x00), got {study_name!r}."
+        )
+    if len(study_name) > MAX_STUDY_NAME_LENGTH:
+        raise ConfigurationError(
+            f"study_name is {len(study_name)} characters long; a study name holds at most "
+            f"{MAX_STUDY_NAME_LENGTH} (Optuna stores it in a String({MAX_STUDY_NAME_LENGTH}) "
+            f"column). It begins {study_name[:40]!r}: choose a shorter name."
+        )
+    return study_name
 
 
 def _check_heartbeat(
@@ -211,18 +343,221 @@ def local_file(url: str) -> str | None:
     return path
 
 
-def open_existing(storage: str | BaseStorage | None) -> BaseStorage:
-    """:func:`resolve_storage` for reading what studies stored: a SQLite or journal file named
-    by the URL must exist (reading must not create an empty database).
+def expand_home(url: str) -> str:
+    """The URL with a leading ``~`` (or ``~user``) of its SQLite or journal file path expanded
+    to that home directory, as a shell would; other URLs unchanged.
 
     Raises:
-        ConfigurationError: If the file does not exist, or as :func:`resolve_storage`.
+        ConfigurationError: If ``~user`` names no user.
+
+    Example:
+        >>> import os
+        >>> expand_home("sqlite:///~/study.db") == f"sqlite:///{os.path.expanduser('~')}/study.db"
+        True
     """
-    if isinstance(storage, str):
-        path = local_file(storage)
-        if path is not None and not os.path.exists(path):
-            raise ConfigurationError(f"No file {path!r}: {storage!r} holds no study yet.")
-    return resolve_storage(storage)
+    path = local_file(url)
+    if path is None or not path.startswith("~"):
+        return url
+    expanded = os.path.expanduser(path)
+    if expanded == path:
+        raise ConfigurationError(
+            f"Storage {url!r}: cannot expand {path.split('/', 1)[0]!r} in the path (no such "
+            "user, or no home directory): write the absolute path."
+        )
+    if url.startswith("journal://"):
+        return "journal://" + expanded
+    return (
+        sqlalchemy.engine.make_url(url)
+        .set(database=expanded)
+        .render_as_string(hide_password=False)
+    )
+
+
+def check_local_file(url: str, *, write: bool) -> None:
+    """Refuse a SQLite or journal file path that cannot work, naming the path and the rule.
+
+    SQLite answers all of these with "unable to open database file". A file that does not
+    exist yet is fine when ``write`` (it is created), as long as its directory exists and can
+    be written. SQLite also writes its journal (``-wal``, ``-shm``) next to the file, so
+    writing needs the directory writable too. "Writable" is the kernel's answer for this
+    process (``os.access``): read-only media, permissions, an immutable flag.
+
+    Args:
+        url: A storage URL; URLs that name no local file are not checked.
+        write: Whether the storage will be written.
+
+    Raises:
+        ConfigurationError: If the path is a directory, its directory is missing or not a
+            directory, or (``write``) the file or its directory cannot be written.
+    """
+    path = local_file(url)
+    if path is None:
+        return
+    kind = "SQLite" if url.startswith("sqlite") else "journal"
+    shown = _shown(path)
+    if os.path.isdir(path):
+        example = (
+            f"sqlite:///{os.path.join(path, 'study.db')}"
+            if kind == "SQLite"
+            else f"journal://{os.path.join(path, 'study.log')}"
+        )
+        raise ConfigurationError(
+            f"Storage {url!r} names the directory {shown}, not a {kind} file: name a file "
+            f"in it, e.g. {example}."
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(path):
+        if not os.path.isdir(directory):
+            problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+            raise ConfigurationError(
+                f"Storage {url!r}: the directory {directory!r} {problem}, so the {kind} file "
+                f"{os.path.basename(path)!r} cannot be created in it. Create the directory "
+                "first, or correct the path."
+            )
+        if write and not os.access(directory, os.W_OK):
+            raise ConfigurationError(
+                f"Storage {url!r}: cannot create the {kind} file {shown}: its directory "
+                "cannot be written by this process (read-only media or permissions). Choose "
+                "a writable directory."
+            )
+        return
+    if write and not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+        raise ConfigurationError(
+            f"Storage {url!r}: the {kind} file {shown} is read-only for this process (it or "
+            "its directory cannot be written: read-only media, permissions or an immutable "
+            f"flag), and {kind} needs both to write. Reading works: trace-optuna best and "
+            "report, or open_existing(url, read_only=True). To run trials, copy the file to "
+            "a writable directory."
+        )
+
+
+def read_only_file(url: str) -> bool:
+    """Whether the URL names an existing local file that this process cannot write (it or its
+    directory): such a SQLite file can only be opened with ``open_existing(read_only=True)``."""
+    path = local_file(expand_home(url))
+    if path is None or not os.path.isfile(path):
+        return False
+    directory = os.path.dirname(os.path.abspath(path))
+    return not (os.access(path, os.W_OK) and os.access(directory, os.W_OK))
+
+
+def _shown(path: str) -> str:
+    """A path for a message: as given, and where it is when it is relative."""
+    if os.path.isabs(path):
+        return repr(path)
+    return f"{path!r} ({os.path.abspath(path)!r})"
+
+
+def _scheme(url: str) -> str:
+    """``"postgresql"`` for ``postgresql+psycopg://...``; "" for a string without ``://``."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+
+
+@contextlib.contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """Turn a missing driver or a failing database into one ConfigurationError naming ``url``."""
+    try:
+        yield
+    except ImportError as error:
+        raise ConfigurationError(_missing_driver_message(url, error)) from None
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
+        cause = error.__cause__ or error
+        raise ConfigurationError(
+            f"Could not open storage {redact(url)!r}: {str(cause).splitlines()[0]}"
+        ) from None
+    except OSError as error:  # a journal file Optuna opens for appending, on read-only media
+        raise ConfigurationError(f"Could not open storage {redact(url)!r}: {error}") from None
+
+
+def _unknown_scheme(url: str) -> ConfigurationError:
+    scheme = _scheme(url)
+    if scheme == "postgres":
+        fixed = "postgresql" + url[len(url.split("://", 1)[0].split("+", 1)[0]) :]
+        return ConfigurationError(
+            f"Storage {redact(url)!r}: 'postgres://' is not a SQLAlchemy URL scheme (SQLAlchemy "
+            f"1.4 dropped that alias, which Heroku-style URLs still use): write "
+            f"{redact(fixed)!r}."
+        )
+    hint = ""
+    if not scheme and url.endswith((".db", ".sqlite", ".sqlite3")):
+        hint = f" For a SQLite file write 'sqlite:///{url}'."
+    return ConfigurationError(
+        f"Unknown storage URL {redact(url)!r}: the scheme must be one of sqlite, "
+        f"postgresql, mysql (e.g. mysql+pymysql://), redis or journal.{hint}"
+    )
+
+
+def _require_optuna_tables(url: str, scheme: str, engine_kwargs: dict[str, Any]) -> None:
+    """Refuse a database without Optuna's tables: RDBStorage would create them in it."""
+    with _storage_errors(url):
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        try:
+            with engine.connect() as connection:
+                has_studies = sqlalchemy.inspect(connection).has_table("studies")
+        finally:
+            engine.dispose()
+    if not has_studies:
+        raise ConfigurationError(
+            f"Storage {redact(url)!r} holds no Optuna study (the database has no Optuna "
+            "tables), and opening it to read creates nothing. Check the URL (the database's "
+            "name, the file's path)."
+        )
+
+
+def _open_sqlite_read_only(url: str, path: str, retry_timeout: float) -> ResilientRDBStorage:
+    """A SQLite file opened so that nothing can be written to it.
+
+    Where this process may write the file and its directory, SQLite opens it as usual with
+    ``PRAGMA query_only``: every write is refused, and the last connection still removes the
+    ``-wal`` and ``-shm`` files it made (a ``mode=ro`` connection cannot, and would leave them
+    behind). Elsewhere (read-only media, another user's file) it is opened with ``mode=ro``;
+    a WAL database (every file trace_optuna writes) cannot be read that way without its
+    ``-shm`` index, which read-only media cannot hold, and as nobody can be writing there the
+    file is then read as ``immutable``. The file URI goes to sqlite3 directly (``creator``):
+    through a SQLAlchemy URL, a ``?`` or ``#`` in the path would be taken for the URI's query
+    and lose ``mode``.
+    """
+    import sqlite3
+
+    absolute = os.path.abspath(path)
+    file_uri = "file:" + urllib.parse.quote(absolute)
+    if not read_only_file(url):
+        uri, query_only = file_uri + "?mode=rw", True
+    else:
+        uri, query_only = file_uri + "?mode=ro", False
+        try:
+            _connect_sqlite(uri, query_only=False).close()
+        except sqlite3.Error:
+            _logger.info("%s is read-only without its WAL index: read as immutable.", path)
+            uri = file_uri + "?immutable=1"
+    engine_kwargs: dict[str, Any] = {
+        "creator": functools.partial(_connect_sqlite, uri, query_only=query_only)
+    }
+    _require_optuna_tables(f"sqlite:///{absolute}", "sqlite", engine_kwargs)
+    with _storage_errors(url):
+        return ResilientRDBStorage(
+            f"sqlite:///{absolute}",
+            engine_kwargs=engine_kwargs,
+            retry_timeout=retry_timeout,
+            skip_table_creation=True,
+        )
+
+
+def _connect_sqlite(uri: str, *, query_only: bool) -> Any:
+    """A sqlite3 connection to a ``file:`` URI, checked to be a readable database."""
+    import sqlite3
+
+    connection = sqlite3.connect(
+        uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
+    )
+    try:
+        if query_only:
+            connection.execute("PRAGMA query_only = ON")
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def _use_wal(url: str) -> None:
@@ -666,10 +1001,28 @@ def _engine_kwargs(scheme: str) -> dict[str, Any]:
 
 
 def _missing_driver_message(url: str, error: ImportError) -> str:
-    module = (error.name or "").split(".")[0]
-    extra = _DRIVER_EXTRAS.get(module)
-    hint = f" Install {extra}." if extra else ""
-    return f"The database driver for {redact(url)!r} is not installed ({error}).{hint}"
+    """Name the missing driver module, and the URL and package that give a working one."""
+    module = ""
+    current: BaseException | None = error
+    while current is not None and not module:  # Optuna re-raises without the module's name
+        module = (getattr(current, "name", None) or "").split(".")[0]
+        current = current.__cause__ or current.__context__
+    if module not in _DRIVER_ADVICE:
+        return f"The database driver for {redact(url)!r} is not installed ({error})."
+    scheme, package = _DRIVER_ADVICE[module]
+    given = url.split("://", 1)[0]
+    if given.lower() == scheme:
+        return (
+            f"Storage {redact(url)!r} needs the database driver module {module!r}, which is "
+            f"not installed: pip install {package}."
+        )
+    fixed = scheme + url[len(given) :]
+    why = "named in the URL" if "+" in given else f"SQLAlchemy's default for {given}://"
+    return (
+        f"Storage {redact(url)!r} needs the database driver module {module!r} ({why}), which "
+        f"is not installed. Use the driver trace_optuna installs: write {redact(fixed)!r} and "
+        f"pip install {package}."
+    )
 
 
 def redact(url: str) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from trace_optuna import records
+from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.visualization._cost import plot_cost
 from trace_optuna.visualization._data import _best
 from trace_optuna.visualization._data import _gather
@@ -70,8 +71,19 @@ def report_html(
 
     Returns:
         The page's HTML text. It loads nothing from the network.
+
+    Raises:
+        ConfigurationError: If the study was not made by trace_optuna (a plain Optuna study
+            has no Trace steps: every figure would be empty beside its trial counts).
     """
     inner = _optuna_study(study)
+    if records.SCHEMA not in inner.user_attrs:
+        raise ConfigurationError(
+            f"Study {inner.study_name!r} was not made by trace_optuna: it has no "
+            f"{records.SCHEMA!r} attribute, so its {len(inner.get_trials(deepcopy=False))} "
+            "trials hold no Trace steps to plot. Use optuna.visualization for a plain Optuna "
+            "study."
+        )
     data = _gather(inner)
     built = figures(inner, trial_url=trial_url)
     sections = []
@@ -99,6 +111,9 @@ def write_report(
     trial_url: Callable[[int], str] | None = None,
 ) -> Path:
     """Write :func:`report_html` to ``path`` (UTF-8) and return the path.
+
+    Raises:
+        ConfigurationError: As :func:`report_html`.
 
     Example:
         >>> import tempfile, trace_optuna as to
