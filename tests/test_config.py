@@ -75,7 +75,7 @@ def test_load_if_exists_must_be_a_bool(sqlite_url: str, value: Any) -> None:
 
 
 def test_a_study_name_over_the_databases_limit_is_refused(sqlite_url: str) -> None:
-    with pytest.raises(to.ConfigurationError, match="study_name must be at most 512 characters"):
+    with pytest.raises(to.ConfigurationError, match="a study name holds at most 512"):
         to.create_study(storage=sqlite_url, study_name="x" * 513, **options())
 
 

@@ -158,6 +158,14 @@ def resolve_storage(
     path = local_file(storage)
     if path is not None:
         check_local_file(storage, write=True)
+    if scheme == "sqlite" and sqlalchemy.engine.make_url(storage).database in (
+        None,
+        "",
+        ":memory:",
+    ):
+        # In memory: the heartbeat thread's own connection would see another, empty database
+        # (and fail with "no such table"); nor can another process hold a trial to fail.
+        heartbeat = {key: None for key in heartbeat}
     with _storage_errors(storage):
         if scheme == "redis":
             from optuna.storages.journal import JournalRedisBackend

@@ -37,6 +37,8 @@ from trace_optuna.snapshots import restore
 from trace_optuna.step import TraceObjective
 from trace_optuna.step import threads_refused
 from trace_optuna.storage import RetryStaleTrialCallback
+from trace_optuna.storage import check_study_name
+from trace_optuna.storage import open_existing
 from trace_optuna.storage import resolve_storage
 
 if TYPE_CHECKING:
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from trace_optuna.records import TrialRecord
 
 _logger = logging.getLogger(__name__)
-_STUDY_NAME_MAX = 512  # Optuna's studies.study_name column
 
 
 class TraceStudy:
@@ -319,7 +320,7 @@ def create_study(
         True
     """
     config = Config.from_options(config, options, "create_study")
-    _check_study_name(study_name, none_allowed=True)
+    check_study_name(study_name, allow_none=True)
     if not isinstance(load_if_exists, bool):
         raise ConfigurationError(
             f"load_if_exists must be True or False, got {type(load_if_exists).__name__} "
@@ -371,8 +372,14 @@ def load_study(
             strategies, ``error_score`` or directions differ from the study's.
     """
     config = Config.from_options(config, options, "load_study")
-    _check_study_name(study_name, none_allowed=False)
-    resolved = _storage(storage, config)
+    check_study_name(study_name)
+    resolved = open_existing(  # creates nothing: a mistyped path is an error, not a new file
+        storage,
+        read_only=config.for_reading(),
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_period,
+        max_retry=config.max_retry,
+    )
     try:
         study = optuna.load_study(study_name=study_name, storage=resolved)
     except KeyError:
@@ -407,18 +414,6 @@ def _assemble(study: optuna.Study, objective: TraceObjective, resolved: BaseStor
     objective.coordinator = coordinator_for(resolved)
     objective.bind(study)
     return TraceStudy(study, objective, objective.config)
-
-
-def _check_study_name(name: Any, *, none_allowed: bool) -> None:
-    if name is None and none_allowed:
-        return
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigurationError(f"study_name must be a non-empty str, got {name!r}.")
-    if len(name) > _STUDY_NAME_MAX:
-        raise ConfigurationError(
-            f"study_name must be at most {_STUDY_NAME_MAX} characters (Optuna's column), got "
-            f"{len(name)}: {name[:40]!r}..."
-        )
 
 
 def _requeue_interrupted(study: optuna.Study, max_retry: int | None) -> None:
