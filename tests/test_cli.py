@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def test_demo_reaches_the_best_score_and_prints_how_to_browse(tmp_path: Path) ->
     result = trace_optuna("demo", "--trials", "20", "--no-progress", cwd=tmp_path)
     assert "simulated model" in result.stdout and "not a language model" in result.stdout
     assert "Best score 1.000" in result.stdout
-    assert "trace-optuna dashboard --storage sqlite:///trace_optuna_demo.db" in result.stdout
+    # Run as `python -m trace_optuna`, it says to run the dashboard the same way.
+    browse = f"{sys.executable} -m trace_optuna dashboard --storage sqlite:///trace_optuna_demo.db"
+    assert browse in result.stdout
     assert "Using LiteLLM" not in result.stdout
     printed = json.loads(result.stdout.split("Best parameters:\n", 1)[1].split("\n\n")[0])
     assert "Kind regards, Acme Support" in printed["format_reply"]
@@ -212,3 +215,21 @@ def test_best_and_report_read_a_study_on_read_only_media(tmp_path: Path) -> None
         )
         assert demo.returncode == 2 and "is read-only for this process" in demo.stderr
         assert sorted(path.name for path in place.iterdir()) == ["demo.db"]
+
+
+@pytest.mark.slow
+def test_the_demo_names_a_command_the_users_shell_can_run(tmp_path: Path) -> None:
+    """From a venv that is not activated, `trace-optuna` is not on PATH: the demo prints the
+    script's own path instead of a name the shell would not find."""
+    script = Path(sys.executable).parent / "trace-optuna"
+    environment = {**os.environ, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [str(script), "demo", "--trials", "1", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        check=True,
+    )
+    assert f"  {script} dashboard --storage sqlite:///trace_optuna_demo.db" in result.stdout

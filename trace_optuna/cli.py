@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from typing import TYPE_CHECKING
 from typing import Any
@@ -158,8 +159,24 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nBest score {best.value:.3f} at trial {best.number}. Best parameters:")
     print(json.dumps(study.best_snapshot, indent=2))
     print("\nBrowse every step (feedback, diffs, LLM calls) in optuna-dashboard with:")
-    print(f"  trace-optuna dashboard --storage {describe(args.storage)}")
+    print(f"  {_this_command()} dashboard --storage {describe(args.storage)}")
+    print(
+        "(it needs the dashboard extra: pip install 'trace-optuna[dashboard]', or make dashboard)"
+    )
     return 0
+
+
+def _this_command() -> str:
+    """How to run this command again from the user's shell: the bare name only where it is on
+    PATH (a venv that is not activated is not), else the script's path, else ``python -m``."""
+    script = sys.argv[0]
+    if os.path.basename(script) != "trace-optuna":
+        return f"{sys.executable} -m trace_optuna"
+    found = shutil.which("trace-optuna")
+    if found is not None and os.path.samefile(found, script):
+        return "trace-optuna"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else os.path.abspath(script)
 
 
 def _best(args: argparse.Namespace) -> int:
