@@ -400,12 +400,13 @@ def test_knobs_named_like_the_steps_own_params_are_refused(
         return to.Evaluation(score=0.5, feedback="Fine.", output=agent.reply())
 
     study = user_study(sqlite_url, study_name)
-    study.optimize(
-        objective(evaluate, strategies=["optoprime", "genetic"]),
-        n_trials=1,
-        catch=(to.TrialFailed,),
-    )
-    assert study.trials[0].state == TrialState.FAIL
+    with pytest.raises(to.ConfigurationError, match="a name the step uses"):  # stops at once
+        study.optimize(
+            objective(evaluate, strategies=["optoprime", "genetic"]),
+            n_trials=3,
+            catch=(to.TrialFailed,),
+        )
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL]
     error = study.trials[0].user_attrs[records.ERROR]
     assert f"evaluate() suggested the knob {knob!r}, a name the step uses" in error
 

@@ -329,7 +329,7 @@ def test_evaluation_scores_are_validated(score: Any, message: str) -> None:
         to.Evaluation(score=score, feedback="")
 
 
-def test_a_score_count_other_than_the_directions_fails_the_trial_saying_why(
+def test_a_score_count_other_than_the_directions_stops_optimize_saying_why(
     sqlite_url: str, study_name: str
 ) -> None:
     def one_number(agent: Greeter) -> to.Evaluation:
@@ -339,15 +339,19 @@ def test_a_score_count_other_than_the_directions_fails_the_trial_saying_why(
         return to.Evaluation(score=[0.5, 1, 2], feedback="", output=agent.reply())
 
     multi = optuna.create_study(storage=sqlite_url, study_name=study_name, directions=DIRECTIONS)
-    multi.optimize(
-        to.TraceObjective(make_greeter, one_number, SIMULATED), n_trials=1, catch=(to.TrialFailed,)
-    )
+    with pytest.raises(to.ConfigurationError, match=r"gave 1 score\(s\)"):  # stops at once
+        multi.optimize(
+            to.TraceObjective(make_greeter, one_number, SIMULATED),
+            n_trials=3,
+            catch=(to.TrialFailed,),
+        )
     single = optuna.create_study(storage=sqlite_url, study_name=f"{study_name}-single")
-    single.optimize(
-        to.TraceObjective(make_greeter, three_numbers, SIMULATED),
-        n_trials=1,
-        catch=(to.TrialFailed,),
-    )
+    with pytest.raises(to.ConfigurationError, match=r"gave 3 score\(s\)"):
+        single.optimize(
+            to.TraceObjective(make_greeter, three_numbers, SIMULATED),
+            n_trials=3,
+            catch=(to.TrialFailed,),
+        )
 
     (failed,) = multi.trials
     assert failed.state == TrialState.FAIL
