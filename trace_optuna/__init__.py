@@ -19,6 +19,9 @@ from typing import Any
 # loaded so far, so opto.trace costs about half as much before optuna and sqlalchemy as after.
 import opto.trace  # noqa: F401
 
+# trace_optuna.dashboard registers its observer (trial notes, long texts to artifacts, saved
+# figures) when imported; that takes milliseconds: optuna-dashboard and plotly come when used.
+from trace_optuna import dashboard  # noqa: F401
 from trace_optuna import samplers
 from trace_optuna import strategies
 from trace_optuna._version import __version__
@@ -81,7 +84,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Optional parts, imported when first named (as optuna and httpx do).
+    # Optional parts, resolved when first named (as optuna and httpx do).
     if name == "HumanFeedback":
         from trace_optuna.dashboard import HumanFeedback
 
