@@ -55,7 +55,7 @@ def log(message: str) -> None:
 
 
 def _environment() -> dict[str, str]:
-    # This checkout first, as the tests run it; nothing else changed.
+    # This checkout first (and it is the working directory), as the tests run it.
     environment = dict(os.environ)
     paths = [str(ROOT), *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
     environment["PYTHONPATH"] = os.pathsep.join(paths)
@@ -69,6 +69,7 @@ def time_import(statement: str) -> dict:
         capture_output=True,
         text=True,
         env=_environment(),
+        cwd=ROOT,  # python -c puts the working directory first on sys.path
         check=False,
     )
     if result.returncode != 0:
@@ -83,6 +84,7 @@ def import_tree(statement: str) -> list[tuple[str, int, int, int]]:
         capture_output=True,
         text=True,
         env=_environment(),
+        cwd=ROOT,  # python -c puts the working directory first on sys.path
         check=False,
     )
     if result.returncode != 0:
