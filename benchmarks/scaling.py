@@ -25,15 +25,19 @@ What is measured:
   (minutes, where running 10,000 real trials took hours). Then ``--join-repeat`` fresh processes,
   one after another (imports done before the clock starts), each open the study as a worker
   does and run ``optimize(n_trials=1)``: seconds to open, until the trial is told (finished),
-  and until ``optimize`` returned (it may save the figures after the trial). The first joiner
-  finds no figures saved; later ones find the figures the first saved, while they are fresh.
+  and until ``optimize`` returned (it may save the figures after the trial); and, the number
+  a user waits for, from the process's launch (interpreter start-up and imports included) until
+  its first trial is told. The first joiner finds no figures saved; later ones find the figures
+  the first saved, while they are fresh.
   ``--join-profile DIR`` writes a cProfile of the last join per storage and prints its top.
 
 Usage::
 
     python benchmarks/scaling.py --quick     # 1, 2, 4 workers, 20 s, SQLite/PostgreSQL/Redis
     python benchmarks/scaling.py             # 1, 2, 4, 8 workers, 60 s; join at 10,000 trials
-    python benchmarks/scaling.py --storages "" --join-profile /tmp/join   # the join alone
+    python benchmarks/scaling.py --join      # the join alone (also: --storages "")
+    python benchmarks/scaling.py --join --join-trials 1000 --join-storages sqlite
+    python benchmarks/scaling.py --join --join-profile /tmp/join   # with a cProfile
 
 The storages are the test servers (``TRACE_OPTUNA_TEST_POSTGRESQL``, ``TRACE_OPTUNA_TEST_REDIS``,
 each in a fresh database/prefix dropped afterwards) and SQLite files in a temporary directory.
@@ -58,18 +62,16 @@ import time
 from typing import Any
 import uuid
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from opto import trace
+import optuna
+from optuna.trial import TrialState
 
-from opto import trace  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-import trace_optuna as to  # noqa: E402
-from trace_optuna import demo  # noqa: E402
-from trace_optuna import records  # noqa: E402
-from trace_optuna import testing  # noqa: E402
-from trace_optuna.storage import resolve_storage  # noqa: E402
-from trace_optuna.workers import App  # noqa: E402
+import trace_optuna as to
+from trace_optuna import demo
+from trace_optuna import records
+from trace_optuna import testing
+from trace_optuna.storage import resolve_storage
+from trace_optuna.workers import App
 
 HERE = Path(__file__).parent
 TARGET = 10**9
@@ -335,28 +337,32 @@ if {profile!r}:
 started = time.perf_counter()
 study = scaling.join_app.study(study_name={name!r}, storage={url!r})
 opened = time.perf_counter()
-study.optimize(n_trials=1, callbacks=[lambda study, trial: told.append(time.perf_counter())])
+study.optimize(
+    n_trials=1, callbacks=[lambda study, trial: told.append((time.perf_counter(), time.time()))]
+)
 done = time.perf_counter()
 if profile is not None:
     profile.disable()
     profile.dump_stats({profile!r})
 print("joined with", scaling.to.__file__, file=sys.stderr)
-print(opened - started, told[0] - started, done - started)
+print(opened - started, told[0][0] - started, done - started, told[0][1])
 """
 
 
-def join_time(url: str, study_name: str, profile: str = "") -> tuple[float, float, float]:
+def join_time(url: str, study_name: str, profile: str = "") -> tuple[float, float, float, float]:
     """A fresh process joins the study: seconds to open it, to finish its first trial (told),
-    and until ``optimize`` returned (after what it does once the trial is told: figures)."""
+    until ``optimize`` returned (after what it does once the trial is told: figures), all
+    counted once its imports are done; and from its launch until its first trial was told."""
     code = JOIN_CODE.format(here=str(HERE), name=study_name, url=url, profile=profile)
+    launched = time.time()
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"the joining worker failed:\n{result.stderr[-3000:]}")
     log("  " + result.stderr.strip().splitlines()[-1])
-    opened, told, returned = (float(v) for v in result.stdout.split()[-3:])
-    return opened, told, returned
+    opened, told, returned, told_at = (float(v) for v in result.stdout.split()[-4:])
+    return opened, told, returned, told_at - launched
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -373,6 +379,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1, 2, 4 workers; 20 s each")
     parser.add_argument("--no-join", action="store_true", help="skip the join measurement")
+    parser.add_argument(
+        "--join", action="store_true", help="the join measurement alone (no throughput runs)"
+    )
     parser.add_argument("--storages", default="postgresql,sqlite,redis")
     parser.add_argument("--workers", default=None, help="comma-separated (default 1,2,4,8)")
     parser.add_argument("--seconds", type=float, default=None, help="per run (default 60)")
@@ -386,6 +395,8 @@ def main() -> int:
         "--join-profile", default="", help="directory for a cProfile of each storage's last join"
     )
     args = parser.parse_args()
+    if args.join:
+        args.storages = ""
     # SIGTERM runs the cleanup below too: the databases made for the run are dropped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     counts = [int(n) for n in (args.workers or ("1,2,4" if args.quick else "1,2,4,8")).split(",")]
@@ -452,18 +463,18 @@ def main() -> int:
             f"{row['cpu_ms']:.0f} | {row['duplicates']} | {row['lost']} |"
         )
     print(
-        "\nA fresh worker joining a big study of the demo agent (its process started, imports "
-        "done; workers join one after another)\n"
+        "\nA fresh worker joining a big study of the demo agent (one after another; the first "
+        "three times counted once its imports are done, the last from its process's launch)\n"
     )
     print(
         "| storage | trials | worker | open the study s | open + first trial told s | "
-        "optimize returned s | load average |"
+        "optimize returned s | launch to first trial told s | load average |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for kind, count, worker, opened, told, returned, load in join_rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, count, worker, opened, told, returned, launched, load in join_rows:
         print(
             f"| {kind} | {count:,} | {worker} | {opened:.2f} | {told:.2f} | {returned:.2f} | "
-            f"{load:.1f} |"
+            f"{launched:.2f} | {load:.1f} |"
         )
     return 0
 

@@ -4,7 +4,7 @@ Each task is built from a seed (:func:`make_task`) and gives a :class:`Task`: ``
 (a fresh ``@trace.model`` agent in its starting state), ``evaluate(agent) -> Evaluation`` (a
 grader with no LLM in it) and the ``target`` score that counts as solved. Scores are in
 [0, 1], higher is better. The graders' feedback is written in the grammar of the simulated
-model (:mod:`trace_optuna.llm.simulated`), and is plain enough English for a real model too.
+model (:mod:`trace_optuna.testing.simulated`), and is plain enough English for a real model too.
 
 * ``numeric``: the Trace paper's numerical task. ``h(x)`` is a small random computation graph
   (additions and multiplications of three trainable numbers and a few constants, built from

@@ -12,7 +12,7 @@ import pytest
 
 from trace_optuna import demo
 from trace_optuna.llm import LLM
-from trace_optuna.llm import simulated
+from trace_optuna.testing import simulated
 
 
 @pytest.fixture(autouse=True)

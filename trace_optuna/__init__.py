@@ -12,38 +12,45 @@ Example:
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
+from typing import Any
 
-# litellm fetches its model price map from the network at import unless told not to.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Trace first: each of its operators, as it is defined, makes inspect.getmodule scan every module
+# loaded so far, so opto.trace costs about half as much before optuna and sqlalchemy as after.
+import opto.trace  # noqa: F401
 
-from trace_optuna import samplers  # noqa: E402
-from trace_optuna import strategies  # noqa: E402
-from trace_optuna._version import __version__  # noqa: E402
-from trace_optuna.config import Config  # noqa: E402
-from trace_optuna.dashboard import HumanFeedback  # noqa: E402
-from trace_optuna.evaluation import Evaluation  # noqa: E402
-from trace_optuna.exceptions import ConfigurationError  # noqa: E402
-from trace_optuna.exceptions import EvaluationTimeout  # noqa: E402
-from trace_optuna.exceptions import LLMError  # noqa: E402
-from trace_optuna.exceptions import RecordError  # noqa: E402
-from trace_optuna.exceptions import SnapshotError  # noqa: E402
-from trace_optuna.exceptions import TraceOptunaError  # noqa: E402
-from trace_optuna.exceptions import TrialFailed  # noqa: E402
-from trace_optuna.llm import LLM  # noqa: E402
-from trace_optuna.records import TrialRecord  # noqa: E402
-from trace_optuna.registry import ParameterSet  # noqa: E402
-from trace_optuna.registry import registry_history  # noqa: E402
-from trace_optuna.snapshots import restore  # noqa: E402
-from trace_optuna.snapshots import snapshot  # noqa: E402
-from trace_optuna.step import TraceObjective  # noqa: E402
-from trace_optuna.strategies import Proposal  # noqa: E402
-from trace_optuna.strategies import StepContext  # noqa: E402
-from trace_optuna.strategies import Strategy  # noqa: E402
-from trace_optuna.study import TraceStudy  # noqa: E402
-from trace_optuna.study import create_study  # noqa: E402
-from trace_optuna.study import load_study  # noqa: E402
-from trace_optuna.workers import App  # noqa: E402
+# trace_optuna.dashboard registers its observer (trial notes, long texts to artifacts, saved
+# figures) when imported; that takes milliseconds: optuna-dashboard and plotly come when used.
+from trace_optuna import dashboard  # noqa: F401
+from trace_optuna import samplers
+from trace_optuna import strategies
+from trace_optuna._version import __version__
+from trace_optuna.config import Config
+from trace_optuna.evaluation import Evaluation
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import EvaluationTimeout
+from trace_optuna.exceptions import LLMError
+from trace_optuna.exceptions import RecordError
+from trace_optuna.exceptions import SnapshotError
+from trace_optuna.exceptions import TraceOptunaError
+from trace_optuna.exceptions import TrialFailed
+from trace_optuna.llm import LLM
+from trace_optuna.records import TrialRecord
+from trace_optuna.registry import ParameterSet
+from trace_optuna.registry import registry_history
+from trace_optuna.snapshots import restore
+from trace_optuna.snapshots import snapshot
+from trace_optuna.step import TraceObjective
+from trace_optuna.strategies import Proposal
+from trace_optuna.strategies import StepContext
+from trace_optuna.strategies import Strategy
+from trace_optuna.study import TraceStudy
+from trace_optuna.study import create_study
+from trace_optuna.study import load_study
+from trace_optuna.workers import App
+
+if TYPE_CHECKING:
+    from trace_optuna.dashboard import HumanFeedback
 
 __all__ = [
     "App",
@@ -74,3 +81,16 @@ __all__ = [
     "snapshot",
     "strategies",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Optional parts, resolved when first named (as optuna and httpx do).
+    if name == "HumanFeedback":
+        from trace_optuna.dashboard import HumanFeedback
+
+        return HumanFeedback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

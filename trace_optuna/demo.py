@@ -2,7 +2,7 @@
 
 No real language model is involved anywhere: the agent composes its reply with plain string
 logic, the grader checks it with plain rules, and ``DEMO_LLM`` names the simulated model
-(:mod:`trace_optuna.llm.simulated`), which follows the grader's feedback mechanically. It is
+(:mod:`trace_optuna.testing.simulated`), which follows the grader's feedback mechanically. It is
 what ``trace-optuna demo``, the tests and the benchmarks run.
 
 The agent has three trainable parameters, all reached by the graph of its output:

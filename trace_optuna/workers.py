@@ -45,7 +45,6 @@ from collections.abc import Iterable
 import dataclasses
 import importlib
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -60,6 +59,7 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.storage import redact
 
 if TYPE_CHECKING:
+    import multiprocessing
     from multiprocessing.sharedctypes import Synchronized
 
     from optuna.storages import BaseStorage
@@ -325,6 +325,8 @@ def run_workers(
         raise ConfigurationError(f"processes must be at least 1, got {processes}.")
     if n_trials is not None and n_trials < 0:
         raise ConfigurationError(f"n_trials must be >= 0 or None, got {n_trials}.")
+    import multiprocessing  # here: only the supervisor needs it, not every importer
+
     context = multiprocessing.get_context("spawn")
     quotas: list[int | None] = (
         [None] * processes

@@ -16,7 +16,7 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
 from trace_optuna.llm import LLM
 from trace_optuna.llm import LLMCall
-from trace_optuna.llm import simulated
+from trace_optuna.testing import simulated
 
 SIMULATED = "simulated/feedback-follower"
 API_KEY = "sk-test-do-not-leak-0123456789"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 from opto import trace
@@ -10,7 +11,7 @@ from opto.optimizers import OptoPrime
 import pytest
 
 from trace_optuna.llm import LLM
-from trace_optuna.llm import simulated
+from trace_optuna.testing import simulated
 
 MODEL = "simulated/feedback-follower"
 
@@ -560,3 +561,68 @@ def test_judge_answers_in_its_json_format_and_noise_flips_the_verdict() -> None:
     assert answer["winner"] == "B" and "correct" in answer["reasoning"]
     flipped = json.loads(LLM(MODEL, simulated_noise=1.0).complete(messages))
     assert flipped["winner"] == "A"
+
+
+# -- the prompt markers it recognises are the ones their writers use ---------------------------
+
+
+def test_optoprime_sections_are_the_ones_trace_writes() -> None:
+    from trace_optuna.testing.simulated._optoprime import SECTION_HEADERS
+
+    assert {f"#{header}" for header in SECTION_HEADERS} == set(
+        OptoPrime.default_prompt_symbols.values()
+    )
+
+
+def test_optoprime_memory_line_is_the_one_trace_writes() -> None:
+    from trace_optuna.testing.simulated._optoprime import _MEMORY_START
+
+    rate = number(12, "rate")
+    optimizer = OptoPrime([rate], llm=LLM(MODEL), memory_size=1)
+    for feedback in ("rate is too large.", "rate is too small."):
+        optimizer.zero_feedback()
+        optimizer.backward(combine(rate), feedback)
+        optimizer.step()
+    assert _MEMORY_START in optimizer.log[-1]["user_prompt"]
+
+
+@pytest.mark.parametrize("solution", [{"count": 7}, "def improve(s, f, u, l, b):\n    return s\n"])
+def test_stop_markers_are_the_section_lines_the_seed_improver_writes(solution: Any) -> None:
+    from trace_optuna.strategies import stop
+
+    prompt = seed_improver()["make_prompt"](solution, "count is too small.")
+    lines = [line for line in prompt.split("\n") if line.startswith("#")]
+    body = stop.SOLUTION_SECTION if isinstance(solution, dict) else stop.PROGRAM_SECTION
+    assert lines == [stop.IMPROVE_MARKER, stop.FEEDBACK_SECTION, body, stop.ANSWER_SECTION]
+
+
+def test_a_judge_prompt_is_recognised_by_the_judges_own_constants() -> None:
+    from trace_optuna.strategies import judge
+    from trace_optuna.testing.simulated import SimulatedOptions
+    from trace_optuna.testing.simulated import answer_judge
+
+    def part(label: str, output: str, feedback: str) -> str:
+        return (
+            f"{judge.CANDIDATE_OUTPUT.format(label=label)}\n{output}\n"
+            f"{judge.CANDIDATE_FEEDBACK.format(label=label)}\n{feedback}"
+        )
+
+    prompt = "\n\n".join(
+        [
+            judge.JUDGE_MARKER,
+            part("A", "Hi", "Too short."),
+            part("B", "Hello there", "The reply is perfect."),
+            judge.JUDGE_QUESTION,
+        ]
+    )
+    answer = answer_judge(prompt, random.Random(0), SimulatedOptions(), None)
+    assert answer is not None and json.loads(answer)["winner"] == "B"
+    assert (
+        answer_judge(
+            prompt.replace(judge.JUDGE_MARKER, "#Other"),
+            random.Random(0),
+            SimulatedOptions(),
+            None,
+        )
+        is None
+    )

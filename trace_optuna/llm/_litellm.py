@@ -18,22 +18,17 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import threading
 import time
+from typing import TYPE_CHECKING
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import LLMError
+from trace_optuna.llm._imports import import_litellm
 
-import litellm  # noqa: E402  (after the environment variable above)
-
-from trace_optuna.exceptions import ConfigurationError  # noqa: E402
-from trace_optuna.exceptions import LLMError  # noqa: E402
-from trace_optuna.llm import simulated  # noqa: E402
-
-# litellm prints "Give Feedback / Get Help" banners to stdout on every exception; a library
-# must not print, and the exception text says everything.
-litellm.suppress_debug_info = True
+if TYPE_CHECKING:
+    import litellm
 
 _logger = logging.getLogger("trace_optuna.llm")
 
@@ -109,7 +104,7 @@ class LLM:
     Args:
         model: A litellm model string with its provider, e.g. ``"openai/gpt-4o-mini"``, a model
             litellm knows (``"gpt-4o"``), or ``"simulated/feedback-follower"`` (the offline
-            simulation in :mod:`trace_optuna.llm.simulated`, registered automatically).
+            simulation in :mod:`trace_optuna.testing.simulated`, registered automatically).
         temperature: Sampling temperature in [0, 2]; None leaves the provider's default.
         max_tokens: Most output tokens per answer; None leaves the provider's default.
         num_retries: How often litellm retries a failed call (429, 5xx, timeouts).
@@ -167,8 +162,7 @@ class LLM:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        if self._model.startswith(simulated.PROVIDER + "/"):
-            simulated.register_simulated_provider()  # a fresh worker process needs it too
+        _register_if_simulated(self._model)  # a fresh worker process needs it too
 
     def _request(
         self, messages: list[dict[str, Any]], overrides: dict[str, Any]
@@ -205,7 +199,7 @@ class LLM:
         sent = [dict(message) for message in messages]
         start = time.perf_counter()
         try:
-            response = litellm.completion(**request)
+            response = import_litellm().completion(**request)
         except Exception as error:
             latency = time.perf_counter() - start
             cause = self._redact(f"{type(error).__name__}: {error}")
@@ -326,10 +320,25 @@ def _content(response: Any) -> str | None:
 
 def _cost(response: Any) -> float | None:
     try:
-        cost = litellm.completion_cost(completion_response=response)
+        cost = import_litellm().completion_cost(completion_response=response)
     except Exception:  # litellm raises for models it has no price for
         return None
     return float(cost) if cost is not None and math.isfinite(cost) else None
+
+
+def _register_if_simulated(model: str) -> bool:
+    """Register the simulated model with litellm if ``model`` names it; return whether it does.
+
+    The simulated model is a test double in :mod:`trace_optuna.testing.simulated`, imported
+    here, when first named.
+    """
+    from trace_optuna.testing.simulated import PROVIDER
+    from trace_optuna.testing.simulated import register_simulated_provider
+
+    if not model.startswith(PROVIDER + "/"):
+        return False
+    register_simulated_provider()
+    return True
 
 
 def _is_number(value: object) -> bool:
@@ -370,16 +379,19 @@ def _validate(
                 + ("pass messages per call." if reserved == "messages" else "use cache=...")
             )
 
-    if model.startswith(simulated.PROVIDER + "/"):
-        simulated.register_simulated_provider()
+    if _register_if_simulated(model):
+        from trace_optuna.testing.simulated import MODELS
+        from trace_optuna.testing.simulated import PROVIDER
+        from trace_optuna.testing.simulated import SimulatedOptions
+
         name = model.split("/", 1)[1]
-        if name not in simulated.MODELS:
-            known = ", ".join(f"{simulated.PROVIDER}/{m}" for m in simulated.MODELS)
+        if name not in MODELS:
+            known = ", ".join(f"{PROVIDER}/{m}" for m in MODELS)
             raise ConfigurationError(f"Unknown simulated model {model!r}; known: {known}.")
-        simulated.SimulatedOptions.from_params(completion_kwargs)
+        SimulatedOptions.from_params(completion_kwargs)
         return
     try:
-        litellm.get_llm_provider(
+        import_litellm().get_llm_provider(
             model,
             custom_llm_provider=completion_kwargs.get("custom_llm_provider"),
             api_base=completion_kwargs.get("api_base"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+from typing import Any
+
 from trace_optuna.strategies.base import ParentEvaluation
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
@@ -15,8 +18,10 @@ from trace_optuna.strategies.evolutionary import EvolutionaryStrategy
 from trace_optuna.strategies.genetic import GeneticStrategy
 from trace_optuna.strategies.judge import Selector
 from trace_optuna.strategies.optoprime import OptoPrimeStrategy
-from trace_optuna.strategies.optoprime import SafeOptoPrime
 from trace_optuna.strategies.stop import StopStrategy
+
+if TYPE_CHECKING:
+    from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
 
 __all__ = [
     "EvolutionaryStrategy",
@@ -35,3 +40,12 @@ __all__ = [
     "register",
     "resolve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Trace's OptoPrime, which SafeOptoPrime extends, imports litellm (seconds): on first use.
+    if name == "SafeOptoPrime":
+        from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
+
+        return SafeOptoPrime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

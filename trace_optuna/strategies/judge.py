@@ -30,6 +30,9 @@ JUDGE_SYSTEM_PROMPT = (
     'Answer with JSON only: {"reasoning": "<one or two sentences>", "winner": "A" or "B"}.'
 )
 JUDGE_MARKER = "#Compare"
+CANDIDATE_OUTPUT = "Candidate {label} output:"
+CANDIDATE_FEEDBACK = "Feedback on {label}:"
+JUDGE_QUESTION = "Which candidate is better?"
 
 
 class Selector:
@@ -99,9 +102,9 @@ class Selector:
         user = "\n\n".join(
             [
                 JUDGE_MARKER,
-                f"Candidate A output:\n{_output_text(first)}\nFeedback on A:\n{first.feedback}",
-                f"Candidate B output:\n{_output_text(second)}\nFeedback on B:\n{second.feedback}",
-                "Which candidate is better? Answer with the JSON format above.",
+                _candidate_text("A", first),
+                _candidate_text("B", second),
+                f"{JUDGE_QUESTION} Answer with the JSON format above.",
             ]
         )
         text = self.llm.complete(
@@ -120,6 +123,13 @@ def parse_winner(text: str) -> str:
         if isinstance(winner, str) and winner.strip().upper() in ("A", "B"):
             return winner.strip().upper()
     raise LLMError('The judge\'s answer names no winner (expected "A" or "B").', response=text)
+
+
+def _candidate_text(label: str, result: RunResult) -> str:
+    return (
+        f"{CANDIDATE_OUTPUT.format(label=label)}\n{_output_text(result)}\n"
+        f"{CANDIDATE_FEEDBACK.format(label=label)}\n{result.feedback}"
+    )
 
 
 def _output_text(result: RunResult) -> str:

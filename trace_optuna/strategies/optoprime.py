@@ -14,17 +14,9 @@ instead of inherited:
 from __future__ import annotations
 
 from collections.abc import Sequence
-import contextlib
-import io
 import json
-import logging
 from typing import TYPE_CHECKING
 from typing import Any
-
-# trace-opt prints "Using LiteLLM as the default LLM backend." on import, unconditionally;
-# that line would end up in every CLI output and log of ours.
-with contextlib.redirect_stdout(io.StringIO()):
-    from opto.optimizers import OptoPrime
 
 from trace_optuna import records
 from trace_optuna.exceptions import ConfigurationError
@@ -41,7 +33,15 @@ from trace_optuna.strategies.base import register
 if TYPE_CHECKING:
     import optuna
 
-_logger = logging.getLogger(__name__)
+
+def __getattr__(name: str) -> Any:
+    # SafeOptoPrime subclasses Trace's OptoPrime, whose module imports litellm and openai
+    # (seconds): it is defined when first used, not when the strategies are imported.
+    if name == "SafeOptoPrime":
+        from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
+
+        return SafeOptoPrime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cast_suggestion(current: Any, suggested: Any) -> Any:
@@ -98,52 +98,6 @@ def _number(suggested: Any) -> float:
         return float(str(suggested).strip())
     except ValueError:
         raise SuggestionError(f"{suggested!r} is not a number") from None
-
-
-class SafeOptoPrime(OptoPrime):
-    """Trace's OptoPrime with the suggestion-parsing bugs of trace-opt 0.1.3.8 fixed.
-
-    After :meth:`propose`, ``last_response`` holds the LLM's raw answer and ``rejected`` the
-    suggestions that could not be cast (``{py_name: reason}``).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_response: str | None = None
-        self.rejected: dict[str, str] = {}
-
-    def call_llm(
-        self,
-        system_prompt: str,
-        user_prompt: str,
-        verbose: bool | str = False,
-        max_tokens: int = 4096,
-    ) -> str:
-        messages = [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": user_prompt},
-        ]
-        response = self.llm(
-            messages=messages,
-            response_format={"type": "json_object"},
-            max_tokens=max_tokens,
-        )
-        content = response.choices[0].message.content
-        self.last_response = content if isinstance(content, str) else ""
-        return self.last_response
-
-    def construct_update_dict(self, suggestion: dict[str, Any]) -> dict[Any, Any]:
-        update = {}
-        self.rejected = {}
-        for node in self.parameters:
-            if not node.trainable or node.py_name not in suggestion:
-                continue
-            try:
-                update[node] = cast_suggestion(node._data, suggestion[node.py_name])
-            except SuggestionError as error:
-                self.rejected[node.py_name] = str(error)
-                _logger.warning("Ignoring the suggestion for %s: %s", node.py_name, error)
-        return update
 
 
 @register
@@ -288,6 +242,8 @@ def optoprime_update(
         LLMError: If the LLM's answer held no usable suggestion (an explicit ``TERMINATE``
             is not an error: it returns ``{}``, meaning "no change").
     """
+    from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
+
     optimizer = SafeOptoPrime(
         list(context.parameters.values()),
         llm=llm or context.llm,

@@ -107,6 +107,16 @@ DECISIONS_ATTR = "trace:stop_decisions"
 
 _OUTPUT_TAIL = 2000
 
+# The section lines of the seed improver's prompts, as its make_prompt writes them: #Improve
+# first, then #Feedback, then #Solution (a JSON snapshot) or #Program (a python block), then
+# #Answer. The seed's source below spells them out (it is stored and hashed as written);
+# tests/llm checks that the two agree.
+IMPROVE_MARKER = "#Improve"
+FEEDBACK_SECTION = "#Feedback"
+SOLUTION_SECTION = "#Solution"
+PROGRAM_SECTION = "#Program"
+ANSWER_SECTION = "#Answer"
+
 SEED_IMPROVER = '''"""STOP's seed improver (Zelikman et al. 2023), as trace_optuna runs it.
 
 improve(solution, feedback, utility, llm, budget) asks the language model for improved versions

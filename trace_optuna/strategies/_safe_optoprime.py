@@ -1,0 +1,74 @@
+"""``SafeOptoPrime``: Trace's ``OptoPrime`` with the parsing bugs of trace-opt 0.1.3.8 fixed.
+
+A module of its own because Trace's ``opto.optimizers`` imports litellm and openai, which take
+seconds: :mod:`trace_optuna.strategies.optoprime` imports this module when a step first runs
+(see its docstring for the bugs fixed), so ``import trace_optuna`` does not pay for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Any
+
+from trace_optuna.llm._imports import import_litellm
+from trace_optuna.strategies.optoprime import SuggestionError
+from trace_optuna.strategies.optoprime import cast_suggestion
+
+# opto.optimizers imports litellm: through import_litellm first, so it is configured as the
+# library configures it (offline cost map, no debug banners).
+import_litellm()
+# trace-opt prints "Using LiteLLM as the default LLM backend." on import, unconditionally;
+# that line would end up in every CLI output and log of ours.
+with contextlib.redirect_stdout(io.StringIO()):
+    from opto.optimizers import OptoPrime
+
+# The name the warnings were logged under before this class had a module of its own.
+_logger = logging.getLogger("trace_optuna.strategies.optoprime")
+
+
+class SafeOptoPrime(OptoPrime):
+    """Trace's OptoPrime with the suggestion-parsing bugs of trace-opt 0.1.3.8 fixed.
+
+    After :meth:`propose`, ``last_response`` holds the LLM's raw answer and ``rejected`` the
+    suggestions that could not be cast (``{py_name: reason}``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_response: str | None = None
+        self.rejected: dict[str, str] = {}
+
+    def call_llm(
+        self,
+        system_prompt: str,
+        user_prompt: str,
+        verbose: bool | str = False,
+        max_tokens: int = 4096,
+    ) -> str:
+        messages = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": user_prompt},
+        ]
+        response = self.llm(
+            messages=messages,
+            response_format={"type": "json_object"},
+            max_tokens=max_tokens,
+        )
+        content = response.choices[0].message.content
+        self.last_response = content if isinstance(content, str) else ""
+        return self.last_response
+
+    def construct_update_dict(self, suggestion: dict[str, Any]) -> dict[Any, Any]:
+        update = {}
+        self.rejected = {}
+        for node in self.parameters:
+            if not node.trainable or node.py_name not in suggestion:
+                continue
+            try:
+                update[node] = cast_suggestion(node._data, suggestion[node.py_name])
+            except SuggestionError as error:
+                self.rejected[node.py_name] = str(error)
+                _logger.warning("Ignoring the suggestion for %s: %s", node.py_name, error)
+        return update
