@@ -29,9 +29,13 @@ from trace_optuna.config import Config
 from trace_optuna.evaluation import Evaluation
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import EvaluationTimeout
+from trace_optuna.exceptions import HumanFeedbackTimeout
+from trace_optuna.exceptions import ImproverFailed
 from trace_optuna.exceptions import LLMError
+from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import SnapshotError
+from trace_optuna.exceptions import SuggestionError
 from trace_optuna.exceptions import TraceOptunaError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.llm import LLM
@@ -59,12 +63,16 @@ __all__ = [
     "Evaluation",
     "EvaluationTimeout",
     "HumanFeedback",
+    "HumanFeedbackTimeout",
+    "ImproverFailed",
     "LLM",
     "LLMError",
+    "NoCompletedTrialError",
     "ParameterSet",
     "Proposal",
     "RecordError",
     "SnapshotError",
+    "SuggestionError",
     "StepContext",
     "Strategy",
     "TraceObjective",
