@@ -414,3 +414,23 @@ def test_an_edited_program_is_evaluated_as_a_new_root_or_refused(
     # Reopened again, the edited start is a trial now: no further root.
     open_study(make_edited_greeter, edited_start="refuse").optimize(n_trials=1)
     assert edited.record(4).strategy == "optoprime"
+
+
+def test_a_missing_api_key_is_one_message_before_any_trial(
+    sqlite_url: str, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    study = to.create_study(
+        agent=make_greeter,
+        evaluate=CountingEvaluate(),
+        llm="openai/gpt-4o-mini",
+        storage=sqlite_url,
+        study_name=study_name,
+    )
+    with pytest.raises(to.ConfigurationError, match="'openai/gpt-4o-mini' needs OPENAI_API_KEY"):
+        study.optimize(n_trials=20)
+    assert study.trials == []  # not 20 failed trials full of tracebacks
+    # A key given to the LLM itself is enough (the call would then say whether it works).
+    keyed = to.LLM("openai/gpt-4o-mini", api_key="sk-test")
+    assert keyed.missing_keys() == []
+    assert to.LLM(SIMULATED).missing_keys() == []

@@ -192,6 +192,7 @@ class TraceObjective:
         self._population: Population | None = None
         self._population_study: optuna.Study | None = None
         self._bound: optuna.Study | None = None  # the study bind() wrote or checked last
+        self._llm_checked = False
 
     # -- what the study and tests read ---------------------------------------------------
 
@@ -259,6 +260,25 @@ class TraceObjective:
             coordinator=self.coordinator_for(study),
         )
 
+    def check_llm(self) -> None:
+        """Refuse to start trials whose LLM calls cannot work: the provider's API key is not
+        set. Checked once, before the first trial, so that a missing key is one message
+        rather than a study full of failed trials.
+
+        Raises:
+            ConfigurationError: Naming the model and the missing variables.
+        """
+        if self._llm_checked:
+            return
+        missing = self.llm.missing_keys()
+        if missing:
+            raise ConfigurationError(
+                f"llm {self.llm.model!r} needs {' and '.join(missing)}, which the environment "
+                "does not set: set it, pass it as to.LLM(..., api_key=...), or run offline with "
+                "llm='simulated/feedback-follower' (a simulation for demos and tests)."
+            )
+        self._llm_checked = True
+
     def population(self, study: optuna.Study) -> Population:
         """The population view of ``study``, kept across trials of this process."""
         if self._population is None or self._population_study is not study:
@@ -288,6 +308,7 @@ class TraceObjective:
         """One trial: start it, take the step, write its record once, return its score."""
         if self._bound is not trial.study:  # a study of the user's own, at its first trial
             self.bind(trial.study)
+        self.check_llm()
         run = self._start(trial)
         try:
             score = self._step(run)

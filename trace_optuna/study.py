@@ -129,6 +129,7 @@ class TraceStudy:
                 threads_refused(f"n_jobs={n_jobs} would run Trace steps in threads")
             )
         objective = self.objective
+        objective.check_llm()  # a missing API key is one message, not a study of FAIL trials
         if self._target_reached():
             _logger.info(
                 "Study %r has reached its target %s; no trial to run.",

@@ -154,6 +154,23 @@ class LLM:
     def __repr__(self) -> str:
         return f"LLM({self._model!r}, settings={self.settings()!r})"
 
+    def missing_keys(self) -> list[str]:
+        """The API key variables the provider needs that the environment does not set.
+
+        Asks ``litellm.validate_environment``; empty for the simulated model, when an
+        ``api_key`` was given, and for what litellm cannot tell. Only ``*_KEY``/``*_TOKEN``
+        names count: a missing base URL (``OLLAMA_API_BASE``) has a default.
+        """
+        if self._model.startswith("simulated/") or self._completion_kwargs.get("api_key"):
+            return []
+        try:
+            report = import_litellm().validate_environment(model=self._model)
+        except Exception:  # litellm does not know the model: the first call will say so
+            return []
+        return [
+            name for name in report.get("missing_keys") or [] if name.endswith(("_KEY", "_TOKEN"))
+        ]
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
