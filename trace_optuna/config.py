@@ -269,7 +269,7 @@ class Config:
         return self.evaluate is None or self.llm is None
 
     def _check_llm(self) -> None:
-        from trace_optuna.llm import LLM  # the adapter imports litellm only when it calls it
+        from trace_optuna.llm import LLM  # cheap: litellm comes when an LLM is built
 
         if self.llm is not None and not isinstance(self.llm, (str, LLM)):
             raise ConfigurationError(
