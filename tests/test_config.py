@@ -156,9 +156,22 @@ def test_reopening_with_another_error_score_is_refused_and_none_takes_the_studys
     assert again.objective.error_score == 0.0
 
 
-def test_reopening_with_another_model_warns_and_goes_on(sqlite_url: str, study_name: str) -> None:
-    to.create_study(storage=sqlite_url, study_name=study_name, **options())
+def test_reopening_with_another_model_warns_at_the_users_line(
+    sqlite_url: str, study_name: str
+) -> None:
+    to.create_study(storage=sqlite_url, study_name=study_name, **options()).optimize(n_trials=1)
     # Built, never called: no key is needed to construct it.
     other = "openai/gpt-4o-mini"
-    with pytest.warns(UserWarning, match=f"created with the model '{SIMULATED}'.*'{other}'"):
+    with pytest.warns(UserWarning, match=f"created with the model '{SIMULATED}'.*'{other}'") as w:
         to.load_study(study_name=study_name, storage=sqlite_url, **options(llm=other))
+    assert w[0].filename == __file__
+
+
+def test_a_study_without_trials_takes_the_new_model_without_a_word(
+    sqlite_url: str, study_name: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    to.create_study(storage=sqlite_url, study_name=study_name, **options())
+    other = "openai/gpt-4o-mini"
+    again = to.load_study(study_name=study_name, storage=sqlite_url, **options(llm=other))
+    assert not [w for w in recwarn if "created with the model" in str(w.message)]
+    assert again.optuna.user_attrs[records.STUDY_LLM_SETTINGS]["model"] == other

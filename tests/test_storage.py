@@ -122,8 +122,9 @@ def test_non_strict_mysql_warns_and_a_large_code_parameter_survives(
 ) -> None:
     # This session runs in non-strict mode, as a misconfigured server would.
     url = storage_url + "?init_command=" + urllib.parse.quote("SET SESSION sql_mode=''")
-    with pytest.warns(SQLModeWarning, match="not strict"):
+    with pytest.warns(SQLModeWarning, match="not strict") as caught:
         storage = resolve_storage(url, heartbeat_interval=None)
+    assert caught[0].filename == __file__  # the warning points at the user's line
     assert check_sql_mode(storage) == ""  # type: ignore[arg-type]
 
     # The danger is real here: plain Optuna writing the same text truncates and poisons.

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from trace_optuna import records
 from trace_optuna import snapshots
+from trace_optuna._warnings import warn_user
 from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.population import Population
@@ -175,13 +176,16 @@ def bind(objective: TraceObjective, study: optuna.Study) -> None:
     stored_llm = attrs.get(records.STUDY_LLM_SETTINGS)
     current_llm = objective.llm.settings()
     if stored_llm is not None and stored_llm.get("model") != current_llm.get("model"):
+        if not study.get_trials(deepcopy=False):  # no trial used it: the study's model is this
+            study.set_user_attr(records.STUDY_LLM_SETTINGS, current_llm)
+            return
         message = (
             f"Study {name!r} was created with the model {stored_llm.get('model')!r}; its new "
             f"trials use {current_llm.get('model')!r} (each trial records its model in "
             f"{records.LLM!r})."
         )
         _logger.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warn_user(message)
 
 
 def _refuse_edited_start(objective: TraceObjective, study: optuna.Study) -> None:

@@ -359,6 +359,14 @@ class TraceObjective:
         best_before = run.view.best()
         proposal = self._propose(run, best_before)
         candidate_hash = self._record_candidate(run, proposal.parents, proposal.snapshot)
+        if proposal.parents and not run.record[records.CHANGED]:
+            _logger.info(
+                "Trial#%d: %s proposed no change (e.g. the model answered TERMINATE): the "
+                "candidate is Trial#%d's.",
+                run.trial.number,
+                run.record[records.STRATEGY],
+                proposal.parents[0],
+            )
         result = self._evaluate_proposal(run, proposal, candidate_hash)
         score = self._score(run, proposal, result)
         if result.code_error is None and result.output is not None:

@@ -44,7 +44,6 @@ import logging
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -64,6 +63,7 @@ import sqlalchemy
 
 from trace_optuna import rdb_read
 from trace_optuna import records
+from trace_optuna._warnings import warn_user
 from trace_optuna.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -612,19 +612,8 @@ def check_sql_mode(storage: RDBStorage) -> str:
             "(and sql_mode in my.cnf)."
         )
         _logger.warning(message)
-        _warn_user(message, SQLModeWarning)
+        warn_user(message, SQLModeWarning)
     return mode
-
-
-def _warn_user(message: str, category: type[Warning]) -> None:
-    """``warnings.warn`` pointing at the first frame outside trace_optuna and optuna."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith(
-        ("trace_optuna", "optuna")
-    ):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    warnings.warn(message, category, stacklevel=level)
 
 
 # -- surviving a database restart ---------------------------------------------------------
