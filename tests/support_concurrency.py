@@ -15,8 +15,14 @@ from trace_optuna import records
 
 
 def overlap(first: tuple[float, float], second: tuple[float, float]) -> bool:
-    """Whether two ``(start, end)`` intervals share a moment."""
-    return first[0] < second[1] and second[0] < first[1]
+    """Whether two ``(start, end)`` intervals share a moment.
+
+    MySQL/MariaDB store Optuna's timestamps in whole seconds: there, two intervals within the
+    same second cannot be told apart, and each end is taken as the end of its second.
+    """
+    whole_seconds = all(float(moment).is_integer() for moment in (*first, *second))
+    resolution = 1.0 if whole_seconds else 0.0
+    return first[0] < second[1] + resolution and second[0] < first[1] + resolution
 
 
 def running_interval(trial: FrozenTrial) -> tuple[float, float]:

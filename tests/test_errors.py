@@ -207,7 +207,7 @@ def _public_exception_classes() -> dict[str, type[BaseException]]:
 def test_every_public_exception_is_defined_in_exceptions_and_derives_from_the_base() -> None:
     found = _public_exception_classes()
     # Raised by the test fixtures when a database server is down, never by the library.
-    found.pop("trace_optuna.testing.ServerUnavailable", None)
+    found.pop("trace_optuna.testing.storages.ServerUnavailable", None)
     assert sorted(name for name in found if not name.startswith("trace_optuna.exceptions.")) == []
     assert all(issubclass(error, to.TraceOptunaError) for error in found.values())
     tree = exceptions.__doc__ or ""
