@@ -434,3 +434,13 @@ def test_a_missing_api_key_is_one_message_before_any_trial(
     keyed = to.LLM("openai/gpt-4o-mini", api_key="sk-test")
     assert keyed.missing_keys() == []
     assert to.LLM(SIMULATED).missing_keys() == []
+
+
+def test_the_best_of_a_plain_study_says_it_is_not_trace_optunas(
+    sqlite_url: str, study_name: str
+) -> None:
+    plain = optuna.create_study(study_name=study_name, storage=sqlite_url)
+    plain.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    reader = to.load_study(study_name=study_name, storage=sqlite_url)
+    with pytest.raises(to.RecordError, match="not made by trace_optuna: its 3 COMPLETE trial"):
+        _ = reader.best_snapshot

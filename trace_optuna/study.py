@@ -192,10 +192,19 @@ class TraceStudy:
 
         Raises:
             ConfigurationError: In a multi-objective study: use :attr:`best_trials`.
+            NoCompletedTrialError: Before a trial completed.
+            RecordError: For a study trace_optuna did not make.
         """
         self._single_objective("best_trial")
         best = self._population().best()
         if best is None:
+            if records.SCHEMA not in self._study.user_attrs:
+                complete = self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                raise RecordError(
+                    f"Study {self.study_name!r} was not made by trace_optuna: its "
+                    f"{len(complete)} COMPLETE trial(s) hold no Trace steps. Read it with "
+                    "Optuna itself (optuna.load_study(...).best_trial)."
+                )
             raise NoCompletedTrialError(
                 f"Study {self.study_name!r} has no completed trace_optuna trial yet."
             )
