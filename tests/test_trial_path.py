@@ -26,6 +26,15 @@ SIMULATED = "simulated/feedback-follower"
 PACKAGE = Path(to.__file__).parent
 
 
+def greeter_study(storage: str, study_name: str, **options: Any) -> to.TraceStudy:
+    """A study of the test Greeter with the simulated model; ``options`` override."""
+    return to.create_study(
+        storage=storage,
+        study_name=study_name,
+        **{"agent": make_greeter, "evaluate": CountingEvaluate(), "llm": SIMULATED, **options},
+    )
+
+
 class InterruptedOnce(CountingEvaluate):
     """Sends this process a real SIGINT (Ctrl-C) during its ``call``-th evaluation."""
 
@@ -47,14 +56,7 @@ def test_an_interrupted_trial_keeps_its_record_and_is_rerun_on_resume(
 ) -> None:
     # Call 1: the baseline. Call 2: trial 1's candidate, after its LLM call: Ctrl-C.
     evaluate = InterruptedOnce(call=2)
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=evaluate,
-        llm=SIMULATED,
-        storage=storage_url,
-        study_name=study_name,
-        seed=0,
-    )
+    study = greeter_study(storage_url, study_name, evaluate=evaluate, seed=0)
     with pytest.raises(KeyboardInterrupt):
         study.optimize(n_trials=3)
     interrupted = study.trials[1]
@@ -87,15 +89,7 @@ class Hangs(CountingEvaluate):
 def test_a_hung_evaluate_is_interrupted_and_the_study_goes_on(
     sqlite_url: str, study_name: str
 ) -> None:
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=Hangs(),
-        llm=SIMULATED,
-        storage=sqlite_url,
-        study_name=study_name,
-        seed=0,
-        evaluate_timeout=1.0,
-    )
+    study = greeter_study(sqlite_url, study_name, evaluate=Hangs(), seed=0, evaluate_timeout=1.0)
     started = time.monotonic()
     study.optimize(n_trials=3)
     assert time.monotonic() - started < 30
@@ -118,14 +112,7 @@ def test_a_plain_optuna_study_is_never_added_to(sqlite_url: str, study_name: str
             llm=SIMULATED,
         )
     with pytest.raises(to.ConfigurationError, match="holds 3 trial"):
-        to.create_study(
-            study_name=study_name,
-            storage=sqlite_url,
-            load_if_exists=True,
-            agent=make_greeter,
-            evaluate=CountingEvaluate(),
-            llm=SIMULATED,
-        )
+        greeter_study(sqlite_url, study_name, load_if_exists=True)
     assert len(optuna.load_study(study_name=study_name, storage=sqlite_url).trials) == 3
     with pytest.raises(to.ConfigurationError, match="holds 3 trial"):
         plain.optimize(to.TraceObjective(make_greeter, CountingEvaluate(), SIMULATED), n_trials=1)
@@ -134,14 +121,7 @@ def test_a_plain_optuna_study_is_never_added_to(sqlite_url: str, study_name: str
 def test_a_study_opens_for_reading_with_its_name_and_storage_alone(
     sqlite_url: str, study_name: str
 ) -> None:
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=CountingEvaluate(),
-        llm=SIMULATED,
-        storage=sqlite_url,
-        study_name=study_name,
-        seed=0,
-    )
+    study = greeter_study(sqlite_url, study_name, seed=0)
     study.optimize(n_trials=3)
     reader = to.load_study(study_name=study_name, storage=sqlite_url)
     assert reader.best_snapshot == study.best_snapshot
@@ -195,13 +175,7 @@ def test_observers_are_told_in_order_and_a_failing_one_fails_nothing(
     observers.register(factory)
     observers.register(broken)
     try:
-        study = to.create_study(
-            agent=make_greeter,
-            evaluate=CountingEvaluate(),
-            llm=SIMULATED,
-            storage=sqlite_url,
-            study_name=study_name,
-        )
+        study = greeter_study(sqlite_url, study_name)
         study.optimize(n_trials=2)
     finally:
         observers._FACTORIES.remove(factory)
@@ -264,13 +238,7 @@ def test_an_output_that_depends_on_no_parameter_stops_before_any_llm_call(
         out = trace.node(agent.greeting.data + "!")
         return to.Evaluation(score=0.0, feedback="Mention the order number.", output=out)
 
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=detached,
-        llm=SIMULATED,
-        storage=sqlite_url,
-        study_name=study_name,
-    )
+    study = greeter_study(sqlite_url, study_name, evaluate=detached)
     with pytest.raises(to.ConfigurationError, match="depends on none of the agent's trainable"):
         study.optimize(n_trials=5)
     assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
@@ -289,14 +257,8 @@ class Verbose(CountingEvaluate):
 def test_huge_feedback_is_cut_before_it_is_stored_or_sent(
     sqlite_url: str, study_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=Verbose(),
-        llm=SIMULATED,
-        storage=sqlite_url,
-        study_name=study_name,
-        max_feedback_chars=5_000,
-        figure_interval=None,
+    study = greeter_study(
+        sqlite_url, study_name, evaluate=Verbose(), max_feedback_chars=5_000, figure_interval=None
     )
     study.optimize(n_trials=2)
     feedback = study.record(1).feedback
@@ -308,13 +270,7 @@ def test_huge_feedback_is_cut_before_it_is_stored_or_sent(
 
 
 def test_a_study_deleted_under_a_live_object_says_so(sqlite_url: str, study_name: str) -> None:
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=CountingEvaluate(),
-        llm=SIMULATED,
-        storage=sqlite_url,
-        study_name=study_name,
-    )
+    study = greeter_study(sqlite_url, study_name)
     study.optimize(n_trials=1)
     optuna.delete_study(study_name=study_name, storage=sqlite_url)
     with pytest.raises(to.ConfigurationError, match="no longer in the storage"):
@@ -331,12 +287,10 @@ class Perfect(CountingEvaluate):
 
 def test_a_study_at_its_target_stops_every_worker(storage_url: str, study_name: str) -> None:
     def worker(evaluate: CountingEvaluate) -> to.TraceStudy:
-        return to.create_study(
-            agent=make_greeter,
+        return greeter_study(
+            storage_url,
+            study_name,
             evaluate=evaluate,
-            llm=SIMULATED,
-            storage=storage_url,
-            study_name=study_name,
             load_if_exists=True,
             target=1.0,
             figure_interval=None,
@@ -351,16 +305,7 @@ def test_a_study_at_its_target_stops_every_worker(storage_url: str, study_name: 
 
 
 def test_a_study_stops_when_a_step_reaches_its_target(sqlite_url: str, study_name: str) -> None:
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=CountingEvaluate(),
-        llm=SIMULATED,
-        storage=sqlite_url,
-        study_name=study_name,
-        target=0.5,
-        seed=0,
-        figure_interval=None,
-    )
+    study = greeter_study(sqlite_url, study_name, target=0.5, seed=0, figure_interval=None)
     study.optimize(n_trials=10)
     values = [trial.value for trial in study.trials]
     assert values[-1] >= 0.5 and all(value < 0.5 for value in values[:-1])
@@ -390,12 +335,10 @@ def test_an_edited_program_is_evaluated_as_a_new_root_or_refused(
     storage_url: str, study_name: str
 ) -> None:
     def open_study(make: Any, **extra: Any) -> to.TraceStudy:
-        return to.create_study(
+        return greeter_study(
+            storage_url,
+            study_name,
             agent=make,
-            evaluate=CountingEvaluate(),
-            llm=SIMULATED,
-            storage=storage_url,
-            study_name=study_name,
             load_if_exists=True,
             seed=0,
             figure_interval=None,
@@ -420,13 +363,7 @@ def test_a_missing_api_key_is_one_message_before_any_trial(
     sqlite_url: str, study_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    study = to.create_study(
-        agent=make_greeter,
-        evaluate=CountingEvaluate(),
-        llm="openai/gpt-4o-mini",
-        storage=sqlite_url,
-        study_name=study_name,
-    )
+    study = greeter_study(sqlite_url, study_name, llm="openai/gpt-4o-mini")
     with pytest.raises(to.ConfigurationError, match="'openai/gpt-4o-mini' needs OPENAI_API_KEY"):
         study.optimize(n_trials=20)
     assert study.trials == []  # not 20 failed trials full of tracebacks
