@@ -141,19 +141,14 @@ def takes_trial(evaluate: Any, form: str | None = None) -> bool:
         for parameter in signature.parameters.values()
         if parameter.kind in positional and parameter.default is inspect.Parameter.empty
     ]
-    takes_args = any(
-        parameter.kind == inspect.Parameter.VAR_POSITIONAL
-        for parameter in signature.parameters.values()
-    )
     if len(required) == 2:
         return True
-    if len(required) == 1 or (not required and (takes_args or signature.parameters)):
-        try:
-            signature.bind(object())
-        except TypeError:
-            pass
-        else:
-            return False
+    try:
+        signature.bind(object())  # the agent alone: one required parameter, or *args
+    except TypeError:
+        pass
+    else:
+        return False
     raise ConfigurationError(
         f"evaluate must accept the agent, and optionally the Optuna trial, as positional "
         f"arguments: evaluate(agent) or evaluate(agent, trial) -> Evaluation; "

@@ -97,11 +97,7 @@ class AgentRunner:
 
     def __init__(self, config: Config, shared: Share | None) -> None:
         self.shared = shared
-        self.make_agent: Callable[[], Any] = (
-            shared.selection.parameter_set.make
-            if shared is not None
-            else agent_factory(config.agent)
-        )
+        self.make_agent = agent_factory(config)
         self.evaluate_takes_trial = takes_trial(config.evaluate, config.evaluate_form)
         self.evaluate: Callable[..., Evaluation] = config.evaluate  # type: ignore[assignment]
         self.timeout = config.evaluate_timeout
@@ -278,12 +274,16 @@ def depends_on(output: Node, parameters: Iterable[Node]) -> bool:
     return False
 
 
-def agent_factory(agent: Any) -> Callable[[], Any]:
-    """A function that returns the agent: ``agent`` itself when it is one.
+def agent_factory(config: Config) -> Callable[[], Any]:
+    """The function that builds the study's agent: the shared ``ParameterSet``'s, ``agent``
+    itself when it is a function, or one returning ``agent`` when it is an agent.
 
     Raises:
         ConfigurationError: If ``agent`` is neither an agent nor a function building one.
     """
+    if config.parameters is not None:
+        return config.parameters.parameter_set.make
+    agent = config.agent
     if isinstance(agent, (ParameterContainer, dict)):
         return lambda: agent
     if callable(agent):

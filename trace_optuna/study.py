@@ -253,14 +253,12 @@ class TraceStudy:
     def _agent_factory(self) -> Callable[[], Any]:
         if self._objective is not None:
             return self._objective.make_agent
-        if self.config.parameters is not None:
-            return self.config.parameters.parameter_set.make
-        if self.config.agent is None:
+        if self.config.agent is None and self.config.parameters is None:
             raise ConfigurationError(
                 f"Study {self.study_name!r} was opened without an agent: pass agent= (the "
                 "function that builds it) to load_study to build the best agent."
             )
-        return agent_factory(self.config.agent)
+        return agent_factory(self.config)
 
     def record(self, number: int) -> TrialRecord:
         """What trial ``number`` holds, decoded (see :class:`~trace_optuna.TrialRecord`)."""
