@@ -320,9 +320,17 @@ def write(set_attr: Any, values: Mapping[str, Any]) -> None:
     The key itself is written last, after its chunks and their marker: a reader that sees the
     key sees the whole value (and :func:`decode` ignores a marker whose key is not written).
     """
+    for stored_key, stored_value in stored_form(values).items():
+        set_attr(stored_key, stored_value)
+
+
+def stored_form(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored attributes of logical ``values``, in writing order: each key after its
+    chunks and their marker."""
+    stored: dict[str, Any] = {}
     for key, value in values.items():
-        for stored_key, stored_value in reversed(list(encode(key, value).items())):
-            set_attr(stored_key, stored_value)
+        stored.update(reversed(list(encode(key, value).items())))
+    return stored
 
 
 def write_trial(
@@ -341,11 +349,8 @@ def write_trial(
     """
     from trace_optuna.attribute_writes import write_attrs  # imports storage, which imports us
 
-    stored: dict[str, Any] = {}
-    for key, value in record.items():
-        if value is not None:
-            stored.update(reversed(list(encode(key, value).items())))
-    write_attrs(trial, stored, study_system_attrs=study_system_attrs or None)
+    present = {key: value for key, value in record.items() if value is not None}
+    write_attrs(trial, stored_form(present), study_system_attrs=study_system_attrs or None)
 
 
 @dataclasses.dataclass(frozen=True)
