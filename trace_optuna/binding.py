@@ -22,7 +22,6 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from trace_optuna import records
-from trace_optuna import snapshots
 from trace_optuna._warnings import warn_user
 from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
@@ -194,8 +193,7 @@ def _refuse_edited_start(objective: TraceObjective, study: optuna.Study) -> None
     population.refresh()
     if population.best() is None:
         return  # nothing evaluated yet: the first trial evaluates the start
-    start_hash = snapshots.snapshot_hash(objective.initial_snapshot)
-    if population.trial_with_snapshot(start_hash) is None:
+    if objective.start_unseen(population):
         raise ConfigurationError(
             f"Study {study.study_name!r} holds no trial with this agent's starting values: the "
             "program was edited since the study began. Reopen it with edited_start='evaluate' "

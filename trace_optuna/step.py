@@ -187,6 +187,7 @@ class TraceObjective:
         self.error_score = config.error_score
         self.selector = Selector(config.selector, self.llm)
         self.seed = config.seed
+        self._start_hash = snapshots.snapshot_hash(self.runner.initial_snapshot)
         self.observers: list[TrialObserver] = observers_for(config)
         self.coordinator: Coordinator | None = None  # create_study sets it; else at first use
         self._population: Population | None = None
@@ -411,7 +412,7 @@ class TraceObjective:
     def _propose(self, run: _TrialRun, best_before: FrozenTrial | None) -> Proposal:
         """The baseline, another study's published values, or the chosen strategy's proposal."""
         registry_values = None if self.shared is None else self.shared.owned_values()
-        if best_before is None or (registry_values is None and self._start_unseen(run.population)):
+        if best_before is None or (registry_values is None and self.start_unseen(run.population)):
             # The first trial, or the program was edited: its starting values are a new root.
             run.record[records.STRATEGY] = records.BASELINE
             start = registry_values or dict(self.initial_snapshot)
@@ -428,11 +429,10 @@ class TraceObjective:
         run.record[records.PARENT_FEEDBACK] = proposal.parent_feedback
         return proposal
 
-    def _start_unseen(self, population: Population) -> bool:
+    def start_unseen(self, population: Population) -> bool:
         """Whether no trial of the study holds the agent's starting values (then the program
-        was edited since the study began; ``edited_start="refuse"`` refused that at binding)."""
-        start_hash = snapshots.snapshot_hash(self.initial_snapshot)
-        return population.trial_with_snapshot(start_hash) is None
+        was edited since the study began; ``edited_start="refuse"`` refuses that at binding)."""
+        return population.trial_with_snapshot(self._start_hash) is None
 
     def _strategy_proposal(self, run: _TrialRun) -> Proposal:
         trial = run.trial
