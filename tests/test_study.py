@@ -139,10 +139,12 @@ def test_failing_evaluate_is_recorded_and_the_study_goes_on(
     sqlite_url: str, study_name: str
 ) -> None:
     inner = CountingEvaluate()
+    crashed = []
 
     def evaluate(agent: Greeter) -> to.Evaluation:
         result = inner(agent)
         if "tracking link" in agent.greeting._data:
+            crashed.append(agent.greeting._data)
             raise RuntimeError("grader crashed on this reply")
         return result
 
@@ -152,10 +154,17 @@ def test_failing_evaluate_is_recorded_and_the_study_goes_on(
     assert states[:2] == [TrialState.COMPLETE] * 2
     assert states[2:] == [TrialState.FAIL] * 2
     failed = study.record(2)
-    assert failed.error == "RuntimeError: grader crashed on this reply"
+    assert failed.error == "evaluate() raised RuntimeError: grader crashed on this reply"
+    assert failed.feedback == failed.error  # what the next prompt is told
     assert "Traceback" in failed.traceback and "grader crashed" in failed.traceback
     assert "tracking link" in failed.snapshot["greeting"]  # the candidate is kept
     assert failed.llm["calls"] == 1
+    # The model proposes the same candidate again (this grader allows nothing better): it is
+    # told it failed, and the remembered failure is reused instead of evaluated again.
+    again = study.record(3)
+    assert again.duplicate_of == 2 and again.error == failed.error
+    assert again.llm["calls"] == 2 and "already evaluated, in Trial#2" in again.llm_calls[1]["user"]
+    assert len(crashed) == 1
 
 
 def test_llm_failure_is_recorded_and_the_study_goes_on(sqlite_url: str, study_name: str) -> None:
@@ -183,7 +192,7 @@ def test_code_that_raises_becomes_feedback(sqlite_url: str, study_name: str) -> 
         out = agent.reply()
         return to.Evaluation(score=1.0, feedback="fine", output=out)
 
-    study = make_study(sqlite_url, study_name, evaluate=evaluate, error_score=-1.0)
+    study = make_study(sqlite_url, study_name, evaluate=evaluate, error_score=-1.0, repairs=0)
     baseline = study.objective.initial_snapshot
     broken = dict(baseline)
     broken["decorate"] = baseline["decorate"].replace(
@@ -197,11 +206,37 @@ def test_code_that_raises_becomes_feedback(sqlite_url: str, study_name: str) -> 
     record = study.record(1)
     assert record.value == -1.0
     assert record.error.startswith("The candidate's code raised")
-    assert "boom" in record.feedback
+    assert record.candidate_error == record.error  # remembered
+    # The feedback is the exception's message, as Trace sends it; the traceback is apart.
+    assert record.feedback == "(ValueError) boom"
+    assert "Traceback" in record.traceback and "boom" in record.traceback
+
+
+def test_code_that_raises_is_repaired_in_the_trial(sqlite_url: str, study_name: str) -> None:
+    """As in Trace's loops: the exception node and its message go to OptoPrime, which
+    proposes a fix; the fix is evaluated in the same trial, the failed attempt kept."""
+    study = make_study(sqlite_url, study_name)
+    broken = dict(study.objective.initial_snapshot)
+    broken["decorate"] = broken["decorate"].replace(
+        "return", 'raise ValueError("boom")\n        return'
+    )
+    study.objective.strategies["optoprime"].propose = lambda context: to.Proposal(  # type: ignore[method-assign]
+        broken, [0], 0.0, "x"
+    )
+    study.optimize(n_trials=2)
+    assert study.trials[1].state == TrialState.COMPLETE
+    record = study.record(1)
+    assert record.repairs == 1
+    assert "raise" not in record.snapshot["decorate"]  # the repaired candidate is the trial's
+    [attempt] = record.evaluated
+    assert attempt["error"].startswith("The candidate's code raised: (ValueError) boom")
+    assert attempt["changes"]["decorate"] == broken["decorate"] and not attempt["transient"]
+    assert record.llm["calls"] == 1 and "(ValueError) boom" in record.llm_calls[0]["user"]
+    assert record.candidate_error is None and record.error is None
 
 
 def test_code_error_without_error_score_fails_the_trial(sqlite_url: str, study_name: str) -> None:
-    study = make_study(sqlite_url, study_name)
+    study = make_study(sqlite_url, study_name, repairs=0)
     broken = dict(study.objective.initial_snapshot)
     broken["decorate"] = "def decorate(self, text, excitement):\n    return text + 1\n"
     study.objective.strategies["optoprime"].propose = lambda context: to.Proposal(  # type: ignore[method-assign]

@@ -89,8 +89,17 @@ class Config:
             when minimizing): every worker stops after its running trial, and ``optimize`` on a
             study already there runs nothing. Single-objective studies only.
         seed: Recorded in the study; seeds the default sampler and each trial's random choices.
-        error_score: The score of a candidate whose code raises (one number per direction in a
-            multi-objective study); None fails such trials. The error is its feedback either way.
+        error_score: The score of a candidate that fails, its code or ``evaluate`` raising on
+            it (one number per direction in a multi-objective study); None fails such trials.
+            Either way the error's message is its feedback, the study remembers the failure
+            (the candidate is never evaluated again, unless the failure was transient: see
+            :func:`trace_optuna.runner.is_transient`), and a failed candidate never ranks above
+            a working one of equal score.
+        repairs: How many repair steps a trial takes when its candidate's code raises, an int
+            >= 0: as in Trace's loops, OptoPrime gets the exception node's graph with the
+            error as feedback and proposes a fix, which is evaluated in the same trial (its
+            failed attempts stay in ``trace:evaluated``). 0: none; the failure is still
+            remembered and shown to later steps.
         selector: How strategies pick among candidates: ``"score"`` or ``"llm"`` (a pairwise
             LLM preference judge, for tasks without a meaningful numeric score).
         max_feedback_chars: The longest feedback text kept from one run of ``evaluate``; longer
@@ -140,6 +149,7 @@ class Config:
     target: float | None = None
     seed: int | None = None
     error_score: float | Sequence[float] | None = None
+    repairs: int = 1
     selector: SelectorKind = "score"
     max_feedback_chars: int = 20_000
     evaluate_timeout: float | None = None
@@ -181,6 +191,7 @@ class Config:
             object.__setattr__(self, "target", check_score(self.target, "target"))
         if self.error_score is not None:
             object.__setattr__(self, "error_score", check_score(self.error_score, "error_score"))
+        object.__setattr__(self, "repairs", _integer("repairs", self.repairs, minimum=0))
         object.__setattr__(
             self,
             "max_feedback_chars",

@@ -312,25 +312,20 @@ class TrialClaims:
         values: dict[str, Any],
         run: Callable[[dict[str, Any]], RunResult],
     ) -> RunResult:
-        """``run(values)``, unless an identical candidate was (or is being) evaluated."""
+        """``run(values)``, unless an identical candidate was (or is being) evaluated: then
+        its stored result, a score or a remembered failure (nothing is evaluated twice)."""
         trial = self.trial
         candidate_hash = snapshots.snapshot_hash(values)
         while True:
-            earlier = population.trial_with_snapshot(candidate_hash)
-            if earlier is not None:
-                stored = population.trial(earlier)
-                return RunResult(
-                    score=score_of(stored),
-                    feedback=records.decode(stored.user_attrs, records.FEEDBACK, ""),
-                    details=records.decode(stored.user_attrs, records.DETAILS),
-                    reused_from=earlier,
-                )
+            stored = _stored_result(population, candidate_hash)
+            if stored is not None:
+                return stored
             claim = self.coordinator.claim(trial.study, trial._trial_id, candidate_hash)
             if claim.held:
                 self.held = True
                 if claim.taken_over:  # its last holder ended: did it store the candidate?
                     population.refresh()
-                    if population.trial_with_snapshot(candidate_hash) is not None:
+                    if _stored_result(population, candidate_hash) is not None:
                         continue
                 return run(values)
             assert claim.holder is not None
@@ -359,6 +354,33 @@ class TrialClaims:
                 self.coordinator.fail_stale(self.trial.study)
             except Exception:  # someone else's dead trial must not fail this one
                 _logger.exception("Could not look for trials of dead workers.")
+
+
+def _stored_result(population: Population, candidate_hash: str) -> RunResult | None:
+    """The study's result of this candidate: the score of the trial that completed it, or
+    how it failed (a remembered failure is never evaluated again); None if it has none."""
+    earlier = population.trial_with_snapshot(candidate_hash)
+    if earlier is not None and not population.failed(earlier):
+        stored = population.trial(earlier)
+        return RunResult(
+            score=score_of(stored),
+            feedback=records.decode(stored.user_attrs, records.FEEDBACK, ""),
+            details=records.decode(stored.user_attrs, records.DETAILS),
+            reused_from=earlier,
+        )
+    failure = population.failure(candidate_hash)
+    if failure is None:
+        return None
+    _logger.info(
+        "Trial#%d's candidate failed before (%s); it is not evaluated again.",
+        failure.number,
+        failure.error,
+    )
+    # Which way it failed matters not here: the error's text says it.
+    return RunResult(
+        score=None, feedback=failure.feedback, evaluate_error=failure.error,
+        reused_from=failure.number,
+    )
 
 
 def coordinator_for(storage: BaseStorage) -> Coordinator:

@@ -13,12 +13,20 @@ fewest completed trials have started from, the newest among ties: a new front me
 next, and the greedy steps go round the front instead of all starting from one end of it.
 Ranked queries (:meth:`Population.top_k`, :meth:`Population.tournament`) rank by Pareto layer
 (the front first, then the front of what is left, ...), the newest first within a layer.
+
+Failed candidates. A candidate whose code raised, or on which ``evaluate`` raised, is a
+*failure* (``trace:candidate_error``, or an entry of ``trace:evaluated`` with an ``error``),
+whether its trial failed or completed with the study's ``error_score``. The study remembers
+every failure (:meth:`Population.failure`), so no worker evaluates that candidate again; and a
+failed candidate completed with ``error_score`` never ranks above a working one, whatever the
+scores (:meth:`Population.best` and the ranked queries put working candidates first).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection
+import dataclasses
 import numbers
 import random
 from typing import TYPE_CHECKING
@@ -43,6 +51,21 @@ _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 _SNAPSHOT_CACHE_SIZE = 256
 
 
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A candidate the study evaluated and that failed (see the module docstring).
+
+    Attributes:
+        number: The trial that evaluated it.
+        error: Why it failed.
+        feedback: The feedback its run gave (the error's message).
+    """
+
+    number: int
+    error: str
+    feedback: str
+
+
 class Population:
     """A view of a study's finished trials that carry trace_optuna records.
 
@@ -63,6 +86,10 @@ class Population:
         self._indexed: set[int] = set()  # indexed trials at or after _scan_from
         self._completed: list[int] = []
         self._best: FrozenTrial | None = None
+        self._best_failed: FrozenTrial | None = None  # best() only when nothing works
+        self._failed: set[int] = set()  # completed trials whose candidate failed
+        # snapshot hash -> (trial, index in its trace:evaluated, or None for its candidate)
+        self._failures: dict[str, tuple[int, int | None]] = {}
         self._front: list[FrozenTrial] = []  # multi-objective: candidates none dominates
         self._holders: dict[tuple[str, str], int] = {}
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -87,6 +114,7 @@ class Population:
         for path, (value_hash, holder) in records.snapshot_refs(trial).items():
             self._holders.setdefault((path, value_hash), holder)
         snapshot_hash = trial.user_attrs.get(records.SNAPSHOT_HASH)
+        failed = self._index_failures(trial, snapshot_hash)
         if trial.state != TrialState.COMPLETE or records.SNAPSHOT not in trial.user_attrs:
             return
         if snapshot_hash is not None:
@@ -96,6 +124,14 @@ class Population:
             self._children.setdefault(int(parent), []).append(trial.number)
         if records.DUPLICATE_OF in trial.user_attrs:
             return  # a reused score of an earlier candidate is not a new candidate
+        if failed:  # completed with error_score: ranked after every working candidate
+            self._failed.add(trial.number)
+            best_failed = self._best_failed
+            if best_failed is None or len(self._signs) > 1:  # multi-objective: the newest
+                self._best_failed = trial
+            elif _better(trial, best_failed, self._maximize):
+                self._best_failed = trial
+            return
         if len(self._signs) > 1:  # no single best: keep the Pareto front; best() picks there
             score = score_of(trial)
             # Dominance is transitive: what a removed member dominated, the newcomer does too.
@@ -105,6 +141,38 @@ class Population:
             return
         if self._best is None or _better(trial, self._best, self._maximize):
             self._best = trial
+
+    def _index_failures(self, trial: FrozenTrial, snapshot_hash: str | None) -> bool:
+        """Remember the failed candidates a finished trial holds; whether its own failed."""
+        attrs = trial.user_attrs
+        failed = records.CANDIDATE_ERROR in attrs
+        if failed and snapshot_hash is not None:
+            self._failures.setdefault(snapshot_hash, (trial.number, None))
+        if records.EVALUATED in attrs:  # candidates a strategy evaluated, failed repairs
+            for index, entry in enumerate(records.decode(attrs, records.EVALUATED) or []):
+                error = entry.get("error") or entry.get("code_error")  # schema 2 had only code's
+                if error and not entry.get("transient", False) and entry.get("snapshot_hash"):
+                    self._failures.setdefault(entry["snapshot_hash"], (trial.number, index))
+        return failed
+
+    def failure(self, snapshot_hash: str) -> Failure | None:
+        """How the candidate with this snapshot hash failed, if the study evaluated it and it
+        failed (not transiently); None otherwise."""
+        found = self._failures.get(snapshot_hash)
+        if found is None:
+            return None
+        number, index = found
+        attrs = self.trial(number).user_attrs
+        if index is None:
+            error = str(records.decode(attrs, records.CANDIDATE_ERROR))
+            return Failure(number, error, records.decode(attrs, records.FEEDBACK) or error)
+        entry = (records.decode(attrs, records.EVALUATED) or [])[index]
+        error = str(entry.get("error") or entry.get("code_error"))
+        return Failure(number, error, entry.get("feedback") or error)
+
+    def failed(self, number: int) -> bool:
+        """Whether completed trial ``number``'s candidate failed (scored with error_score)."""
+        return number in self._failed
 
     def trial(self, number: int) -> FrozenTrial:
         """The trial with this number, as last read.
@@ -172,12 +240,13 @@ class Population:
         greedy search accepts sideways moves and can cross a plateau instead of restarting
         from the same trial forever. Multi-objective: the member of the Pareto front that the
         fewest completed trials name as a parent (:meth:`children`), the newest among ties.
-        Trials that reused an earlier candidate's score do not count as new candidates.
+        Trials that reused an earlier candidate's score do not count as new candidates, and a
+        failed candidate (completed with ``error_score``) is chosen only when none works.
         """
         if len(self._signs) == 1:
-            return self._best
+            return self._best or self._best_failed
         if not self._front:
-            return None
+            return self._best_failed
         return min(self._front, key=lambda t: (len(self._children.get(t.number, ())), -t.number))
 
     def pareto_front(self) -> list[FrozenTrial]:
@@ -190,7 +259,11 @@ class Population:
             best = self._best
             if best is None:
                 return []
-            return [trial for trial in self.candidates() if trial.value == best.value]
+            return [
+                trial
+                for trial in self.candidates()
+                if trial.value == best.value and trial.number not in self._failed
+            ]
         return sorted(self._front, key=lambda trial: trial.number)
 
     def candidates(self) -> list[FrozenTrial]:
@@ -225,10 +298,13 @@ class Population:
         layer.
         """
         ranked = sorted(trials, key=lambda trial: trial.number, reverse=True)
+        working = [trial for trial in ranked if trial.number not in self._failed]
+        failed = [trial for trial in ranked if trial.number in self._failed]
         if len(self._signs) > 1:
-            return self._pareto_layers(ranked, k)
-        ranked.sort(key=lambda trial: _value(trial), reverse=self._maximize)
-        return ranked[:k]
+            return (self._pareto_layers(working, k) + self._pareto_layers(failed, k))[:k]
+        working.sort(key=lambda trial: _value(trial), reverse=self._maximize)
+        failed.sort(key=lambda trial: _value(trial), reverse=self._maximize)
+        return (working + failed)[:k]
 
     def _pareto_layers(self, trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
         """The first ``k`` of ``trials`` (newest first) ordered by Pareto layer."""

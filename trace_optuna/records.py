@@ -31,9 +31,10 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
 ``trace:worker``               {host, pid}
 ``trace:duplicate_of``         int, the trial that already evaluated this exact candidate
                                (its score is reused; nothing is evaluated twice)
-``trace:evaluated``            list, every candidate a strategy evaluated during the trial:
+``trace:evaluated``            list, every candidate a strategy evaluated during the trial,
+                               and every failed attempt a repair replaced:
                                {snapshot_hash, score, changes (vs the first parent), feedback,
-                               code_error, reused_from}
+                               code_error, error (code or evaluate), transient, reused_from}
 ``trace:genetic``              what the genetic strategy did (parents drawn, mutated)
 ``trace:evolutionary``         what the evolutionary strategy did (parent, offspring, winner)
 ``trace:stop_version``         the STOP improver version the trial ran (written at its start)
@@ -41,8 +42,13 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
 ``trace:stop_meta``            what a STOP meta-step did (the new version, its smoke runs)
 ``trace:stop_decisions``       improver versions this trial accepted or reverted
 ``trace:details``              dict, ``Evaluation.details`` of the candidate
-``trace:error``                str, why the trial failed (or why the candidate's code raised)
+``trace:error``                str, why the trial failed (or why the candidate failed)
 ``trace:traceback``            str, the traceback of that error
+``trace:candidate_error``      str, why the trial's candidate failed (its code raised, or
+                               ``evaluate`` raised on it), when the failure was not transient:
+                               the study remembers it and never evaluates that candidate again
+``trace:repairs``              int, how many repair steps the trial took from candidates whose
+                               code raised (each failed attempt is in ``trace:evaluated``)
 ``trace:retry_of``             int, the trial whose worker died; this trial re-ran its step
 ``trace:knobs``                {param: value}, the Optuna params ``evaluate(agent, trial)``
                                suggested in this trial (the agent's own knobs)
@@ -129,6 +135,8 @@ EVALUATED = "trace:evaluated"
 DETAILS = "trace:details"
 ERROR = "trace:error"
 TRACEBACK = "trace:traceback"
+CANDIDATE_ERROR = "trace:candidate_error"  # the candidate's own failure, remembered by the study
+REPAIRS = "trace:repairs"
 RETRY_OF = "trace:retry_of"
 KNOBS = "trace:knobs"
 PARENT_KNOBS = "trace:parent_knobs"
@@ -187,6 +195,8 @@ RESERVED = frozenset(
         DETAILS,
         ERROR,
         TRACEBACK,
+        CANDIDATE_ERROR,
+        REPAIRS,
         RETRY_OF,
         KNOBS,
         PARENT_KNOBS,
@@ -381,8 +391,11 @@ class TrialRecord:
         duplicate_of: The trial whose score was reused because it evaluated the same candidate.
         evaluated: Every candidate the strategy evaluated during the trial.
         details: ``Evaluation.details`` of the candidate.
-        error: Why the trial failed, or why the candidate's code raised.
+        error: Why the trial failed, or why the candidate failed.
         traceback: The traceback of that error.
+        candidate_error: Why the candidate failed (its code or ``evaluate`` raised on it),
+            when the study remembers it: that candidate is never evaluated again.
+        repairs: How many repair steps the trial took from candidates whose code raised.
         params: The trial's Optuna parameters.
         knobs: The params ``evaluate(agent, trial)`` suggested (the agent's own knobs).
         parent_knobs: ``{parent number: {param: value}}``, the knob values each parent
@@ -412,6 +425,8 @@ class TrialRecord:
     details: dict[str, Any] | None
     error: str | None
     traceback: str | None
+    candidate_error: str | None
+    repairs: int
     params: dict[str, Any]
     knobs: dict[str, Any]
     parent_knobs: dict[int, dict[str, Any]]
@@ -499,6 +514,8 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         details=decode(attrs, DETAILS),
         error=decode(attrs, ERROR),
         traceback=decode(attrs, TRACEBACK),
+        candidate_error=decode(attrs, CANDIDATE_ERROR),
+        repairs=int(attrs.get(REPAIRS) or 0),
         params=dict(trial.params),
         knobs=dict(decode(attrs, KNOBS) or {}),
         parent_knobs={

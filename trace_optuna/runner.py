@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 import time
+from traceback import format_exception
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -113,6 +114,12 @@ class AgentRunner:
             self.initial_snapshot = {path: self.initial_snapshot[path] for path in owned}
         self.live: Live | None = None
 
+    def hold(self, values: dict[str, Any]) -> None:
+        """Restore ``values`` into the agent (with the registry's values of shared parameters
+        the study does not select), without running it."""
+        shared_values = {} if self.shared is None else self.shared.context_values()
+        snapshots.restore(self.agent, {**shared_values, **values})
+
     def owned_snapshot(self) -> dict[str, Any]:
         """The agent's current values of the parameters this study optimizes."""
         return {path: node._data for path, node in self.parameters.items()}
@@ -131,10 +138,11 @@ class AgentRunner:
         Raises:
             ConfigurationError: If ``evaluate`` breaks its contract (see
                 :class:`~trace_optuna.Evaluation`).
-            EvaluationTimeout: If the run took longer than ``evaluate_timeout``.
+
+        A candidate that fails (its code raises, ``evaluate`` raises on it, the run takes
+        longer than ``evaluate_timeout``) is a result too: see :class:`RunResult`.
         """
-        shared_values = {} if self.shared is None else self.shared.context_values()
-        snapshots.restore(self.agent, {**shared_values, **values})
+        self.hold(values)
         for node in self._nodes:  # every run starts clean: no feedback of an earlier backward
             node.zero_feedback()
         self.live = None
@@ -147,16 +155,36 @@ class AgentRunner:
                 else:
                     evaluation = self.evaluate(self.agent)
         except ExecutionError as error:
-            raised = (error.exception_node.info or {}).get("output")
-            if isinstance(raised, (TrialPruned, EvaluationTimeout)):  # raised in traced code
+            node = error.exception_node
+            raised = (node.info or {}).get("output")
+            if isinstance(raised, (TrialPruned, ConfigurationError)):  # raised in traced code
                 raise raised from None
-            # Code the LLM wrote raised: the error becomes the feedback, as in Trace's examples,
-            # and its exception node the output, so the next step can repair the code.
+            # Code the LLM wrote raised: its message becomes the feedback, as in Trace's loops
+            # (the exception node's data; the traceback is for the record, not the prompt),
+            # and its exception node the output, so a repair step can start from it.
+            message = str(node.data).strip()
             return RunResult(
                 score=None,
-                feedback=self._cut(str(error).strip()),
-                output=error.exception_node,
-                code_error=f"The candidate's code raised: {error.exception_node.data}",
+                feedback=self._cut(message),
+                output=node,
+                code_error=f"The candidate's code raised: {message}",
+                transient=is_transient(raised),
+                traceback=(node.info or {}).get("traceback") or "".join(format_exception(error)),
+            )
+        except (TrialPruned, ConfigurationError):
+            raise
+        except Exception as error:
+            # evaluate() raised on this candidate (a grader that chokes on its output, a
+            # timeout): the candidate failed, the trial records why and the study goes on.
+            message = _described(error)  # EvaluationTimeout's message names evaluate()
+            if not isinstance(error, EvaluationTimeout):
+                message = f"evaluate() raised {message}"
+            return RunResult(
+                score=None,
+                feedback=self._cut(message),
+                evaluate_error=message,
+                transient=is_transient(error),
+                traceback="".join(format_exception(error)),
             )
         finally:
             context.evaluate_s += time.perf_counter() - started
@@ -240,6 +268,10 @@ class AgentRunner:
                 ) from error
             knobs = parent_trial.knobs
             context.knobs.update(parent_trial.not_in_parent)  # suggested on the running trial
+        if run.evaluate_error is not None:
+            raise TraceOptunaError(
+                f"Re-running parent Trial#{number} for its feedback failed: {run.evaluate_error}"
+            )
         if run.output is None:
             raise ConfigurationError(
                 "evaluate() returned an Evaluation without output; set output= to the Trace "
@@ -257,6 +289,30 @@ class AgentRunner:
             number, parent_snapshot, score_of(parent), run.feedback, run.output
         )
         return evaluation, knobs
+
+
+#: Top-level packages whose exceptions are network or service failures (a rate limit, a dropped
+#: connection): a candidate that failed with one may be evaluated again.
+TRANSIENT_PACKAGES = frozenset({"litellm", "openai", "httpx", "httpcore", "requests", "urllib3"})
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Whether a failure may not happen again: an ``OSError`` (connection, timeout), an
+    ``EvaluationTimeout``, trace_optuna's own errors (an LLM or a person that did not answer),
+    or an exception of a network client (:data:`TRANSIENT_PACKAGES`). Any other failure is
+    the candidate's: the study remembers it and does not evaluate the candidate again.
+    """
+    if error is None:
+        return False
+    if isinstance(error, (OSError, TraceOptunaError)):  # EvaluationTimeout is one of ours
+        return True
+    package = type(error).__module__.partition(".")[0]
+    return package in TRANSIENT_PACKAGES
+
+
+def _described(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def depends_on(output: Node, parameters: Iterable[Node]) -> bool:

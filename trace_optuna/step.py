@@ -76,6 +76,7 @@ from trace_optuna.coordination import coordinator_for
 from trace_optuna.evaluation import Score
 from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.exceptions import LLMError
 from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.knobs import STRATEGY_PARAM
@@ -369,11 +370,21 @@ class TraceObjective:
                 proposal.parents[0],
             )
         result = self._evaluate_proposal(run, proposal, candidate_hash)
+        if result.code_error is not None and result.output is not None:
+            proposal, candidate_hash, result = self._repair(run, proposal, result)
+        if result.failed and not result.transient:
+            if run.record[records.STRATEGY] == records.BASELINE:
+                _record_failure(run.record, result)
+                raise ConfigurationError(
+                    f"The agent's starting values cannot be evaluated: {result.error}. Every "
+                    "step starts from them: fix the program (or evaluate) so that they run. "
+                    f"Trial#{run.trial.number}'s record holds the traceback."
+                )
         score = self._score(run, proposal, result)
-        if result.code_error is None and result.output is not None:
+        if not result.failed and result.output is not None:
             version = None if shared_state is None else shared_state.version
             self.runner.live = Live(run.trial.number, candidate_hash, result, version)
-        publishable = result.reused_from is None and result.code_error is None
+        publishable = result.reused_from is None and not result.failed
         if shared_state is not None and publishable and isinstance(score, float):
             run.record[records.PUBLISH] = self._publish(
                 run, proposal.snapshot, score, shared_state, best_before
@@ -439,27 +450,30 @@ class TraceObjective:
         name = trial.suggest_categorical(STRATEGY_PARAM, self.strategy_names)
         strategy = self.strategies[str(name)]
         run.record[records.STRATEGY] = strategy.name
-        extra: dict[str, Any] = {}
+        context = self._context(run, strategy.suggest_settings(trial))
+        try:
+            return strategy.propose(context)
+        finally:  # what the strategy recorded is kept when it fails, too
+            run.record.update(_strategy_attrs(strategy.name, context.attrs))
+
+    def _context(self, run: _TrialRun, settings: dict[str, Any]) -> StepContext:
+        """What a strategy (or a repair step) may use in this trial."""
         better = run.view.better  # Pareto dominance in a multi-objective study
-        seed_number = trial.number if run.retry_of is None else run.retry_of
-        context = StepContext(
-            trial=trial,
+        seed_number = run.trial.number if run.retry_of is None else run.retry_of
+        return StepContext(
+            trial=run.trial,
             population=run.view,
             agent=self.agent,
             parameters=self.parameters,
             llm=self.llm,
-            settings=strategy.suggest_settings(trial),
+            settings=settings,
             evaluate_parent=lambda number: self._rerun_parent(run, number),
             evaluate=lambda values: self._evaluate_for_strategy(run, values),
             better=better,
             select=lambda candidates: self.selector.select(candidates, better),
             rng=random.Random(f"{self.seed}:{seed_number}"),
-            attrs=extra,
+            attrs={},
         )
-        try:
-            return strategy.propose(context)
-        finally:  # what the strategy recorded is kept when it fails, too
-            run.record.update(_strategy_attrs(strategy.name, extra))
 
     def _rerun_parent(self, run: _TrialRun, number: int) -> ParentEvaluation:
         parent, knobs = self.runner.rerun_parent(run.trial, run.population, number, run.context)
@@ -558,12 +572,53 @@ class TraceObjective:
         run.record[records.DETAILS] = result.details
         return result
 
+    def _repair(
+        self, run: _TrialRun, proposal: Proposal, result: RunResult
+    ) -> tuple[Proposal, str, RunResult]:
+        """Repair steps from a candidate whose code raised, as Trace's loops take them: OptoPrime
+        gets the exception node's graph with the error as feedback and proposes a fix, which
+        is evaluated in this trial (at most ``repairs`` times). Each failed attempt is kept in
+        ``trace:evaluated``; the last attempt becomes the trial's candidate."""
+        from trace_optuna.strategies.optoprime import optoprime_update
+
+        candidate_hash = snapshots.snapshot_hash(proposal.snapshot)
+        repairs = 0
+        while (
+            repairs < self.config.repairs
+            and result.code_error is not None
+            and result.output is not None
+            and not result.transient
+        ):
+            run.evaluated.append((dict(proposal.snapshot), result))
+            self.runner.hold(proposal.snapshot)  # the graph's parameters hold its values again
+            try:
+                update = optoprime_update(
+                    self._context(run, {}), result.feedback, result.output
+                )
+            except LLMError as error:
+                _logger.info("Trial#%d: no repair: %s", run.trial.number, error)
+                break
+            repaired = {**proposal.snapshot, **update}
+            if not update or snapshots.snapshot_hash(repaired) == candidate_hash:
+                break  # the model proposed no change
+            repairs += 1
+            proposal = dataclasses.replace(proposal, snapshot=repaired, result=None)
+            run.record.pop(records.DUPLICATE_OF, None)
+            candidate_hash = self._record_candidate(run, proposal.parents, repaired)
+            result = self._evaluate_proposal(run, proposal, candidate_hash)
+        if repairs:
+            run.record[records.REPAIRS] = repairs
+            self._record_candidate(run, proposal.parents, proposal.snapshot)  # trace:evaluated
+        return proposal, candidate_hash, result
+
     def _score(self, run: _TrialRun, proposal: Proposal, result: RunResult) -> Score:
-        """The candidate's score: ``evaluate``'s, or ``error_score`` when its code raised."""
-        if result.code_error is not None:
-            run.record[records.ERROR] = result.code_error
-            if self.error_score is None:
-                raise _CandidateCodeFailed(result.code_error)
+        """The candidate's score: ``evaluate``'s, or ``error_score`` when the candidate failed
+        (a transient failure, or one without ``error_score``, fails the trial)."""
+        if result.failed:
+            assert result.error is not None
+            _record_failure(run.record, result)
+            if self.error_score is None or result.transient:
+                raise _CandidateFailed(result.error)
             score = score_for_study(
                 self.error_score, run.context.directions, run.context.study_name, "error_score"
             )
@@ -610,9 +665,10 @@ class TraceObjective:
         interrupted) is logged: Optuna still records how it ended.
         """
         record, trial = run.record, run.trial
-        if error is not None and not isinstance(error, _CandidateCodeFailed):
+        if error is not None and not isinstance(error, _CandidateFailed):
             record[records.ERROR] = _reason(error)
-            record[records.TRACEBACK] = "".join(traceback.format_exception(error))
+            # A failed candidate's own traceback, if it has one, says more than this one.
+            record.setdefault(records.TRACEBACK, "".join(traceback.format_exception(error)))
         record.update(self._llm_record())
         params = trial.params
         knobs = {name: params[name] for name in sorted(run.context.knobs) if name in params}
@@ -656,8 +712,18 @@ class TraceObjective:
         return {records.LLM: summary, records.LLM_CALLS: texts or None}
 
 
-class _CandidateCodeFailed(Exception):
-    """The candidate's code raised and the study has no ``error_score``."""
+class _CandidateFailed(Exception):
+    """The candidate failed (its code or ``evaluate`` raised on it) and the study has no
+    ``error_score``, or the failure was transient."""
+
+
+def _record_failure(record: dict[str, Any], result: RunResult) -> None:
+    """Put a failed candidate's error into the record; remembered unless it was transient."""
+    record[records.ERROR] = result.error
+    if result.traceback:
+        record[records.TRACEBACK] = result.traceback
+    if not result.transient:  # the study never evaluates this candidate again
+        record[records.CANDIDATE_ERROR] = result.error
 
 
 def _improvement(score: Score, parent_score: Score) -> Score:
@@ -702,6 +768,8 @@ def _evaluated_entry(
         },
         "feedback": result.feedback,
         "code_error": result.code_error,
+        "error": result.error,
+        "transient": result.transient,
         "reused_from": result.reused_from,
     }
 
@@ -717,7 +785,7 @@ def _retried_from(population: Population, number: int) -> int | None:
 
 def _reason(error: BaseException) -> str:
     text = str(error).strip()
-    if isinstance(error, _CandidateCodeFailed):
+    if isinstance(error, _CandidateFailed):
         return text  # it says what happened; its class is ours, not the user's
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

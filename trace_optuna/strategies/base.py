@@ -66,15 +66,26 @@ if TYPE_CHECKING:
 class RunResult:
     """One evaluation of a candidate snapshot in this process.
 
+    A candidate *fails* when its own code raised (``code_error``: Trace's ``ExecutionError``,
+    whose message is the feedback, as in Trace's loops) or ``evaluate`` raised on it
+    (``evaluate_error``). Either way it has no score and never becomes a working candidate;
+    a failure that is not ``transient`` is remembered by the study (see
+    :meth:`~trace_optuna.population.Population.failure`), so the candidate is not evaluated
+    again.
+
     Attributes:
-        score: The score, or None when the candidate's code raised (``code_error``) or the
-            result was reused without a score.
-        feedback: The feedback (the error text when the code raised).
+        score: The score, or None when the candidate failed or the result was reused without
+            a score.
+        feedback: The feedback (the error's message when the candidate failed).
         output: The Trace node produced (an exception node when the code raised); None when
             the result was reused from storage instead of evaluated.
         details: ``Evaluation.details``.
         code_error: Why the candidate's code raised, if it did.
-        reused_from: The trial whose stored score was reused (nothing was run), if any.
+        evaluate_error: Why ``evaluate`` raised on this candidate, if it did.
+        transient: Whether the failure may not happen again (a connection error, a timeout):
+            such a failure is not remembered, and a later trial may evaluate the candidate.
+        traceback: The failure's traceback, for the record (never shown to the LLM).
+        reused_from: The trial whose stored result was reused (nothing was run), if any.
     """
 
     score: Score | None
@@ -82,7 +93,20 @@ class RunResult:
     output: Any = None
     details: dict[str, Any] | None = None
     code_error: str | None = None
+    evaluate_error: str | None = None
+    transient: bool = False
+    traceback: str | None = None
     reused_from: int | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why the candidate failed (its code or ``evaluate`` raised), or None."""
+        return self.code_error or self.evaluate_error
+
+    @property
+    def failed(self) -> bool:
+        """Whether the candidate failed: it has no score of its own."""
+        return self.error is not None
 
 
 @dataclasses.dataclass

@@ -89,9 +89,9 @@ class Selector:
     def _prefers(
         self, challenger: RunResult, champion: RunResult, better: Callable[[Score, Score], bool]
     ) -> bool:
-        if challenger.code_error is not None or challenger.score is None:
+        if challenger.failed or challenger.score is None:
             return False
-        if champion.code_error is not None or champion.score is None:
+        if champion.failed or champion.score is None:
             return True
         if self.kind == "score":
             return better(challenger.score, champion.score)

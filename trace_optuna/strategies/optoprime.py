@@ -23,6 +23,7 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
 from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.exceptions import SuggestionError
+from trace_optuna.snapshots import snapshot_hash
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import Strategy
@@ -238,10 +239,35 @@ def optoprime_update(
     the agent's parameters must still hold that run's values (``context.evaluate_parent`` and
     ``context.evaluate`` leave them so).
 
+    A proposal the study already evaluated and saw fail (:meth:`Population.failure
+    <trace_optuna.population.Population.failure>`) is not returned as it is: the LLM is told
+    so, with the error, and asked once more for a different change.
+
     Raises:
         LLMError: If the LLM's answer held no usable suggestion (an explicit ``TERMINATE``
             is not an error: it returns ``{}``, meaning "no change").
     """
+    current = {path: node._data for path, node in context.parameters.items()}
+    update = _optoprime_once(context, feedback, output, memory, objective, llm)
+    failure = context.population.failure(snapshot_hash({**current, **update}))
+    if update and failure is not None:
+        told = (
+            f"{feedback}\n\nNote: the change you would suggest now (to "
+            f"{', '.join(sorted(update))}) was already evaluated, in Trial#{failure.number}, "
+            f"and failed: {failure.error}\nSuggest a different change."
+        )
+        update = _optoprime_once(context, told, output, memory, objective, llm)
+    return update
+
+
+def _optoprime_once(
+    context: StepContext,
+    feedback: str,
+    output: Any,
+    memory: Sequence[tuple[dict, str]],
+    objective: str | None,
+    llm: Any,
+) -> dict[str, Any]:
     from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
 
     optimizer = SafeOptoPrime(

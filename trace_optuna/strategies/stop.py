@@ -763,7 +763,7 @@ class _Step:
         if result is None:
             result = self.context.evaluate(candidate)
             self.results[key] = result
-        if result.code_error is not None or result.score is None:
+        if result.failed or result.score is None:
             return -math.inf
         assert not isinstance(result.score, list)  # multi_objective = False: one number
         return self.sign * result.score
