@@ -74,6 +74,7 @@ from trace_optuna.strategies import base as strategies_base
 
 with contextlib.redirect_stdout(io.StringIO()):  # trace-opt prints its LLM backend on import
     from opto.optimizers import OptoPrime
+    from opto.trace import ExecutionError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tasks import TASK_NAMES  # noqa: E402
@@ -213,7 +214,7 @@ def run_plain(task: Task, llm: to.LLM, spec: RunSpec, progress: Progress) -> Non
     """Trace's own OptoPrime loop: evaluate, zero_feedback, backward, step; no selection."""
     agent = task.make_agent()
     optimizer = OptoPrime(agent.parameters(), llm=llm)
-    result = task.evaluate(agent)
+    result = _plain_evaluate(task, agent)
     progress.add(result.score, 0, 0, "baseline")
     previous = result.score
     while (
@@ -223,10 +224,21 @@ def run_plain(task: Task, llm: to.LLM, spec: RunSpec, progress: Progress) -> Non
         optimizer.backward(result.output, result.feedback)
         optimizer.step()
         calls = llm.take_calls()
-        result = task.evaluate(agent)
+        result = _plain_evaluate(task, agent)
         tokens = sum(call.prompt_tokens + call.completion_tokens for call in calls)
         progress.add(result.score, len(calls), tokens, PLAIN, result.score - previous)
         previous = result.score
+
+
+def _plain_evaluate(task: Task, agent: Any) -> to.Evaluation:
+    """``task.evaluate``, with what Trace's own loops do when the agent's code raises: the
+    exception node is the output and its message the feedback (score 0). An error of the
+    grader itself stops the plain loop, as it would stop the user's."""
+    try:
+        return task.evaluate(agent)
+    except ExecutionError as error:
+        node = error.exception_node
+        return to.Evaluation(score=0.0, feedback=str(node.data), output=node)
 
 
 def run_study(
@@ -262,12 +274,25 @@ def run_study(
         study.optimize(n_trials=spec.max_trials, callbacks=[account])
 
 
+EVALUATIONS = [0]  # runs of the task's evaluate in this (forked, one-run) process
+
+
+def counted(task: Task) -> Task:
+    """``task`` with an ``evaluate`` that counts its runs in :data:`EVALUATIONS`."""
+
+    def evaluate(agent: Any) -> to.Evaluation:
+        EVALUATIONS[0] += 1
+        return task.evaluate(agent)
+
+    return dataclasses.replace(task, evaluate=evaluate)
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Run one spec (in a fresh worker process) and return its result as plain data."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("trace_optuna").setLevel(logging.ERROR)
     started = time.perf_counter()
-    task = make_task(spec.task, spec.seed)
+    task = counted(make_task(spec.task, spec.seed))
     progress = Progress(target=task.target)
     error = None
     try:
@@ -290,6 +315,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "trials_to_target": progress.trials_to_target,
         "best_score": None if progress.best == -math.inf else progress.best,
         "calls": progress.calls,
+        "evaluations": EVALUATIONS[0],
         "tokens": progress.tokens,
         "trials": progress.trials,
         "failed_trials": progress.failed,
@@ -351,6 +377,8 @@ class Row:
     tokens: float  # median tokens to target
     best: float  # median best score
     spent: float  # median LLM calls used by the run
+    evaluations: float  # median runs of evaluate by the run
+    failed: float  # median failed trials of the run
     mix: dict[str, float]  # share of trials per strategy (mix arms)
 
 
@@ -391,6 +419,8 @@ def summarise(results: Iterable[dict[str, Any]], arms: Sequence[str]) -> list[Ro
                 tokens=quantile(tokens, 0.5),
                 best=quantile(best, 0.5),
                 spent=quantile([r["calls"] for r in runs], 0.5),
+                evaluations=quantile([r.get("evaluations", math.nan) for r in runs], 0.5),
+                failed=quantile([r["failed_trials"] for r in runs], 0.5),
                 mix={name: count / total for name, count in sorted(trials.items())}
                 if arm in MIX_ARMS
                 else {},
@@ -412,12 +442,14 @@ def _noise(noise: float | None) -> str:
 def format_table(rows: Sequence[Row]) -> str:
     """The table: reached, calls to target (median [p25-p75]), tokens, best score, the mix."""
     header = (
-        f"{'task':<8} {'noise':>5} {'arm':<13} {'reached':>7} {'calls to target':>19} "
-        f"{'tokens':>8} {'best':>6} {'spent':>6}  mix (share of trials)"
+        f"{'task':<11} {'noise':>5} {'arm':<13} {'reached':>7} {'calls to target':>19} "
+        f"{'tokens':>8} {'best':>6} {'spent':>6} {'evals':>6} {'failed':>6}  "
+        "mix (share of trials)"
     )
     lines = [
         "Calls to target: median [25th-75th percentile] over seeds; a run that did not reach the "
-        "target counts as inf.",
+        "target counts as inf. spent: median LLM calls of a run; evals: median runs of "
+        "evaluate; failed: median failed trials.",
         header,
         "-" * len(header),
     ]
@@ -432,9 +464,10 @@ def format_table(rows: Sequence[Row]) -> str:
         if row.errors:
             mix = f"{row.errors} run(s) crashed; " + mix
         lines.append(
-            f"{row.task:<8} {_noise(row.noise):>5} {row.arm:<13} "
+            f"{row.task:<11} {_noise(row.noise):>5} {row.arm:<13} "
             f"{f'{row.reached}/{row.runs}':>7} {calls:>19} {_number(row.tokens):>8} "
-            f"{row.best:>6.3f} {_number(row.spent):>6}  {mix}"
+            f"{row.best:>6.3f} {_number(row.spent):>6} {_number(row.evaluations):>6} "
+            f"{_number(row.failed):>6}  {mix}"
         )
     return "\n".join(lines)
 

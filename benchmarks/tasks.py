@@ -23,6 +23,12 @@ model (:mod:`trace_optuna.testing.simulated`), and is plain enough English for a
   test in a hidden order with the edit that fixes it (``replace "X" with "Y"``); a function
   that raises gets the error as feedback (the simulated model then deletes the ``raise``
   line). Score: the fraction of tests passed; solved at 1.
+* ``code-raises``: the same function and tests, graded as a new Trace user first writes it:
+  ``evaluate`` catches nothing, so a candidate whose code raises raises out of ``evaluate``
+  (Trace's ``ExecutionError``; trace_optuna turns it into the candidate's feedback), and the
+  grader itself raises (``TypeError``) on a candidate whose result is not a dict. With noise,
+  the simulated model's wrong answers insert a ``raise`` into the function: this task measures
+  what failing candidates cost (LLM calls, evaluations).
 
 The agents live in this file because ``trace.bundle`` reads a function's source. Trace names
 nodes from a per-process counter (``x:0``, ``x:1``...); the benchmark builds one agent per
@@ -50,7 +56,7 @@ from opto import trace
 
 from trace_optuna import Evaluation
 
-TASK_NAMES = ("numeric", "prompt", "code")
+TASK_NAMES = ("numeric", "prompt", "code", "code-raises")
 """The tasks :func:`make_task` builds."""
 
 
@@ -86,6 +92,7 @@ def make_task(name: str, seed: int) -> Task:
         "numeric": numeric_task,
         "prompt": prompt_task,
         "code": code_task,
+        "code-raises": lambda seed: code_task(seed, catch_errors=False),
     }
     if name not in builders:
         raise ValueError(f"Unknown task {name!r}; valid tasks are {list(TASK_NAMES)}.")
@@ -404,8 +411,12 @@ def _clean_source() -> str:
     return inspect.getsource(order_summary)
 
 
-def code_task(seed: int) -> Task:
-    """Fix ``order_summary`` so that six hidden unit tests pass."""
+def code_task(seed: int, *, catch_errors: bool = True) -> Task:
+    """Fix ``order_summary`` so that six hidden unit tests pass.
+
+    ``catch_errors=False`` is the ``code-raises`` task: ``evaluate`` lets the candidate's
+    ``ExecutionError`` out, and raises ``TypeError`` itself on a result that is not a dict.
+    """
     rng = random.Random(f"code:{seed}")
     buggy = rng.sample(range(len(_BUG_SITES)), CODE_BUGS)
     order = rng.sample(range(len(_BUG_SITES)), len(_BUG_SITES))  # hidden test order
@@ -424,10 +435,15 @@ def code_task(seed: int) -> Task:
         first_output: trace.Node | None = None
         for index in order:
             site = _BUG_SITES[index]
-            try:
-                output = agent.summarise(list(site.items))
-            except trace.ExecutionError as error:
-                return _exception_evaluation(error, "order_summary")
+            if not catch_errors:
+                output = agent.summarise(list(site.items))  # raises ExecutionError
+                if not isinstance(output.data, dict):
+                    raise TypeError(f"order_summary returned {type(output.data).__name__}")
+            else:
+                try:
+                    output = agent.summarise(list(site.items))
+                except trace.ExecutionError as error:
+                    return _exception_evaluation(error, "order_summary")
             if first_output is None:
                 first_output = output
             value = output.data.get(site.field) if isinstance(output.data, dict) else None
@@ -455,7 +471,7 @@ def code_task(seed: int) -> Task:
         )
 
     return Task(
-        name="code",
+        name="code" if catch_errors else "code-raises",
         seed=seed,
         make_agent=make_agent,
         evaluate=evaluate,

@@ -10,13 +10,13 @@ import collections
 import optuna
 from optuna.trial import TrialState
 import pytest
+from support_agents import CountingEvaluate
+from support_agents import make_greeter
 
 import trace_optuna as to
 from trace_optuna import demo
 from trace_optuna.population import Population
 from trace_optuna.strategies import EvolutionaryStrategy
-from support_agents import CountingEvaluate
-from support_agents import make_greeter
 
 
 class OddWordsCrash:

@@ -163,7 +163,8 @@ def test_failing_evaluate_is_recorded_and_the_study_goes_on(
     # told it failed, and the remembered failure is reused instead of evaluated again.
     again = study.record(3)
     assert again.duplicate_of == 2 and again.error == failed.error
-    assert again.llm["calls"] == 2 and "already evaluated, in Trial#2" in again.llm_calls[1]["user"]
+    assert again.llm["calls"] == 2
+    assert "already evaluated, in Trial#2" in again.llm_calls[1]["user"]
     assert len(crashed) == 1
 
 

@@ -378,7 +378,9 @@ def _stored_result(population: Population, candidate_hash: str) -> RunResult | N
     )
     # Which way it failed matters not here: the error's text says it.
     return RunResult(
-        score=None, feedback=failure.feedback, evaluate_error=failure.error,
+        score=None,
+        feedback=failure.feedback,
+        evaluate_error=failure.error,
         reused_from=failure.number,
     )
 

@@ -90,6 +90,7 @@ class Population:
         self._failed: set[int] = set()  # completed trials whose candidate failed
         # snapshot hash -> (trial, index in its trace:evaluated, or None for its candidate)
         self._failures: dict[str, tuple[int, int | None]] = {}
+        self._failed_children: dict[int, list[int]] = {}
         self._front: list[FrozenTrial] = []  # multi-objective: candidates none dominates
         self._holders: dict[tuple[str, str], int] = {}
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -148,6 +149,9 @@ class Population:
         failed = records.CANDIDATE_ERROR in attrs
         if failed and snapshot_hash is not None:
             self._failures.setdefault(snapshot_hash, (trial.number, None))
+            if trial.state == TrialState.FAIL:  # a completed one is among _children
+                for parent in attrs.get(records.PARENTS) or []:
+                    self._failed_children.setdefault(int(parent), []).append(trial.number)
         if records.EVALUATED in attrs:  # candidates a strategy evaluated, failed repairs
             for index, entry in enumerate(records.decode(attrs, records.EVALUATED) or []):
                 error = entry.get("error") or entry.get("code_error")  # schema 2 had only code's
@@ -325,6 +329,12 @@ class Population:
     def children(self, number: int) -> list[int]:
         """Completed trials that name trial ``number`` among their parents, in trial order."""
         return sorted(self._children.get(number, ()))
+
+    def tried_from(self, number: int) -> list[int]:
+        """Every candidate proposed from trial ``number`` and evaluated, in trial order: its
+        completed children and the failed trials whose candidate failed (their feedback is
+        the error), so a step from it sees what broke as well as what scored."""
+        return sorted({*self._children.get(number, ()), *self._failed_children.get(number, ())})
 
     def feedback(self, number: int) -> str:
         """The feedback stored with a trial's candidate ("" when there is none)."""

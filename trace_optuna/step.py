@@ -592,9 +592,7 @@ class TraceObjective:
             run.evaluated.append((dict(proposal.snapshot), result))
             self.runner.hold(proposal.snapshot)  # the graph's parameters hold its values again
             try:
-                update = optoprime_update(
-                    self._context(run, {}), result.feedback, result.output
-                )
+                update = optoprime_update(self._context(run, {}), result.feedback, result.output)
             except LLMError as error:
                 _logger.info("Trial#%d: no repair: %s", run.trial.number, error)
                 break

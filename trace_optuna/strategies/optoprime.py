@@ -191,7 +191,8 @@ def step_memory(context: StepContext, number: int, size: int) -> list[tuple[dict
     """OptoPrime memory for a step from trial ``number``: at most ``size`` entries, oldest first.
 
     The proposals already tried from ``number`` come first (the newest ``size`` of them, each
-    candidate once), then the ancestors of ``number`` fill what is left. Each entry is what
+    candidate once, failed ones included: their feedback is the error, so the LLM sees what
+    broke), then the ancestors of ``number`` fill what is left. Each entry is what
     OptoPrime keeps in ``optimizer.memory``: the variables (by the Trace names this process
     gives the parameters) with their values, and the feedback they got.
     """
@@ -199,7 +200,7 @@ def step_memory(context: StepContext, number: int, size: int) -> list[tuple[dict
         return []
     population = context.population
     tried, seen = [], set()
-    for child in reversed(population.children(number)):
+    for child in reversed(population.tried_from(number)):
         trial = population.trial(child)
         key = trial.user_attrs.get(records.SNAPSHOT_HASH)
         if records.DUPLICATE_OF in trial.user_attrs or key in seen:
