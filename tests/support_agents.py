@@ -88,3 +88,20 @@ class Translator:
 
     def reply(self, message: trace.Node) -> trace.Node:
         return self.answer(self.instruction, message)
+
+
+@trace.model
+class AskingTranslator:
+    """Answers through ``ask(instruction, message)``: the call a real agent makes to its LLM."""
+
+    def __init__(self, ask) -> None:
+        self.instruction = trace.node("Decide the language.", trainable=True)
+        self.ask = ask
+
+    @trace.bundle()
+    def answer(self, instruction, message):
+        """Answers the message as the instruction says."""
+        return self.ask(instruction, message)
+
+    def reply(self, message: trace.Node) -> trace.Node:
+        return self.answer(self.instruction, message)

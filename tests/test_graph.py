@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
+import concurrent.futures
 import gc
 import re
+import threading
 import weakref
 
 from opto import trace
 from opto.optimizers import OptoPrime
 from opto.trace.nodes import GRAPH
 import pytest
+from support_agents import AskingTranslator
 from support_agents import Greeter
 from support_agents import Translator
 from support_agents import make_greeter
@@ -147,6 +150,69 @@ def test_distinct_names_keeps_the_parameters_and_renames_the_others_once(
     assert len({node.py_name for node in shown}) == len(shown)
     assert renamed == {second.name: "str:0", other.name: "str:0", one.name: "x1:0"}
     assert graph.distinct_names([first, second], [joined, total]) == {}
+
+
+class ThreadPoolEvaluate:
+    """Runs the agent over two messages in a thread pool, as OpenTrace's trainer does.
+
+    The first message's LLM call is still running while the second example finishes and
+    reads its reply: in trace-opt 0.1.3.8, whose record of the nodes an operator reads is
+    one stack for all threads, that read landed in the first call's record, which then
+    failed with TraceMissingInputsError.
+    """
+
+    FIRST, SECOND = "Hola, soy Juan.", "¿Dónde está mi pedido?"
+
+    def __init__(self) -> None:
+        self.first_asking = threading.Event()
+        self.second_read = threading.Event()
+
+    def ask(self, instruction: str, message: str) -> str:
+        if message == self.FIRST:
+            self.first_asking.set()
+            assert self.second_read.wait(timeout=30)
+        return f"{instruction} {message}"
+
+    def example(self, agent: AskingTranslator, message: str) -> trace.Node:
+        if message == self.SECOND:
+            assert self.first_asking.wait(timeout=30)
+        out = agent.reply(trace.node(message))
+        assert out.data.endswith(message)
+        if message == self.SECOND:
+            self.second_read.set()
+        return out
+
+    def __call__(self, agent: AskingTranslator) -> to.Evaluation:
+        self.first_asking.clear()
+        self.second_read.clear()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            outs = list(pool.map(self.example, [agent, agent], [self.FIRST, self.SECOND]))
+        out = combine(*outs)
+        if "Spanish" in agent.instruction.data:
+            return to.Evaluation(score=1.0, feedback="The reply is perfect.", output=out)
+        return to.Evaluation(
+            score=0.0, feedback='The instruction should mention "Spanish".', output=out
+        )
+
+
+def test_evaluate_can_run_the_agent_in_a_thread_pool(sqlite_url: str) -> None:
+    evaluate = ThreadPoolEvaluate()
+    study = to.create_study(
+        study_name="threads",
+        storage=sqlite_url,
+        agent=lambda: AskingTranslator(evaluate.ask),
+        evaluate=evaluate,
+        llm=MODEL,
+        strategies=["optoprime"],
+        seed=0,
+    )
+    study.optimize(n_trials=2)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.record(1).snapshot["instruction"] == (
+        "Decide the language. Always mention Spanish."
+    )
+    names = [name for name, _ in _shown(study.record(1).llm_calls[0]["user"])]
+    assert len(names) == len(set(names))
 
 
 class EndlessEvaluate:

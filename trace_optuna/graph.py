@@ -25,18 +25,71 @@ ported from them do) still restarts the counters, and nodes made in ``evaluate``
 names of live parameters. :func:`distinct_names`, which ``SafeOptoPrime`` calls before it
 builds a prompt, renames such nodes, so each node is shown under a name of its own and every
 suggestion goes to the parameter it was made for.
+
+Trace records which nodes an operator reads in one process-wide stack (``USED_NODES``), so in
+trace-opt 0.1.3.8 agents run in a thread pool (as OpenTrace's trainer runs examples) read into
+each other's records, and an operator fails with ``TraceMissingInputsError`` naming another
+thread's nodes. :func:`release` replaces that stack with one kept per thread and per asyncio
+task (a context variable, as later OpenTrace versions do); in a single thread it behaves as
+Trace's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Iterator
+import contextvars
 from typing import Any
 from typing import SupportsIndex
 
+from opto.trace import bundle as trace_bundle
+from opto.trace import nodes as trace_nodes
 from opto.trace.nodes import GRAPH
 from opto.trace.nodes import Node
 
 __all__ = ["distinct_names", "registered_nodes", "release"]
+
+
+class _UsedNodes(list):  # type: ignore[type-arg]
+    """Trace's ``USED_NODES`` stack, one per thread and asyncio task (a context variable).
+
+    Trace only appends, pops, takes ``len()`` and reads ``[-1]``; a new thread starts empty.
+    """
+
+    def __init__(self, inherited: Iterable[Any]) -> None:
+        super().__init__()
+        self._stack: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+            "trace_optuna_used_nodes", default=()
+        )
+        self._stack.set(tuple(inherited))
+
+    def append(self, item: Any) -> None:
+        self._stack.set((*self._stack.get(), item))
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        stack = list(self._stack.get())
+        item = stack.pop(index)
+        self._stack.set(tuple(stack))
+        return item
+
+    def __len__(self) -> int:
+        return len(self._stack.get())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._stack.get()[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._stack.get())
+
+
+def _used_nodes_per_thread() -> None:
+    """Put a :class:`_UsedNodes` in place of Trace's ``USED_NODES`` (once)."""
+    if isinstance(trace_nodes.USED_NODES, _UsedNodes):
+        return
+    used_nodes = _UsedNodes(trace_nodes.USED_NODES)
+    # nodes.py reads it as its own global, bundle.py as the name it imported.
+    trace_nodes.USED_NODES = used_nodes
+    trace_bundle.USED_NODES = used_nodes
 
 
 class _ReleasedNames(list):  # type: ignore[type-arg]
@@ -70,11 +123,14 @@ def release() -> int:
     """Drop Trace's registry references to every node, keeping the name counters.
 
     Call it between steps (trace_optuna's step does, after every trial). Nodes that the caller
-    still references stay alive and keep their names; new nodes get new names.
+    still references stay alive and keep their names; new nodes get new names. The first call
+    also makes Trace's record of the nodes an operator reads one per thread (see the module's
+    docstring).
 
     Returns:
         How many registry references were dropped.
     """
+    _used_nodes_per_thread()
     dropped = 0
     for name, nodes in list(GRAPH._nodes.items()):
         held = list.__len__(nodes)
