@@ -72,3 +72,36 @@ def evaluate_dose(agent: Dose) -> to.Evaluation:
     if gap >= 0.5:
         feedback = "The dose is too large."
     return to.Evaluation(score=-abs(gap), feedback=feedback, output=out)
+
+
+@trace.model
+class Translator:
+    """One trainable instruction; the message it answers is a Trace node made by evaluate."""
+
+    def __init__(self) -> None:
+        self.instruction = trace.node("Decide the language.", trainable=True)
+
+    @trace.bundle()
+    def answer(self, instruction, message):
+        """Answers the message as the instruction says."""
+        return f"{instruction} {message}"
+
+    def reply(self, message: trace.Node) -> trace.Node:
+        return self.answer(self.instruction, message)
+
+
+@trace.model
+class AskingTranslator:
+    """Answers through ``ask(instruction, message)``: the call a real agent makes to its LLM."""
+
+    def __init__(self, ask) -> None:
+        self.instruction = trace.node("Decide the language.", trainable=True)
+        self.ask = ask
+
+    @trace.bundle()
+    def answer(self, instruction, message):
+        """Answers the message as the instruction says."""
+        return self.ask(instruction, message)
+
+    def reply(self, message: trace.Node) -> trace.Node:
+        return self.answer(self.instruction, message)

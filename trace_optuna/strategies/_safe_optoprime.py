@@ -12,6 +12,7 @@ import io
 import logging
 from typing import Any
 
+from trace_optuna import graph
 from trace_optuna.llm._imports import import_litellm
 from trace_optuna.strategies.optoprime import SuggestionError
 from trace_optuna.strategies.optoprime import cast_suggestion
@@ -29,7 +30,8 @@ _logger = logging.getLogger("trace_optuna.strategies.optoprime")
 
 
 class SafeOptoPrime(OptoPrime):
-    """Trace's OptoPrime with the suggestion-parsing bugs of trace-opt 0.1.3.8 fixed.
+    """Trace's OptoPrime with the suggestion-parsing bugs of trace-opt 0.1.3.8 fixed, and node
+    names made distinct before a prompt (:func:`trace_optuna.graph.distinct_names`).
 
     After :meth:`propose`, ``last_response`` holds the LLM's raw answer and ``rejected`` the
     suggestions that could not be cast (``{py_name: reason}``).
@@ -39,6 +41,18 @@ class SafeOptoPrime(OptoPrime):
         super().__init__(*args, **kwargs)
         self.last_response: str | None = None
         self.rejected: dict[str, str] = {}
+
+    def summarize(self) -> Any:
+        # The prompt shows every node of the feedback's graph by name and suggestions come back
+        # by name: names must be distinct first (GRAPH.clear() in evaluate makes them repeat).
+        trainable = [node for node in self.parameters if node.trainable]
+        shown = [
+            node
+            for parameter in trainable
+            for _, node in self.propagator.aggregate(parameter.feedback).graph
+        ]
+        graph.distinct_names(trainable, shown)
+        return super().summarize()
 
     def call_llm(
         self,

@@ -18,6 +18,7 @@ import json
 from typing import TYPE_CHECKING
 from typing import Any
 
+from trace_optuna import graph
 from trace_optuna import records
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
@@ -198,6 +199,7 @@ def step_memory(context: StepContext, number: int, size: int) -> list[tuple[dict
     """
     if size <= 0:
         return []
+    graph.distinct_names(context.parameters.values())  # as SafeOptoPrime will name them
     population = context.population
     tried, seen = [], set()
     for child in reversed(population.tried_from(number)):
