@@ -455,6 +455,7 @@ class TraceObjective:
             select=lambda candidates: self.selector.select(candidates, better),
             rng=random.Random(f"{self.seed}:{seed_number}"),
             attrs=extra,
+            optimizer=self.config.optimizer_settings(),
         )
         try:
             return strategy.propose(context)
