@@ -22,6 +22,7 @@ EXPORTED = [
     "LLM",
     "LLMError",
     "NoCompletedTrialError",
+    "OptimizerSettings",
     "ParameterSet",
     "Proposal",
     "RecordError",

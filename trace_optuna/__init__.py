@@ -45,6 +45,7 @@ from trace_optuna.registry import registry_history
 from trace_optuna.snapshots import restore
 from trace_optuna.snapshots import snapshot
 from trace_optuna.step import TraceObjective
+from trace_optuna.strategies import OptimizerSettings
 from trace_optuna.strategies import Proposal
 from trace_optuna.strategies import StepContext
 from trace_optuna.strategies import Strategy
@@ -68,6 +69,7 @@ __all__ = [
     "LLM",
     "LLMError",
     "NoCompletedTrialError",
+    "OptimizerSettings",
     "ParameterSet",
     "Proposal",
     "RecordError",

@@ -30,6 +30,7 @@ from trace_optuna.evaluation import check_score
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.storage import HEARTBEAT_INTERVAL_S
 from trace_optuna.storage import MAX_RETRY
+from trace_optuna.strategies.optimizer_settings import OptimizerSettings
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -77,6 +78,10 @@ class Config:
             ``"refuse"`` to reopen it.
         strategies: A strategy name, a :class:`~trace_optuna.Strategy`, or a list of them; the
             trial's ``strategy`` parameter picks one. Fixed for the life of a study.
+        optimizer: The optimizer settings a Trace user gives ``OptoPrime`` (``objective``,
+            ``max_tokens``, ``include_example``, ``ignore_extraction_error``), given once for
+            every strategy's prompts: a :class:`~trace_optuna.OptimizerSettings` or a dict of
+            its settings. None: Trace's defaults.
         direction: ``"maximize"`` (the default) or ``"minimize"`` the score, or an Optuna
             ``StudyDirection``.
         directions: Instead of ``direction``, for a multi-objective study: one direction per
@@ -142,6 +147,7 @@ class Config:
     on_conflict: OnConflict = "reevaluate"
     edited_start: EditedStart = "evaluate"
     strategies: Any = ("optoprime",)
+    optimizer: OptimizerSettings | Mapping[str, Any] | None = None
     direction: DirectionLike | None = None
     directions: Sequence[DirectionLike] | None = None
     sampler: optuna.samplers.BaseSampler | Callable[[], optuna.samplers.BaseSampler] | None = None
@@ -171,6 +177,8 @@ class Config:
                 f"Evaluation, got {type(self.evaluate).__name__}."
             )
         self._check_llm()
+        object.__setattr__(self, "optimizer", OptimizerSettings.coerce(self.optimizer))
+        self._check_objective_given_once()
         self.study_directions()  # checks direction/directions
         self._check_sampler()
         if self.pruner is not None and not isinstance(self.pruner, optuna.pruners.BasePruner):
@@ -275,6 +283,10 @@ class Config:
         _check_sampler_fits(built)
         return built
 
+    def optimizer_settings(self) -> OptimizerSettings:
+        """The ``optimizer`` option as :class:`~trace_optuna.OptimizerSettings`."""
+        return OptimizerSettings.coerce(self.optimizer)
+
     def for_reading(self) -> bool:
         """Whether this config can only read a study (no ``evaluate`` or no ``llm``)."""
         return self.evaluate is None or self.llm is None
@@ -287,6 +299,23 @@ class Config:
                 "llm must be a litellm model string (e.g. 'openai/gpt-4o-mini', or "
                 f"'simulated/feedback-follower' offline) or a trace_optuna.LLM; got {self.llm!r}."
             )
+
+    def _check_objective_given_once(self) -> None:
+        """Refuse an ``OptoPrimeStrategy(objective=...)`` that differs from ``optimizer``'s."""
+        from trace_optuna.strategies.optoprime import OptoPrimeStrategy
+
+        objective = self.optimizer_settings().objective
+        strategies = self.strategies
+        listed = strategies if isinstance(strategies, (list, tuple)) else [strategies]
+        for strategy in listed:
+            own = getattr(strategy, "objective", None)
+            if isinstance(strategy, OptoPrimeStrategy) and None not in (own, objective):
+                if own != objective:
+                    raise ConfigurationError(
+                        f"Two objectives: OptoPrimeStrategy(objective={own!r}) and optimizer "
+                        f"objective {objective!r}. Give it once, in optimizer={{'objective': "
+                        "...}: it reaches every strategy's prompts."
+                    )
 
     def _check_sampler(self) -> None:
         sampler = self.sampler

@@ -473,6 +473,7 @@ class TraceObjective:
             select=lambda candidates: self.selector.select(candidates, better),
             rng=random.Random(f"{self.seed}:{seed_number}"),
             attrs={},
+            optimizer=self.config.optimizer_settings(),
         )
 
     def _rerun_parent(self, run: _TrialRun, number: int) -> ParentEvaluation:

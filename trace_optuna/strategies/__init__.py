@@ -17,6 +17,7 @@ from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.evolutionary import EvolutionaryStrategy
 from trace_optuna.strategies.genetic import GeneticStrategy
 from trace_optuna.strategies.judge import Selector
+from trace_optuna.strategies.optimizer_settings import OptimizerSettings
 from trace_optuna.strategies.optoprime import OptoPrimeStrategy
 from trace_optuna.strategies.stop import StopStrategy
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EvolutionaryStrategy",
     "GeneticStrategy",
+    "OptimizerSettings",
     "OptoPrimeStrategy",
     "ParentEvaluation",
     "Proposal",

@@ -35,6 +35,9 @@ class SafeOptoPrime(OptoPrime):
 
     After :meth:`propose`, ``last_response`` holds the LLM's raw answer and ``rejected`` the
     suggestions that could not be cast (``{py_name: reason}``).
+
+    ``max_tokens=None`` sends no ``max_tokens``, so the LLM's own setting applies (Trace's
+    OptoPrime sends 4096 with every call, overriding ``LLM(..., max_tokens=...)``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,17 +62,14 @@ class SafeOptoPrime(OptoPrime):
         system_prompt: str,
         user_prompt: str,
         verbose: bool | str = False,
-        max_tokens: int = 4096,
+        max_tokens: int | None = None,
     ) -> str:
         messages = [
             {"role": "system", "content": system_prompt},
             {"role": "user", "content": user_prompt},
         ]
-        response = self.llm(
-            messages=messages,
-            response_format={"type": "json_object"},
-            max_tokens=max_tokens,
-        )
+        options = {} if max_tokens is None else {"max_tokens": max_tokens}
+        response = self.llm(messages=messages, response_format={"type": "json_object"}, **options)
         content = response.choices[0].message.content
         self.last_response = content if isinstance(content, str) else ""
         return self.last_response

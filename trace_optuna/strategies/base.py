@@ -25,6 +25,11 @@ Rules:
   start from, and any other exception for a real failure: the trial is recorded as FAIL with
   the reason and the study goes on. Do not catch-and-hide errors to return the parent
   unchanged.
+* Follow the study's optimizer settings (``context.optimizer``, given once by the user as
+  ``Config(optimizer=...)``) in every prompt you send: pass ``context.optimizer.call_options()``
+  to each LLM call (``max_tokens``) and show ``context.optimizer.objective_section()`` (the
+  objective, if any) in the prompt; :func:`~trace_optuna.strategies.optoprime.optoprime_update`
+  does both.
 * Check your constructor's arguments when the strategy is built (:func:`check_int`,
   :func:`check_number`), so a bad setting fails once, naming the argument and the rule,
   instead of failing every trial. A setting is either *fixed* (given to the constructor: the
@@ -53,6 +58,7 @@ from typing import ClassVar
 from typing import NoReturn
 
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.strategies.optimizer_settings import OptimizerSettings
 
 if TYPE_CHECKING:
     import optuna
@@ -176,6 +182,9 @@ class StepContext:
             ``selector="llm"``, by a pairwise LLM judge; returns the winner's index.
         rng: A random generator seeded from the study's seed and the trial number.
         attrs: Extra record attributes to store with the trial (keys start with ``trace:``).
+        optimizer: The study's optimizer settings (``Config(optimizer=...)``): the objective,
+            ``max_tokens`` and the rest, for every prompt the strategy sends
+            (``optimizer.call_options()`` are the keyword arguments of each LLM call).
     """
 
     trial: optuna.Trial
@@ -190,6 +199,7 @@ class StepContext:
     select: Callable[[list[tuple[dict[str, Any], RunResult]]], int]
     rng: random.Random
     attrs: dict[str, Any]
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
 
 
 class Strategy:

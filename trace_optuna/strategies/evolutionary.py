@@ -2,7 +2,8 @@
 
 1. A parent is drawn at random from the ``evolutionary.mu`` best stored candidates.
 2. ``evolutionary.offspring`` (lambda) OptoPrime proposals are made from the parent's live
-   graph, at temperatures spread evenly over ``temperature_range``, so they differ.
+   graph, at temperatures spread evenly over ``temperature_range``, so they differ; each
+   prompt follows the study's optimizer settings (objective, ``max_tokens``, ...).
 3. Every distinct offspring is evaluated; the best (by score, or by the LLM judge with
    ``selector="llm"``) becomes the trial's candidate. All offspring with their scores stay in
    the trial's ``trace:evaluated``: nothing evaluated is thrown away.

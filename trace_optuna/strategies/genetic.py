@@ -2,8 +2,9 @@
 
 1. Two parents are drawn from the stored population by tournaments of
    ``genetic.tournament_size`` candidates each (the best of each draw wins).
-2. An LLM crossover prompt shows both parents' values, scores and feedback and asks for a
-   child, one value per parameter (:data:`CROSSOVER_MARKER` opens the prompt).
+2. An LLM crossover prompt shows both parents' values, scores and feedback (and the study's
+   objective, if its optimizer settings give one) and asks for a child, one value per
+   parameter (:data:`CROSSOVER_MARKER` opens the prompt).
 3. With probability ``genetic.mutation_rate``, the child is evaluated and one OptoPrime step
    from its feedback mutates it.
 
@@ -136,10 +137,12 @@ class GeneticStrategy(Strategy):
         else:  # each score is a list: one number per objective
             header = {"directions": directions}
             goal = f"Each score lists {len(directions)} objectives, to {', '.join(directions)}."
+        objective = context.optimizer.objective_section()
         user = "\n".join(
             [
                 CROSSOVER_MARKER,
                 f"{goal} Combine the two parents into one child.",
+                *([objective] if objective else []),
                 PARENTS_MARKER,
                 json.dumps({**header, "parents": parents}, indent=2),
             ]
@@ -150,8 +153,13 @@ class GeneticStrategy(Strategy):
                 {"role": "user", "content": user},
             ],
             response_format={"type": "json_object"},
+            **context.optimizer.call_options(),
         )
-        return parse_child(text, population.snapshot(better.number))
+        return parse_child(
+            text,
+            population.snapshot(better.number),
+            strict=not context.optimizer.ignore_extraction_error,
+        )
 
     def _mutate(self, context: StepContext, child: dict[str, Any]) -> dict[str, Any]:
         result = context.evaluate(child)
@@ -163,14 +171,16 @@ class GeneticStrategy(Strategy):
         return {**child, **optoprime_update(context, feedback, output)}
 
 
-def parse_child(text: str, template: dict[str, Any]) -> dict[str, Any]:
+def parse_child(text: str, template: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
     """Read the child from a crossover answer, typed like ``template`` (the better parent).
 
-    Parameters the answer leaves out, or gives a value of the wrong type, keep the better
-    parent's value.
+    Parameters the answer leaves out keep the better parent's value; so do those it gives a
+    value of the wrong type, unless ``strict`` (the optimizer settings'
+    ``ignore_extraction_error=False``).
 
     Raises:
-        LLMError: If the answer holds no ``child`` object.
+        LLMError: If the answer holds no ``child`` object, or, with ``strict``, a value that
+            cannot be converted to its parameter's type.
     """
     child = None
     for candidate in (text, *re.findall(r"\{.*\}", text, re.DOTALL)):
@@ -183,10 +193,18 @@ def parse_child(text: str, template: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(child, dict):
         raise LLMError("The crossover answer holds no child object.", response=text)
     result = dict(template)
+    rejected = {}
     for path, current in template.items():
         if path in child:
             try:
                 result[path] = cast_suggestion(current, child[path])
-            except SuggestionError:
-                pass  # keep the better parent's value
+            except SuggestionError as error:
+                rejected[path] = str(error)  # the better parent's value stays
+    if rejected and strict:
+        reason = "; ".join(f"{path}: {error}" for path, error in rejected.items())
+        raise LLMError(
+            f"The crossover's child could not be used ({reason}), and the optimizer settings "
+            "say ignore_extraction_error=False.",
+            response=text,
+        )
     return result

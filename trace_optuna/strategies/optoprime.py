@@ -123,7 +123,8 @@ class OptoPrimeStrategy(Strategy):
         memory_size: How many earlier (variables, feedback) pairs OptoPrime shows, an int >=
             0. None: sampled as ``optoprime.memory_size`` in [0, 4].
         objective: Replaces OptoPrime's default instruction to the LLM, a non-empty str;
-            None keeps the default.
+            None takes the study's (``Config(optimizer={"objective": ...})``, which reaches
+            every strategy), or OptoPrime's default. A study refuses two different ones.
 
     Raises:
         ConfigurationError: If a setting is of the wrong type or out of its range.
@@ -171,7 +172,7 @@ class OptoPrimeStrategy(Strategy):
             parent.feedback,
             parent.output,
             memory=step_memory(context, parent.number, memory_size),
-            objective=self.objective,
+            objective=self.objective,  # None: the study's (context.optimizer)
             llm=_with_temperature(context.llm, context.settings.get("temperature")),
         )
         candidate = dict(parent.snapshot)
@@ -240,7 +241,9 @@ def optoprime_update(
 
     ``output`` is the Trace node of a run whose graph is live and ``feedback`` its feedback;
     the agent's parameters must still hold that run's values (``context.evaluate_parent`` and
-    ``context.evaluate`` leave them so).
+    ``context.evaluate`` leave them so). The study's optimizer settings
+    (``context.optimizer``) apply: its objective unless ``objective`` is given, its
+    ``max_tokens``, ``include_example`` and ``ignore_extraction_error``.
 
     A proposal the study already evaluated and saw fail (:meth:`Population.failure
     <trace_optuna.population.Population.failure>`) is not returned as it is: the LLM is told
@@ -248,7 +251,8 @@ def optoprime_update(
 
     Raises:
         LLMError: If the LLM's answer held no usable suggestion (an explicit ``TERMINATE``
-            is not an error: it returns ``{}``, meaning "no change").
+            is not an error: it returns ``{}``, meaning "no change"), or, with
+            ``ignore_extraction_error=False``, any suggestion that could not be used.
     """
     current = {path: node._data for path, node in context.parameters.items()}
     update = _optoprime_once(context, feedback, output, memory, objective, llm)
@@ -273,11 +277,14 @@ def _optoprime_once(
 ) -> dict[str, Any]:
     from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
 
+    settings = context.optimizer
     optimizer = SafeOptoPrime(
         list(context.parameters.values()),
         llm=llm or context.llm,
         memory_size=len(memory),
-        objective=objective,
+        objective=objective or settings.objective,
+        include_example=settings.include_example,
+        max_tokens=settings.max_tokens,
     )
     for entry in memory:
         optimizer.memory.add(entry)
@@ -285,6 +292,13 @@ def _optoprime_once(
     optimizer.backward(output, feedback, retain_graph=True)
     update = optimizer.propose()
     response = optimizer.last_response or ""
+    if optimizer.rejected and not settings.ignore_extraction_error:
+        reason = "; ".join(f"{k}: {v}" for k, v in optimizer.rejected.items())
+        raise LLMError(
+            f"The LLM's suggestion could not be used ({reason}), and the optimizer settings "
+            "say ignore_extraction_error=False.",
+            response=response,
+        )
     if not update and "TERMINATE" not in response:
         reason = "; ".join(f"{k}: {v}" for k, v in optimizer.rejected.items())
         raise LLMError(

@@ -15,6 +15,9 @@ A STOP trial takes the best trial as parent, runs the current improver version o
 and feedback in a sandbox (:mod:`trace_optuna.strategies.sandbox`), and proposes what the
 improver returns. Every utility call is ``context.evaluate`` in the worker, so each candidate
 is recorded in ``trace:evaluated`` and no snapshot is evaluated twice.
+The study's optimizer settings (``Config(optimizer=...)``) apply to every LLM call the
+improver makes: ``max_tokens``, and the objective as a system message (``#Objective``) before
+each solution prompt (a meta-step's prompts about the improver's own source get none).
 
 Self-improvement. Every ``meta_every`` (K) STOP trials of the current version, a *meta-step*
 runs the current improver on its own source and, if it returns a different valid program,
@@ -700,7 +703,7 @@ class StopStrategy(Strategy):
                 version.source,
                 feedback,
                 self.meta_budget,
-                llm=step.llm,
+                llm=step.program_llm,  # the program is improved, not a solution
                 utility=program_utility,
                 limits=self.limits(self.meta_budget),
             )
@@ -751,8 +754,21 @@ class _Step:
         self.results: dict[str, RunResult] = {}
 
     def llm(self, messages: list[dict[str, str]], temperature: float | None) -> str:
-        """One LLM call through the study's LLM (accounted to the trial)."""
-        options = {} if temperature is None else {"temperature": temperature}
+        """One solution prompt through the study's LLM (accounted to the trial).
+
+        The study's objective (its optimizer settings) comes first, as a system message, so
+        every improver version's prompts carry it, whatever it writes.
+        """
+        objective = self.context.optimizer.objective_section()
+        if objective is not None:
+            messages = [{"role": "system", "content": objective}, *messages]
+        return self.program_llm(messages, temperature)
+
+    def program_llm(self, messages: list[dict[str, str]], temperature: float | None) -> str:
+        """One LLM call of a meta-step's improver on its own source: no objective added."""
+        options = dict(self.context.optimizer.call_options())
+        if temperature is not None:
+            options["temperature"] = temperature
         return self.context.llm.complete(messages, **options)
 
     def utility(self, solution: Any) -> float:
