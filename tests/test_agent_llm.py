@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import opto.utils.llm as opto_llm
+import optuna
 import pytest
 from support_agent_llm import QUERY
 from support_agent_llm import SYSTEM_PROMPT
@@ -69,6 +70,11 @@ def test_the_agents_calls_are_recorded_per_trial_apart_from_the_optimizers(
         assert all(call["system"] == SYSTEM_PROMPT for call in step.agent_llm_calls)
         assert all(SYSTEM_PROMPT not in call["system"] for call in step.llm_calls)
     assert model.take_calls() == []  # every call went to a trial's record
+    # optuna-dashboard's note of the trial shows both.
+    from optuna_dashboard import get_note
+
+    note = str(get_note(optuna.Trial(study.optuna, study.trials[0]._trial_id)))
+    assert "### The agent's LLM" in note and f"| `{SIMULATED}` | 2 |" in note
     # Outside evaluate, Trace's own model is back.
     assert opto_llm.LLM is TRACE_MODEL and opto_llm.AbstractModel.__call__ is TRACE_CALL
 

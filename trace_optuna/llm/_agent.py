@@ -145,6 +145,11 @@ def _trace_model_class() -> type:
         """
 
         def __init__(self, model: str | None = None, *args: Any, **kwargs: Any) -> None:
+            if not _installed:
+                raise ConfigurationError(
+                    "TraceModel answers with the agent_llm of a running evaluate; none runs. "
+                    "Build Trace's models with opto.utils.llm.LLM() instead."
+                )
             llm = _installed[-1]
             self.model_name = llm.model
             super().__init__(functools.partial(_identity, _with_own_calls(llm)))
