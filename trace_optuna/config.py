@@ -62,6 +62,11 @@ class Config:
             :class:`~trace_optuna.TraceObjective`). None opens a study for reading only.
         llm: The optimizer's model: a litellm model string (``"openai/gpt-4o-mini"``;
             ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
+        agent_llm: The agent's own model, as ``llm``: while ``evaluate`` runs, every call to a
+            Trace model (``call_llm``, ``opto.utils.llm.LLM()``, also one the agent built in
+            ``__init__``) is answered by it instead of ``TRACE_LITELLM_MODEL``'s, and recorded
+            per trial apart from the optimizer's (``trace:agent_llm``); costs count both. None
+            leaves the agent's calls alone (and unrecorded).
         evaluate_form: ``"agent"`` calls ``evaluate(agent)``, ``"agent_trial"`` calls
             ``evaluate(agent, trial)``. None decides by ``evaluate``'s required positional
             parameters: one is ``"agent"``, two is ``"agent_trial"`` (a second parameter with a
@@ -142,6 +147,7 @@ class Config:
     agent: Any = None
     evaluate: Callable[..., Evaluation] | None = None
     llm: str | LLM | None = None
+    agent_llm: str | LLM | None = None
     evaluate_form: EvaluateForm | None = None
     parameters: Selection | None = None
     on_conflict: OnConflict = "reevaluate"
@@ -294,11 +300,16 @@ class Config:
     def _check_llm(self) -> None:
         from trace_optuna.llm import LLM  # cheap: litellm comes when an LLM is built
 
-        if self.llm is not None and not isinstance(self.llm, (str, LLM)):
-            raise ConfigurationError(
-                "llm must be a litellm model string (e.g. 'openai/gpt-4o-mini', or "
-                f"'simulated/feedback-follower' offline) or a trace_optuna.LLM; got {self.llm!r}."
-            )
+        for name in ("llm", "agent_llm"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, LLM) or (isinstance(value, str) and value.strip())
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a litellm model string (e.g. 'openai/gpt-4o-mini', or "
+                    f"'simulated/feedback-follower' offline) or a trace_optuna.LLM; got "
+                    f"{value!r}."
+                )
 
     def _check_objective_given_once(self) -> None:
         """Refuse an ``OptoPrimeStrategy(objective=...)`` that differs from ``optimizer``'s."""

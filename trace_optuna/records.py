@@ -27,6 +27,9 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
                                latency_s}
 ``trace:llm_calls``            list, one {system, user, response} per LLM call: the prompts
                                sent and the raw response (or its error); chunked as one value
+``trace:agent_llm``            as ``trace:llm``, for the agent's own model (``agent_llm``):
+                               the calls the agent made while ``evaluate`` ran
+``trace:agent_llm_calls``      as ``trace:llm_calls``, for those calls
 ``trace:time``                 {evaluate_s, llm_s, total_s}
 ``trace:worker``               {host, pid}
 ``trace:duplicate_of``         int, the trial that already evaluated this exact candidate
@@ -98,6 +101,7 @@ trialled or reverted, why, and the meta-utility), with ids ``seed`` and ``t<tria
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import json
 from typing import TYPE_CHECKING
@@ -108,6 +112,8 @@ from trace_optuna.snapshots import value_hash
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
+
+    from trace_optuna.llm import LLMCall
 
 SCHEMA_VERSION = 2
 MAX_ATTR_BYTES = 60_000
@@ -128,6 +134,8 @@ SNAPSHOT_HASH = "trace:snapshot_hash"
 LLM = "trace:llm"
 LLM_CALLS = "trace:llm_calls"
 LLM_PARTS = ("system", "user", "response")
+AGENT_LLM = "trace:agent_llm"  # the agent's own model (Config.agent_llm), as LLM
+AGENT_LLM_CALLS = "trace:agent_llm_calls"  # its calls' texts, as LLM_CALLS
 TIME = "trace:time"
 WORKER = "trace:worker"
 DUPLICATE_OF = "trace:duplicate_of"
@@ -188,6 +196,8 @@ RESERVED = frozenset(
         SNAPSHOT_HASH,
         LLM,
         LLM_CALLS,
+        AGENT_LLM,
+        AGENT_LLM_CALLS,
         TIME,
         WORKER,
         DUPLICATE_OF,
@@ -324,6 +334,60 @@ def llm_calls(attrs: Mapping[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def llm_usage(model: str, calls: Sequence[LLMCall], agent: bool = False) -> dict[str, Any]:
+    """A model's calls in a trial: ``{trace:llm: summary, trace:llm_calls: texts}``, or with
+    ``agent`` the agent's own model's (``trace:agent_llm``, ``trace:agent_llm_calls``)."""
+    cost = [call.cost_usd for call in calls if call.cost_usd is not None]
+    summary = {
+        "model": model,
+        "calls": len(calls),
+        "prompt_tokens": sum(call.prompt_tokens for call in calls),
+        "completion_tokens": sum(call.completion_tokens for call in calls),
+        "cost_usd": round(sum(cost), 8) if cost else None,
+        "latency_s": round(sum(call.latency_s for call in calls), 6),
+    }
+    # All calls' texts in one attribute (schema 2): Optuna reads a study one attribute row
+    # at a time, and a joining worker reads every trial's.
+    texts = []
+    for call in calls:
+        system = [m.get("content") for m in call.messages if m.get("role") == "system"]
+        user = [m.get("content") for m in call.messages if m.get("role") != "system"]
+        response = call.response if call.error is None else f"[error] {call.error}"
+        texts.append(
+            {"system": _joined(system), "user": _joined(user), "response": response or ""}
+        )
+    if agent:
+        return {AGENT_LLM: summary, AGENT_LLM_CALLS: texts or None}
+    return {LLM: summary, LLM_CALLS: texts or None}
+
+
+def _joined(contents: list[Any]) -> str:
+    """Messages' contents as one text (a content that is not text, e.g. parts, as JSON)."""
+    return "\n\n".join(
+        content if isinstance(content, str) else json.dumps(content, default=str)
+        for content in contents
+    )
+
+
+def usage_total(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial's LLM calls add up to, the optimizer's and the agent's own:
+    ``{calls, tokens, cost_usd}`` (``cost_usd`` None when no call had a known price)."""
+    calls = tokens = 0
+    costs = []
+    for key in (LLM, AGENT_LLM):
+        summary = attrs.get(key)
+        if not isinstance(summary, dict):
+            continue
+        calls += int(summary.get("calls") or 0)
+        tokens += int(summary.get("prompt_tokens") or 0) + int(
+            summary.get("completion_tokens") or 0
+        )
+        cost = summary.get("cost_usd")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            costs.append(float(cost))
+    return {"calls": calls, "tokens": tokens, "cost_usd": sum(costs) if costs else None}
+
+
 def write(set_attr: Any, values: Mapping[str, Any]) -> None:
     """Store logical attributes through ``set_attr(key, value)`` (e.g. ``trial.set_user_attr``).
 
@@ -386,6 +450,9 @@ class TrialRecord:
         improvement: Score minus parent score.
         llm: Usage summary (model, calls, tokens, cost, latency).
         llm_calls: Each call's ``system``, ``user`` and ``response`` text.
+        agent_llm: The agent's own model's usage summary (``Config.agent_llm``); empty when
+            the study has none.
+        agent_llm_calls: Each of the agent's calls' texts, as ``llm_calls``.
         time: Wall times of evaluation and LLM.
         worker: Host and pid of the process that ran the trial.
         duplicate_of: The trial whose score was reused because it evaluated the same candidate.
@@ -418,6 +485,8 @@ class TrialRecord:
     improvement: float | None
     llm: dict[str, Any]
     llm_calls: list[dict[str, str]]
+    agent_llm: dict[str, Any]
+    agent_llm_calls: list[dict[str, str]]
     time: dict[str, float]
     worker: dict[str, Any]
     duplicate_of: int | None
@@ -507,6 +576,11 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         improvement=attrs.get(IMPROVEMENT),
         llm=dict(summary),
         llm_calls=calls,
+        agent_llm=dict(attrs.get(AGENT_LLM) or {}),
+        agent_llm_calls=[
+            {part: str(call.get(part) or "") for part in LLM_PARTS}
+            for call in decode(attrs, AGENT_LLM_CALLS) or []
+        ],
         time=dict(attrs.get(TIME) or {}),
         worker=dict(attrs.get(WORKER) or {}),
         duplicate_of=attrs.get(DUPLICATE_OF),

@@ -243,10 +243,11 @@ class StrategyBandit(BaseSampler):
         prior_reward: The reward an arm that was never tried counts with, as one pull made at
             trial 0, in the units of rewards. None: every arm is tried once before any arm is
             tried twice.
-        per_llm_call: Divide a trial's reward by its LLM calls (``trace:llm``; at least 1), so
-            the bandit ranks strategies by improvement per call: an evolutionary trial making
-            five proposals must improve five times as much as a one-call greedy step to rank
-            equal. False ranks by improvement per trial.
+        per_llm_call: Divide a trial's reward by its LLM calls (``trace:llm``, plus the agent's
+            own in ``trace:agent_llm``; at least 1), so the bandit ranks strategies by
+            improvement per call: an evolutionary trial making five proposals must improve five
+            times as much as a one-call greedy step to rank equal. False ranks by improvement
+            per trial.
 
     Raises:
         ConfigurationError: (a ValueError) an argument breaks the rule its description states.
@@ -559,7 +560,6 @@ def _finite_list(value: object, count: int) -> list[float] | None:
 
 
 def _llm_calls(trial: FrozenTrial) -> int:
-    """The LLM calls a trial made, from its ``trace:llm`` record (1 when it has none)."""
-    usage = trial.user_attrs.get(records.LLM)
-    calls = usage.get("calls") if isinstance(usage, dict) else None
-    return max(1, int(calls)) if isinstance(calls, (int, float)) and calls > 0 else 1
+    """The LLM calls a trial made, the optimizer's (``trace:llm``) and the agent's own
+    (``trace:agent_llm``); at least 1."""
+    return max(1, records.usage_total(trial.user_attrs)["calls"])

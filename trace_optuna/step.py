@@ -81,6 +81,7 @@ from trace_optuna.exceptions import RecordError
 from trace_optuna.exceptions import TrialFailed
 from trace_optuna.knobs import STRATEGY_PARAM
 from trace_optuna.llm import LLM
+from trace_optuna.llm._agent import agent_llm_for
 from trace_optuna.observers import TrialObserver
 from trace_optuna.observers import notify
 from trace_optuna.observers import observers_for
@@ -184,6 +185,9 @@ class TraceObjective:
         self.shared = share_for(config.agent, config.parameters, config.on_conflict)
         self.runner = AgentRunner(config, self.shared)
         self.llm = config.llm if isinstance(config.llm, LLM) else _resolve_llm(config.llm)
+        self.agent_llm = agent_llm_for(config.agent_llm)
+        if self.agent_llm is not None:  # the agent's Trace model calls: answered and metered
+            self.runner.evaluate = self.agent_llm.routing(self.runner.evaluate)
         self.strategies = {strategy.name: strategy for strategy in resolve(config.strategies)}
         self.error_score = config.error_score
         self.selector = Selector(config.selector, self.llm)
@@ -690,25 +694,11 @@ class TraceObjective:
         notify(self.observers, "record_written", trial, record)  # e.g. the dashboard's note
 
     def _llm_record(self) -> dict[str, Any]:
-        calls = self.llm.take_calls()
-        cost = [call.cost_usd for call in calls if call.cost_usd is not None]
-        summary = {
-            "model": self.llm.model,
-            "calls": len(calls),
-            "prompt_tokens": sum(call.prompt_tokens for call in calls),
-            "completion_tokens": sum(call.completion_tokens for call in calls),
-            "cost_usd": round(sum(cost), 8) if cost else None,
-            "latency_s": round(sum(call.latency_s for call in calls), 6),
-        }
-        # All calls' texts in one attribute (schema 2): Optuna reads a study one attribute row
-        # at a time, and a joining worker reads every trial's.
-        texts = []
-        for call in calls:
-            system = "\n\n".join(m["content"] for m in call.messages if m["role"] == "system")
-            user = "\n\n".join(m["content"] for m in call.messages if m["role"] != "system")
-            response = call.response if call.error is None else f"[error] {call.error}"
-            texts.append({"system": system, "user": user, "response": response or ""})
-        return {records.LLM: summary, records.LLM_CALLS: texts or None}
+        record = records.llm_usage(self.llm.model, self.llm.take_calls())
+        if self.agent_llm is not None:  # the agent's own calls, apart from the optimizer's
+            calls = self.agent_llm.take_calls()
+            record.update(records.llm_usage(self.agent_llm.model, calls, agent=True))
+        return record
 
 
 class _CandidateFailed(Exception):

@@ -138,17 +138,7 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
 
     llm = attrs.get(records.LLM)
     if isinstance(llm, dict) and llm.get("calls"):
-        cost = llm.get("cost_usd")
-        lines += [
-            "### LLM",
-            "",
-            "| model | calls | prompt tokens | completion tokens | cost (USD) | latency (s) |",
-            "|---|---|---|---|---|---|",
-            f"| `{llm.get('model')}` | {llm.get('calls')} | {llm.get('prompt_tokens', 0):,} | "
-            f"{llm.get('completion_tokens', 0):,} | "
-            f"{'unknown' if cost is None else f'{cost:.6g}'} | {llm.get('latency_s', 0):.3g} |",
-            "",
-        ]
+        lines += ["### LLM", "", *_usage_table(llm), ""]
         offloaded = attrs.get(records.ARTIFACTS) or {}
         where = []
         for index, _ in enumerate(records.llm_calls(attrs)):
@@ -166,6 +156,10 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
             where.append(f"- call {index}: " + ", ".join(parts))
         if where:
             lines += ["Prompts and responses:", "", *where, ""]
+    agent_llm = attrs.get(records.AGENT_LLM)
+    if isinstance(agent_llm, dict) and agent_llm.get("calls"):
+        lines += ["### The agent's LLM", "", *_usage_table(agent_llm), ""]
+        lines += [f"Prompts and responses in `{records.AGENT_LLM_CALLS}`.", ""]
     timing = attrs.get(records.TIME)
     if isinstance(timing, dict) and timing:
         lines.append(
@@ -173,6 +167,18 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
             f"{timing.get('llm_s', 0):.3g} s, total {timing.get('total_s', 0):.3g} s.*"
         )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _usage_table(llm: dict[str, Any]) -> list[str]:
+    """A markdown table of one model's calls in a trial (``trace:llm``, ``trace:agent_llm``)."""
+    cost = llm.get("cost_usd")
+    return [
+        "| model | calls | prompt tokens | completion tokens | cost (USD) | latency (s) |",
+        "|---|---|---|---|---|---|",
+        f"| `{llm.get('model')}` | {llm.get('calls')} | {llm.get('prompt_tokens', 0):,} | "
+        f"{llm.get('completion_tokens', 0):,} | "
+        f"{'unknown' if cost is None else f'{cost:.6g}'} | {llm.get('latency_s', 0):.3g} |",
+    ]
 
 
 def split_diff(diff_text: str, paths: list[str]) -> dict[str, str]:

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 def plot_cost(study: optuna.Study | TraceStudy) -> go.Figure:
     """LLM tokens (prompt + completion) and USD, per trial and cumulative, per strategy.
 
-    Failed trials count: their LLM calls were paid for. A trial whose model has no price in
-    litellm's table counts 0 USD (its hover text says the cost is unknown).
+    A trial's calls are the optimizer's and, with ``agent_llm``, the agent's own. Failed trials
+    count: their LLM calls were paid for. A trial whose models have no price in litellm's table
+    counts 0 USD (its hover text says the cost is unknown).
 
     Args:
         study: A trace_optuna study, or its ``optuna.Study``.

@@ -32,11 +32,13 @@ class _Trial:
     changed: list[str]
     feedback: str
     error: str
-    tokens: int
-    cost_usd: float | None
+    tokens: int  # the optimizer's and the agent's own model's (agent_llm) together
+    cost_usd: float | None  # both, too; None when no call had a known price
     duplicate_of: int | None
     stop_version: str | None
     published: int | None = None  # the registry version it published (shared parameters)
+    agent_tokens: int = 0  # of ``tokens``, the agent's own model's
+    agent_cost_usd: float | None = None  # of ``cost_usd``, the agent's own model's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +96,9 @@ def _gather(study: optuna.Study | TraceStudy) -> _StudyData:
 
 def _read(frozen: FrozenTrial) -> _Trial:
     record = records.build_record(frozen, {})
-    llm = record.llm
-    cost = llm.get("cost_usd")
+    usage = records.usage_total(frozen.user_attrs)
+    agent = record.agent_llm
+    agent_cost = agent.get("cost_usd")
     stop_version = frozen.user_attrs.get("trace:stop_version")  # strategies.stop.VERSION_ATTR
     # A multi-objective trial: its first objective (the figures say so in their labels).
     values = frozen.values if frozen.state == TrialState.COMPLETE else None
@@ -112,11 +115,14 @@ def _read(frozen: FrozenTrial) -> _Trial:
         changed=record.changed,
         feedback=record.feedback or "",
         error=record.error or "",
-        tokens=int(llm.get("prompt_tokens") or 0) + int(llm.get("completion_tokens") or 0),
-        cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+        tokens=usage["tokens"],
+        cost_usd=usage["cost_usd"],
         duplicate_of=record.duplicate_of,
         stop_version=stop_version if isinstance(stop_version, str) else None,
         published=_published_version(frozen),
+        agent_tokens=int(agent.get("prompt_tokens") or 0)
+        + int(agent.get("completion_tokens") or 0),
+        agent_cost_usd=float(agent_cost) if isinstance(agent_cost, (int, float)) else None,
     )
 
 

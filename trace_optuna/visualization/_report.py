@@ -148,6 +148,15 @@ def _summary(inner: optuna.Study, data: _StudyData) -> str:
     known = [trial.cost_usd for trial in data.trials if trial.cost_usd is not None]
     rows.append(("LLM tokens", f"{sum(trial.tokens for trial in data.trials):,}"))
     rows.append(("LLM cost", f"{sum(known):.6g} USD" if known else "unknown"))
+    if any(trial.agent_tokens for trial in data.trials):  # agent_llm: its share of the above
+        agent_known = [t.agent_cost_usd for t in data.trials if t.agent_cost_usd is not None]
+        rows.append(
+            (
+                "of which the agent's LLM",
+                f"{sum(trial.agent_tokens for trial in data.trials):,} tokens, "
+                + (f"{sum(agent_known):.6g} USD" if agent_known else "cost unknown"),
+            )
+        )
     return "\n".join(
         f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
         for name, value in rows
