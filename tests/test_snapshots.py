@@ -222,3 +222,150 @@ def test_every_record_a_study_wrote_restores_into_a_fresh_agent(
     tampered = {**study.best_snapshot, "excitement": "2"}
     with pytest.raises(to.SnapshotError, match="'excitement' holds an int and the snapshot"):
         to.restore(make_greeter(), tampered)
+
+
+def _numpy_agent() -> dict[str, object]:
+    import numpy as np
+
+    return {
+        "count": trace.node(np.int64(3), trainable=True),
+        "rate": trace.node(np.float32(0.5), trainable=True),
+        "flag": trace.node(np.bool_(True), trainable=True),
+        "sizes": trace.node([np.int64(1), np.int32(2)], trainable=True),
+    }
+
+
+def test_numpy_scalars_are_taken_as_the_python_values_they_hold() -> None:
+    import numpy as np
+
+    agent = _numpy_agent()
+    values = to.snapshot(agent)
+    assert values == {"count": 3, "flag": True, "rate": 0.5, "sizes": [1, 2]}
+    assert [type(values[path]) for path in ("count", "flag", "rate")] == [int, bool, float]
+    assert type(values["sizes"][0]) is int
+    to.restore(agent, {**values, "count": np.int64(7), "sizes": [np.int16(4)]})
+    assert agent["count"]._data == 7 and type(agent["count"]._data) is int
+    assert agent["sizes"]._data == [4] and type(agent["sizes"]._data[0]) is int
+    # The kind check sees the numbers they hold: an int64 parameter is an int parameter.
+    refused = "'count' holds an int and the snapshot gives a str"
+    with pytest.raises(to.SnapshotError, match=refused):
+        to.restore(_numpy_agent(), {**values, "count": "3"})
+
+
+class _Larger:
+    """Asks for a larger ``count`` until it is at least 5."""
+
+    def __call__(self, agent: dict[str, trace.Node]) -> to.Evaluation:
+        out = agent["count"] + 0
+        ok = out.data >= 5
+        return to.Evaluation(
+            score=float(ok),
+            feedback="Correct." if ok else "The count is too small: make it larger by 1.",
+            output=out,
+        )
+
+
+def test_a_study_of_numpy_valued_parameters_stores_plain_values(
+    storage_url: str, study_name: str
+) -> None:
+    study = to.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=_numpy_agent,
+        evaluate=_Larger(),
+        llm="simulated/feedback-follower",
+        strategies="optoprime",
+        seed=0,
+    )
+    study.optimize(n_trials=3)
+    records = [study.record(trial.number) for trial in study.trials]
+    assert [record.state for record in records] == ["COMPLETE"] * 3
+    assert records[0].snapshot == {"count": 3, "flag": True, "rate": 0.5, "sizes": [1, 2]}
+    assert [record.snapshot["count"] for record in records] == [3, 4, 5]
+    assert study.best_value == 1.0 and study.best_snapshot["count"] == 5
+    assert to.snapshot(study.load_best()) == study.best_snapshot
+
+
+# Trace's quick start: a trainable function defined at module level.
+@trace.bundle(trainable=True)
+def strange_sort_list(lst):
+    """Sort the list as the test asks."""
+    lst = sorted(lst)
+    return lst
+
+
+STRANGE_SORT_CODE = strange_sort_list.parameter._data
+
+
+def _sort_in_reverse(agent: dict[str, object]) -> to.Evaluation:
+    out = agent["sort"]([3, 1, 2])
+    ok = out.data == [3, 2, 1]
+    return to.Evaluation(
+        score=float(ok),
+        feedback="Correct." if ok else 'Replace "sorted(lst)" with "sorted(lst, reverse=True)".',
+        output=out,
+    )
+
+
+def test_optimize_and_load_best_leave_a_module_level_function_as_it_was(
+    storage_url: str, study_name: str
+) -> None:
+    assert strange_sort_list.parameter._data == STRANGE_SORT_CODE
+    study = to.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=lambda: {"sort": strange_sort_list},
+        evaluate=_sort_in_reverse,
+        llm="simulated/feedback-follower",
+        strategies="optoprime",
+        seed=0,
+    )
+    study.optimize(n_trials=2)
+    # The second trial ran the candidate (in the module's function, as Trace runs it) ...
+    assert [trial.value for trial in study.trials] == [0.0, 1.0]
+    assert "sorted(lst, reverse=True)" in study.best_snapshot["sort"]
+    # ... and the module's function has its own code back.
+    assert strange_sort_list.parameter._data == STRANGE_SORT_CODE
+    assert strange_sort_list([3, 1, 2]).data == [1, 2, 3]
+
+    best = study.load_best()
+    assert best["sort"]([3, 1, 2]).data == [3, 2, 1]  # the agent runs the best code
+    assert to.snapshot(best) == study.best_snapshot
+    assert strange_sort_list.parameter._data == STRANGE_SORT_CODE
+    assert strange_sort_list([3, 1, 2]).data == [1, 2, 3]
+
+    # A study opened again in this process continues from its best, and puts the code back too.
+    again = to.load_study(
+        study_name=study_name,
+        storage=storage_url,
+        agent=lambda: {"sort": strange_sort_list},
+        evaluate=_sort_in_reverse,
+        llm="simulated/feedback-follower",
+    )
+    again.optimize(n_trials=1)
+    assert study.optuna.trials[-1].value == 1.0
+    assert strange_sort_list.parameter._data == STRANGE_SORT_CODE
+
+
+def test_module_level_functions_are_found_and_copied_for_an_agent() -> None:
+    @trace.model
+    class Holder:
+        def __init__(self) -> None:
+            self.sorter = strange_sort_list
+            self.prompt = trace.node("Sort.", trainable=True)
+
+    agent = {"sort": strange_sort_list, "holder": Holder()}
+    assert sorted(snapshots.module_functions(agent)) == ["holder.sorter", "sort"]
+    detached = snapshots.detach_module_functions(agent)
+    assert agent["sort"] is strange_sort_list  # the caller's dict is left as it was
+    assert detached["sort"] is not strange_sort_list
+    assert detached["holder"].sorter is not strange_sort_list
+    assert snapshots.module_functions(detached) == {}
+    values = to.snapshot(detached)
+    assert values == to.snapshot(agent)
+    reverse = values["sort"].replace("sorted(lst)", "sorted(lst, reverse=True)")
+    to.restore(detached, {**values, "sort": reverse, "holder.sorter": reverse})
+    assert detached["sort"]([1, 3, 2]).data == [3, 2, 1]
+    assert detached["holder"].sorter([1, 3, 2]).data == [3, 2, 1]
+    assert strange_sort_list([1, 3, 2]).data == [1, 2, 3]
+    assert strange_sort_list.parameter._data == STRANGE_SORT_CODE

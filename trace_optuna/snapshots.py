@@ -11,21 +11,33 @@ An agent is one of:
 
 Values are read with ``node._data`` (no use recorded in the graph) and written with
 ``node._set(value)``; they must be JSON values (str, int, float, bool, None, lists and dicts with
-str keys), because snapshots are stored as JSON in a shared database and never pickled.
+str keys), because snapshots are stored as JSON in a shared database and never pickled. NumPy's
+scalars (``np.int64``, ``np.float32``, ``np.bool_``...) are taken as the Python number or bool
+they hold.
+
+A trainable function defined at module level (``@trace.bundle(trainable=True)`` on a ``def`` at
+the top of a module, as in Trace's quick start) is one object shared by everyone who calls it,
+and Trace runs a candidate by setting that object's code parameter. :func:`module_functions`
+finds such functions in an agent, :func:`keep_module_functions` puts their code back when a run
+of steps ends, and :func:`detach_module_functions` gives an agent private copies of them.
 """
 
 from __future__ import annotations
 
 from collections import UserDict
 from collections import UserList
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+import copy
 import difflib
 import hashlib
 import json
 import math
+import sys
 from typing import Any
 
+import numpy as np
 from opto.trace.bundle import FunModule
 from opto.trace.containers import ParameterContainer
 from opto.trace.nodes import ParameterNode
@@ -56,7 +68,7 @@ def parameters(agent: Any) -> dict[str, ParameterNode]:
     """
     found: dict[str, ParameterNode] = {}
     seen: set[int] = set()
-    for path, node in _walk(agent, "", seen):
+    for path, node, _ in _walk(agent, "", seen):
         if node.trainable and path not in found:
             _declared_kind(node)  # remembered at first sight: what restore() checks against
             if len(path) > _MAX_PATH_LENGTH:
@@ -73,15 +85,18 @@ def parameters(agent: Any) -> dict[str, ParameterNode]:
     return dict(sorted(found.items()))
 
 
-def _walk(obj: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, ParameterNode]]:
+def _walk(
+    obj: Any, prefix: str, seen: set[int]
+) -> Iterator[tuple[str, ParameterNode, FunModule | None]]:
+    """``(path, parameter, the bundled function whose code it is, or None)`` of ``obj``."""
     if id(obj) in seen:
         return
     if isinstance(obj, ParameterNode):
-        yield prefix, obj
+        yield prefix, obj, None
         return
     if isinstance(obj, FunModule):
         if obj.parameter is not None:
-            yield prefix, obj.parameter
+            yield prefix, obj.parameter, obj
         return
     seen.add(id(obj))
     if isinstance(obj, (Mapping, UserDict)):
@@ -92,7 +107,12 @@ def _walk(obj: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, Paramete
             yield from _walk(value, _join(prefix, str(index)), seen)
     elif isinstance(obj, ParameterContainer):
         # parameters_dict() resolves trainable methods to their per-instance code parameter.
+        functions = {
+            id(value.parameter): value for value in vars(obj).values() if _is_function(value)
+        }
         for name, value in obj.parameters_dict().items():
+            if isinstance(value, ParameterNode) and id(value) in functions:
+                value = functions[id(value)]  # an attribute holding a bundled function
             yield from _walk(value, _join(prefix, name), seen)
         # Plain lists and dicts of parameters are invisible to parameters_dict().
         for name, value in sorted(vars(obj).items()):
@@ -121,7 +141,7 @@ def snapshot(agent: Any) -> Snapshot:
         >>> snapshot({"prompt": trace.node("Hi", trainable=True)})
         {'prompt': 'Hi'}
     """
-    values = {path: node._data for path, node in parameters(agent).items()}
+    values = {path: plain(node._data) for path, node in parameters(agent).items()}
     for path, value in values.items():
         check_json_value(path, value)
     return values
@@ -164,6 +184,7 @@ def restore(agent: Any, values: Mapping[str, Any]) -> None:
             "A snapshot must be a mapping {parameter path: value} (see trace_optuna.snapshot); "
             f"got {type(values).__name__}."
         )
+    values = {path: plain(value) for path, value in values.items()}
     nodes = parameters(agent)
     missing = sorted(set(nodes) - set(values))
     unknown = sorted(set(values) - set(nodes), key=str)
@@ -214,7 +235,7 @@ def _kind(value: Any) -> type | None:
 
 def _declared_kind(node: ParameterNode) -> type | None:
     if _DECLARED_KIND not in vars(node):
-        setattr(node, _DECLARED_KIND, _kind(node._data))
+        setattr(node, _DECLARED_KIND, _kind(plain(node._data)))
     return vars(node)[_DECLARED_KIND]
 
 
@@ -235,6 +256,23 @@ def _kind_problem(path: str, node: ParameterNode, value: Any) -> str | None:
 def _a(kind: type) -> str:
     name = kind.__name__
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def plain(value: Any) -> Any:
+    """``value`` with NumPy's scalars (also inside lists and dicts) as Python's int, float, bool.
+
+    Example:
+        >>> import numpy as np
+        >>> plain({"k": [np.int64(3), np.float32(0.5), np.bool_(True)]})
+        {'k': [3, 0.5, True]}
+    """
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
 
 
 def check_json_value(path: str, value: Any) -> None:
@@ -267,6 +305,94 @@ def _json_problem(value: Any) -> str | None:
                 return problem
         return None
     return f"a value of type {type(value).__name__}"
+
+
+def _is_function(value: Any) -> bool:
+    return isinstance(value, FunModule) and value.parameter is not None
+
+
+def _is_module_level(function: FunModule) -> bool:
+    """Whether ``function`` is a global of the module that defined it (not a per-agent copy)."""
+    module = sys.modules.get(getattr(function._fun, "__module__", None) or "")
+    return module is not None and any(value is function for value in vars(module).values())
+
+
+def module_functions(agent: Any) -> dict[str, FunModule]:
+    """The trainable functions defined at module level that ``agent`` holds, by parameter path.
+
+    Each is one object shared by the agent and by every caller of the module's function, so
+    restoring a snapshot into the agent changes what the module's function runs.
+    """
+    found: dict[str, FunModule] = {}
+    for path, node, function in _walk(agent, "", set()):
+        if function is not None and node.trainable and _is_module_level(function):
+            found.setdefault(path, function)
+    return found
+
+
+def keep_module_functions(agent: Any) -> Callable[[], None]:
+    """Remember the code of ``agent``'s module-level trainable functions, to put it back later.
+
+    Runs restore candidates into those functions (Trace runs a candidate through the function's
+    code parameter, so code calling the module's function by name runs the candidate too).
+
+    Returns:
+        A function that puts the remembered code back into the module's functions.
+    """
+    kept = [(function, function.parameter._data) for function in module_functions(agent).values()]
+
+    def put_back() -> None:
+        for function, code in kept:
+            function.parameter._set(code)
+
+    return put_back
+
+
+def detach_module_functions(agent: Any) -> Any:
+    """``agent`` with each module-level trainable function replaced by a private copy.
+
+    Restoring a snapshot into the result leaves the module's functions as they are; the copies
+    run the restored code when called through the agent. Dicts and lists holding such a
+    function are copied (the caller's stay as they were); a ``trace.Module`` gets the copy as
+    its attribute.
+
+    Example:
+        >>> from opto import trace
+        >>> agent = {"prompt": trace.node("Hi", trainable=True)}
+        >>> detach_module_functions(agent) is agent  # nothing module-level: the same agent
+        True
+    """
+    functions = module_functions(agent).values()
+    if not functions:
+        return agent
+    copies = {id(function): _private_copy(function) for function in functions}
+    return _replace_functions(agent, copies, set())
+
+
+def _private_copy(function: FunModule) -> FunModule:
+    # Trace copies a bundled method per instance with deepcopy; the dict of the defining
+    # scope's names (a module's globals here, modules among them) is shared, not copied.
+    return copy.deepcopy(function, {id(function._ldict): function._ldict})
+
+
+def _replace_functions(obj: Any, copies: dict[int, FunModule], seen: set[int]) -> Any:
+    if id(obj) in copies:
+        return copies[id(obj)]
+    if id(obj) in seen or isinstance(obj, (ParameterNode, FunModule)):
+        return obj
+    seen.add(id(obj))
+    if type(obj) in (dict, list, tuple):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        replaced = {key: _replace_functions(value, copies, seen) for key, value in items}
+        if all(replaced[key] is value for key, value in items):
+            return obj
+        return replaced if isinstance(obj, dict) else type(obj)(replaced.values())
+    if isinstance(obj, (ParameterContainer, UserDict, UserList)):
+        for name, value in list(vars(obj).items()):
+            new = _replace_functions(value, copies, seen)
+            if new is not value:
+                setattr(obj, name, new)
+    return obj
 
 
 def canonical_json(value: Any) -> str:

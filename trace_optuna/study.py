@@ -33,6 +33,8 @@ from trace_optuna.observers import notify
 from trace_optuna.population import Population
 from trace_optuna.runner import agent_factory
 from trace_optuna.samplers import StrategyBandit
+from trace_optuna.snapshots import detach_module_functions
+from trace_optuna.snapshots import keep_module_functions
 from trace_optuna.snapshots import restore
 from trace_optuna.step import TraceObjective
 from trace_optuna.step import threads_refused
@@ -140,6 +142,9 @@ class TraceStudy:
         observed = [callback for o in objective.observers for callback in o.callbacks()]
         if self.config.target is not None:
             observed.append(self._stop_at_target)
+        # A trainable function defined at module level is the user's own object: trials run
+        # candidates in it (as Trace does), and it gets its code back when optimize returns.
+        put_back_module_functions = keep_module_functions(objective.agent)
         try:
             _requeue_interrupted(self._study, self.config.max_retry)
             _optimize(
@@ -160,6 +165,7 @@ class TraceStudy:
                 "this process used it); nothing more can be stored in it."
             ) from error
         finally:
+            put_back_module_functions()
             notify(objective.observers, "optimize_finished", self._study)
 
     def _target_reached(self) -> bool:
@@ -246,7 +252,8 @@ class TraceStudy:
 
     def load_best(self) -> Any:
         """A fresh agent (built by the study's agent function) holding the best parameters."""
-        agent = self._agent_factory()()
+        # Private copies of module-level trainable functions: the module's stay as they are.
+        agent = detach_module_functions(self._agent_factory()())
         restore(agent, self.best_snapshot)
         return agent
 
