@@ -105,3 +105,51 @@ class AskingTranslator:
 
     def reply(self, message: trace.Node) -> trace.Node:
         return self.answer(self.instruction, message)
+
+
+@trace.bundle()
+def compose(instructions, name, question):
+    """Writes one customer's prompt: the instructions, the customer's name, the question."""
+    return f"{instructions} [{name}] {question}"
+
+
+@trace.model
+class BatchedAgent:
+    """Answers a batch of customers: several inputs per call, a trainable method, a number."""
+
+    def __init__(self) -> None:
+        self.instructions = trace.node(
+            "Answer.", name="instructions", trainable=True, description="the instructions"
+        )
+        self.limit = trace.node(1, name="limit", trainable=True, description="items to list")
+
+    @trace.bundle(trainable=True)
+    def answer(self, prompt, count, limit):
+        """Answers one prompt, listing at most limit items."""
+        return prompt + " items=" + str(min(count, limit))
+
+    def run(self, name: str, question: str, count: int) -> trace.Node:
+        prompt = compose(self.instructions, trace.node(name), trace.node(question))
+        return self.answer(prompt, trace.node(count), self.limit)
+
+
+BATCH = (("alice", "order 12", 3), ("bob", "refund 7", 2), ("carol", "parcel 9", 4))
+
+
+def evaluate_batched(agent: BatchedAgent) -> to.Evaluation:
+    """Runs the whole batch; one feedback sentence per example, as batched graders write."""
+    outputs, sentences, passed = [], [], 0
+    for index, (name, question, count) in enumerate(BATCH, 1):
+        out = agent.run(name, question, count)
+        outputs.append(out)
+        if "order number" not in out.data:
+            sentences.append(f'Example {index}: wrong. Mention "order number" in instructions.')
+        elif f"items={count}" not in out.data:
+            sentences.append(f"Example {index}: wrong. The limit should be larger.")
+        else:
+            sentences.append(f"Example {index}: correct.")
+            passed += 1
+    batch = outputs[0]
+    for out in outputs[1:]:
+        batch = batch + out
+    return to.Evaluation(score=passed / len(BATCH), feedback=" ".join(sentences), output=batch)

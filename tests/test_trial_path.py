@@ -371,6 +371,13 @@ def test_a_missing_api_key_is_one_message_before_any_trial(
     keyed = to.LLM("openai/gpt-4o-mini", api_key="sk-test")
     assert keyed.missing_keys() == []
     assert to.LLM(SIMULATED).missing_keys() == []
+    # The agent's own model is checked the same way, before any trial.
+    agent_keyless = greeter_study(
+        sqlite_url, study_name + "-agent", agent_llm="openai/gpt-4o-mini"
+    )
+    with pytest.raises(to.ConfigurationError, match="agent_llm 'openai/gpt-4o-mini' needs OPENAI"):
+        agent_keyless.optimize(n_trials=5)
+    assert agent_keyless.trials == []
 
 
 def test_the_best_of_a_plain_study_says_it_is_not_trace_optunas(

@@ -276,13 +276,18 @@ class TraceObjective:
         """
         if self._llm_checked:
             return
-        missing = self.llm.missing_keys()
-        if missing:
-            raise ConfigurationError(
-                f"llm {self.llm.model!r} needs {' and '.join(missing)}, which the environment "
-                "does not set: set it, pass it as to.LLM(..., api_key=...), or run offline with "
-                "llm='simulated/feedback-follower' (a simulation for demos and tests)."
-            )
+        models = [("llm", self.llm)]
+        if self.agent_llm is not None:
+            models.append(("agent_llm", self.agent_llm.llm))
+        for option, llm in models:
+            missing = llm.missing_keys()
+            if missing:
+                raise ConfigurationError(
+                    f"{option} {llm.model!r} needs {' and '.join(missing)}, which the "
+                    "environment does not set: set it, pass it as to.LLM(..., api_key=...), or "
+                    f"run offline with {option}='simulated/feedback-follower' (a simulation for "
+                    "demos and tests)."
+                )
         self._llm_checked = True
 
     def population(self, study: optuna.Study) -> Population:

@@ -218,6 +218,64 @@ def test_not_correct_is_not_satisfied() -> None:
     assert count.data > 7
 
 
+# -- batched feedback: one sentence per example ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "feedback",
+    [
+        'Example 1: correct. Example 2: wrong, the reply should mention "order number".',
+        "Example 1: perfect. Example 2: count is too small.",
+        'Example 1: the reply is correct. Example 2: failed. Add "Sorry." to prompt.',
+    ],
+)
+def test_batched_feedback_with_a_passing_example_is_followed(feedback: str) -> None:
+    count, prompt = number(7, "count"), text("Be brief.", "prompt")
+    _, response = optimizer_step([count, prompt], feedback)
+    assert response != "TERMINATE"
+    assert (count.data, prompt.data) != (7, "Be brief.")
+
+
+def test_an_instruction_repeated_across_examples_is_applied_once() -> None:
+    body = text("return total", "body")
+    edit = 'replace "total" with "total + tax"'
+    optimizer_step([body], f"Example 1: {edit}. Example 2: {edit}.")
+    assert body.data == "return total + tax"
+
+
+def test_a_number_memory_shows_rejected_is_not_proposed_again() -> None:
+    # From 1, "larger" moves an int by one, to 2; but 2 was tried from here and rejected.
+    count = number(1, "count")
+    optimizer = OptoPrime([count], llm=LLM(MODEL), memory_size=1)
+    rejected = "Example 1: correct. Example 2: count is too small."
+    optimizer.memory.add(({count.py_name: (2, "")}, rejected))
+    optimizer.zero_feedback()
+    optimizer.backward(combine(count), "Example 2: count is too small.")
+    optimizer.step()
+    assert count.data == 3
+
+
+def test_no_int_is_left_between_a_value_and_its_overshoot() -> None:
+    # 4 was too large, 3 is too small: there is no int between, and 4 is not proposed again.
+    count, prompt = number(3, "count"), text("Be brief.", "prompt")
+    optimizer = OptoPrime([count, prompt], llm=LLM(MODEL), memory_size=1)
+    optimizer.memory.add(
+        ({count.py_name: (4, ""), prompt.py_name: ("Be brief.", "")}, "count is too large.")
+    )
+    optimizer.zero_feedback()
+    optimizer.backward(combine(count, prompt), 'count is too small. Add "Thanks." to prompt.')
+    optimizer.step()
+    assert count.data == 3 and prompt.data == "Be brief. Thanks."
+
+
+def test_a_prompt_sent_again_gets_a_number_not_suggested_before() -> None:
+    messages = optoprime_messages("count is too small.", value=1)
+    simulated.reset_simulated_model()  # forget the call that built the messages
+    llm = LLM(MODEL, temperature=1.0)
+    answers = [next(iter(suggested(llm, messages).values())) for _ in range(3)]
+    assert answers == [2, 3, 4]
+
+
 def optoprime_messages(feedback: str, value: int = 100) -> list[dict[str, str]]:
     """The messages a real OptoPrime sends for one number parameter and ``feedback``."""
     count = number(value, "count")
@@ -374,8 +432,14 @@ def test_stop_solution_numbers_move_by_a_random_step_without_by() -> None:
 
 def test_a_correct_stop_solution_comes_back_unchanged() -> None:
     solution = {"count": 7, "prompt": "Be brief."}
-    idea, improved = improve_solution(solution, "The reply is perfect. count is too small.")
+    idea, improved = improve_solution(solution, "The reply is perfect.")
     assert improved == solution and "keep the solution" in idea
+
+
+def test_a_stop_solution_correct_on_one_example_only_is_improved() -> None:
+    solution = {"count": 7, "prompt": "Be brief."}
+    _, improved = improve_solution(solution, "Example 1: perfect. Example 2: count is too small.")
+    assert improved["count"] > 7
 
 
 def test_stop_solution_noise_gives_wrong_edits() -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+import subprocess
+import sys
 
+import optuna
 from optuna.trial import TrialState
 import pytest
 from support_knobs import evaluate_knobs
@@ -12,6 +17,7 @@ from support_openai_server import OpenAIServer
 from support_openai_server import Reply
 
 import trace_optuna as to
+from trace_optuna import records
 from trace_optuna.strategies.optoprime import SuggestionError
 from trace_optuna.strategies.optoprime import cast_suggestion
 
@@ -113,3 +119,60 @@ def test_unusable_answer_fails_the_trial_with_the_raw_response(
     raw = json.loads(content)["choices"][0]["message"]["content"] if "{" in content else content
     assert failed.llm_calls[0]["response"] == raw  # the raw response, as received
     assert study.record(2).snapshot["count"] == 4  # the study went on
+
+
+# A seeded study of BatchedAgent (several inputs per call, an object input: the agent itself)
+# run as a user runs it: a fresh process, a real SQLite file.
+_SEEDED_RUN = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import trace_optuna as to
+from support_agents import BatchedAgent, evaluate_batched
+study = to.create_study(
+    study_name="seeded",
+    storage=sys.argv[1],
+    agent=BatchedAgent,
+    evaluate=evaluate_batched,
+    llm=to.LLM("simulated/feedback-follower", simulated_noise=0.3),
+    direction="maximize",
+    seed=3,
+)
+study.optimize(n_trials=8)
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes that import trace_optuna and Trace
+def test_a_seeded_run_stores_the_same_llm_calls_in_every_process(tmp_path: Path) -> None:
+    # Trace orders a prompt's nodes by id() and shows object addresses: both change between
+    # processes (and PYTHONHASHSEED changes the allocations); the prompt must not.
+    tests = str(Path(__file__).parent.parent)
+    urls = [f"sqlite:///{tmp_path / f'run{seed}.db'}" for seed in (1, 2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SEEDED_RUN, url, tests],
+            env={
+                **os.environ,
+                "PYTHONHASHSEED": str(seed),
+                "PYTHONPATH": os.pathsep.join(sys.path),
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for seed, url in zip((1, 2), urls, strict=True)
+    ]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors[0][-2000:]
+
+    def stored(url: str) -> list[tuple]:
+        study = optuna.load_study(study_name="seeded", storage=url)
+        return [
+            (trial.state, trial.values, records.llm_calls(trial.user_attrs))
+            for trial in study.trials
+        ]
+
+    first, second = stored(urls[0]), stored(urls[1])
+    assert len(first) == 8 and sum(len(calls) for _, _, calls in first) >= 5
+    assert "#Inputs" in first[1][2][0]["user"]
+    assert len(second) == len(first)
+    for number, (one, other) in enumerate(zip(first, second, strict=True)):
+        assert one == other, f"trial {number} differs between the two processes"

@@ -1,4 +1,5 @@
-"""``SafeOptoPrime``: Trace's ``OptoPrime`` with the parsing bugs of trace-opt 0.1.3.8 fixed.
+"""``SafeOptoPrime``: Trace's ``OptoPrime`` with the parsing bugs of trace-opt 0.1.3.8 fixed,
+and a canonical prompt.
 
 A module of its own because Trace's ``opto.optimizers`` imports litellm and openai, which take
 seconds: :mod:`trace_optuna.strategies.optoprime` imports this module when a step first runs
@@ -10,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from typing import Any
 
 from trace_optuna import graph
 from trace_optuna.llm._imports import import_litellm
+from trace_optuna.strategies.base import without_addresses
 from trace_optuna.strategies.optoprime import SuggestionError
 from trace_optuna.strategies.optoprime import cast_suggestion
 
@@ -29,9 +32,20 @@ with contextlib.redirect_stdout(io.StringIO()):
 _logger = logging.getLogger("trace_optuna.strategies.optoprime")
 
 
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_DIGITS = re.compile(r"(\d+)")
+
+
 class SafeOptoPrime(OptoPrime):
     """Trace's OptoPrime with the suggestion-parsing bugs of trace-opt 0.1.3.8 fixed, and node
     names made distinct before a prompt (:func:`trace_optuna.graph.distinct_names`).
+
+    The prompt is canonical: the same program, parameters and feedback give the same prompt
+    text in every process. Trace lists the nodes of ``#Variables``, ``#Inputs``, ``#Others``,
+    ``#Outputs`` and ``#Documentation`` in the order its backward pass met them, which breaks
+    ties between nodes of one level by ``id()`` (memory addresses, so it changes from process
+    to process); here they are listed in the order ``#Code`` (which Trace sorts) first uses
+    them, and object addresses in values are left out.
 
     After :meth:`propose`, ``last_response`` holds the LLM's raw answer and ``rejected`` the
     suggestions that could not be cast (``{py_name: reason}``).
@@ -55,7 +69,26 @@ class SafeOptoPrime(OptoPrime):
             for _, node in self.propagator.aggregate(parameter.feedback).graph
         ]
         graph.distinct_names(trainable, shown)
-        return super().summarize()
+        summary = super().summarize()
+        first_use: dict[str, int] = {}
+        for _, line in sorted(summary.graph):
+            for name in _NAME.findall(line):
+                first_use.setdefault(name, len(first_use))
+
+        def ordered(named: dict[str, Any]) -> dict[str, Any]:
+            def key(name: str) -> tuple[int, list[Any]]:
+                natural = [int(p) if p.isdigit() else p for p in _DIGITS.split(name)]
+                return first_use.get(name, len(first_use)), natural
+
+            return {name: named[name] for name in sorted(named, key=key)}
+
+        for section in ("variables", "inputs", "others", "output", "roots", "documentation"):
+            setattr(summary, section, ordered(getattr(summary, section)))
+        return summary
+
+    @staticmethod
+    def repr_node_value(node_dict: dict[str, Any]) -> str:
+        return without_addresses(OptoPrime.repr_node_value(node_dict))
 
     def call_llm(
         self,

@@ -52,6 +52,7 @@ from collections.abc import Callable
 import dataclasses
 import difflib
 import random
+import re
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
@@ -232,6 +233,23 @@ class Strategy:
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}
+
+
+# An object's default repr carries its address ("<Agent object at 0x7f3a...>").
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+(?=>)")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` with the addresses of default object reprs left out, for a prompt.
+
+    Addresses change from process to process; a prompt holding them would differ between two
+    runs of the same seeded study.
+
+    Example:
+        >>> without_addresses("<Agent object at 0x7f3a2c1b9d50>")
+        '<Agent object>'
+    """
+    return _ADDRESS.sub("", text)
 
 
 def register(strategy_class: type[Strategy]) -> type[Strategy]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
+from trace_optuna.strategies.base import without_addresses
 
 if TYPE_CHECKING:
     from trace_optuna.evaluation import Score
@@ -135,4 +136,4 @@ def _candidate_text(label: str, result: RunResult) -> str:
 def _output_text(result: RunResult) -> str:
     if result.output is None:
         return "(not run again: an identical candidate was evaluated earlier)"
-    return str(getattr(result.output, "data", result.output))
+    return without_addresses(str(getattr(result.output, "data", result.output)))

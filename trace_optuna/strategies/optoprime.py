@@ -9,6 +9,8 @@ instead of inherited:
   a list of characters: :func:`cast_suggestion` parses them;
 * any LLM error was retried once without ``response_format`` and then lost: the LLM is called
   once (litellm does the retrying), and a failure raises ``LLMError``.
+
+Its prompt is canonical as well (the same in every process): see :class:`SafeOptoPrime`.
 """
 
 from __future__ import annotations

@@ -14,9 +14,12 @@ What it does: it reads the problem that Trace's ``OptoPrime`` sends (the ``#Vari
 the feedback says, by ``N`` or a random step short of values that overshot before; quoted text
 is mentioned, added, removed or replaced; a named exception's ``raise`` lines are deleted), and
 answers in OptoPrime's JSON format ``{"reasoning": ..., "answer": "", "suggestion": {py_name:
-value}}``. If the feedback says the output is correct or perfect, or holds no instruction it
-understands, the answer is ``TERMINATE`` (OptoPrime then proposes nothing). The grammar is
-spelled out in ``_feedback``.
+value}}``. If the feedback says the output is correct or perfect and nothing is wrong
+(batched feedback where one example passes and another fails is not), or holds no instruction it
+understands, the answer is ``TERMINATE`` (OptoPrime then proposes nothing). An instruction
+repeated across examples is applied once, and a number already rejected (shown in the prompt's
+memory with feedback asking for a change, or already suggested for the same prompt) is not
+proposed again. The grammar is spelled out in ``_feedback``.
 
 Options, passed as completion keyword arguments (litellm hands unknown keyword arguments to a
 custom provider in ``optional_params``)::
@@ -35,7 +38,8 @@ custom provider in ``optional_params``)::
 Determinism: each answer draws from a ``random.Random`` seeded by (seed, sha256 of the prompt
 with object addresses like ``0x7f3a...`` blanked, the temperature, how many times this handler
 has seen that seed and prompt), so identical prompts sent repeatedly get different samples
-while a rerun of the same sequence of calls in a fresh process (or after
+(never a number already suggested for that prompt, except at temperature 0, where the answer
+repeats) while a rerun of the same sequence of calls in a fresh process (or after
 :func:`reset_simulated_model`) gives the same answers.
 
 One private module per protocol it answers, each recognising its prompt by the markers that

@@ -5,6 +5,8 @@ answerer signature, token counting and a few text helpers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import json
 import math
@@ -81,9 +83,14 @@ def not_number(value: object) -> bool:
     return isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
 
 
-Answerer = Callable[[str, random.Random, SimulatedOptions, float | None], str | None]
-"""``answerer(prompt, rng, options, temperature)``: the answer to a prompt shape it recognises,
-or None for any other prompt (so the next answerer is asked)."""
+Tried = Mapping[str, Sequence[Any]]
+"""What the model already suggested for one prompt: ``{variable name: values}``, oldest first."""
+
+Answerer = Callable[[str, random.Random, SimulatedOptions, float | None, Tried | None], str | None]
+"""``answerer(prompt, rng, options, temperature, tried)``: the answer to a prompt shape it
+recognises, or None for any other prompt (so the next answerer is asked). ``tried``: the values
+already suggested for this same prompt in earlier calls (:data:`Tried`; None or empty for none),
+which a prompt sent again means were not kept."""
 
 
 def approximate_tokens(text: str) -> int:

@@ -13,6 +13,11 @@ Both OptoPrime's prompt (:mod:`._optoprime`) and STOP's "improve this solution" 
   value of the variable lies the way the feedback points and its own feedback pointed back,
   the move stays short of it, landing a random fraction (about 25-75% at temperature 1) of the
   way there: a bisection, as a model that reads its memory would do after an overshoot.
+  A value already rejected is not proposed again: one that memory shows with feedback asking
+  for a change (feedback naming this variable, or naming no number), or one this model already
+  suggested for the same prompt (``tried``). The move then goes to the nearest value not
+  rejected (one unit, or the ``by N`` step, further), still short of an overshoot; where none is
+  left, the variable stays as it is.
 * Text (``str`` variables). ``mention "X"`` / ``include "X"`` append the sentence
   ``Always mention X.``; ``add "X"`` appends ``X`` itself as a sentence; ``remove "X"`` deletes
   ``X``. Nothing is appended when the text already contains ``X``. The target is the variable
@@ -21,7 +26,11 @@ Both OptoPrime's prompt (:mod:`._optoprime`) and STOP's "improve this solution" 
   containing ``X``.
 * Code repair. When the feedback names an exception (``RuntimeError``, ``ValueError``, ...) that
   a ``(code)`` variable raises explicitly, those ``raise`` lines are deleted.
-* Feedback that says the output is correct or perfect (:data:`SATISFIED`) asks for nothing.
+* Each instruction counts once: the same one repeated (batched feedback, one sentence per
+  example) is applied once.
+* Feedback that says the output is correct or perfect (:data:`SATISFIED`) asks for nothing,
+  unless it also says something is wrong or gives an instruction (batched feedback such as
+  "Example 1: correct. Example 2: wrong, ..."): see :func:`satisfied`.
 
 Noise (:func:`noisy_edit`) replaces a right edit by a wrong or useless one: a number moved the
 wrong way, an irrelevant sentence appended to a string, or :data:`BUG_LINE` inserted as the
@@ -30,6 +39,8 @@ first body line of a function (so the ``ExecutionError`` path gets exercised).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import random
 import re
@@ -112,6 +123,34 @@ _MENTION = re.compile(rf"\b(mention|include|add)\s+{_QUOTED}", re.IGNORECASE)
 _REMOVE = re.compile(rf"\bremove\s+{_QUOTED}", re.IGNORECASE)
 _REPLACE = re.compile(rf"\breplace\s+{_QUOTED}\s+with\s+{_QUOTED}", re.IGNORECASE)
 _ERROR_NAME = re.compile(r"\b(\w*(?:Error|Exception))\b")
+_TROUBLE = re.compile(
+    r"\b(?:wrong|incorrect|fail\w*|errors?|exceptions?|missing|mistakes?|bugs?|broken|crash\w*"
+    r"|should|must|expected|not|\w+n't|too)\b|\w(?:Error|Exception)\b",
+    re.IGNORECASE,
+)
+
+
+def satisfied(feedback: str) -> bool:
+    """Whether ``feedback`` says all is well: "correct" or "perfect", and nothing else.
+
+    Words of :data:`SATISFIED` alone are not enough: feedback that also says something is
+    wrong, failed or should change, or gives an instruction of the grammar, is not satisfied
+    (batched feedback "Example 1: correct. Example 2: wrong, add ..." asks for a change).
+    Quoted text is not read.
+
+    Example:
+        >>> satisfied("The output is correct."), satisfied("Example 1: correct. Example 2: wrong.")
+        (True, False)
+    """
+    unquoted = re.sub(_QUOTED, " ", feedback)
+    if not SATISFIED.search(unquoted):
+        return False
+    instructions = (_MENTION, _REMOVE, _REPLACE)
+    return not (
+        _TROUBLE.search(unquoted)
+        or _DIRECTION.search(unquoted)
+        or any(pattern.search(feedback) for pattern in instructions)
+    )
 
 
 def _named(variables: list[Variable], feedback: str) -> list[Variable]:
@@ -125,8 +164,13 @@ def _named(variables: list[Variable], feedback: str) -> list[Variable]:
 
 
 def number_edits(
-    problem: OptoPrimeProblem, rng: random.Random, spread: float, current: dict[str, Any]
+    problem: OptoPrimeProblem,
+    rng: random.Random,
+    spread: float,
+    current: dict[str, Any],
+    tried: Mapping[str, Sequence[Any]] | None = None,
 ) -> list[Edit]:
+    """Moves of the number variables; ``tried``: values already suggested for this prompt."""
     numbers = [v for v in problem.variables if v.is_number]
     unquoted = re.sub(_QUOTED, " ", problem.feedback)
     direction = _DIRECTION.search(unquoted)
@@ -149,10 +193,59 @@ def number_edits(
                 step = abs(bound - old) * fraction
                 why += f", short of {bound!r} tried before"
         new = old + sign * step
+        unit: float = step  # a rejected value: one more step (an int: one more unit)
         if variable.type_name == "int":
             new = old + sign * max(1, round(step))
-        edits.append(Edit(variable, new, why))
+            unit = max(1, round(step)) if by_step else 1
+        rejected = _rejected(problem, variable, numbers) | {
+            value for value in (tried or {}).get(variable.py_name, ()) if not not_number(value)
+        }
+        untried = _untried(new, old, sign * unit, bound, rejected)
+        if untried is None:
+            continue
+        if untried != new:
+            why += f", past {new!r} rejected before"
+        edits.append(
+            Edit(variable, round(untried) if variable.type_name == "int" else untried, why)
+        )
     return edits
+
+
+def _rejected(problem: OptoPrimeProblem, variable: Variable, numbers: list[Variable]) -> set[Any]:
+    """Values of ``variable`` that memory shows with feedback asking for a change.
+
+    An entry counts when its feedback names this variable, or names no number variable (it is
+    then about all of them); feedback naming only other variables says nothing about this one.
+    """
+    rejected = set()
+    for values, feedback in problem.memory:
+        value = values.get(variable.py_name)
+        if not isinstance(value, (int, float)) or not_number(value) or satisfied(feedback):
+            continue
+        named = _named(numbers, feedback)
+        if not named or variable in named:
+            rejected.add(value)
+    return rejected
+
+
+def _untried(
+    new: float, old: float, stride: float, bound: float | None, rejected: set[Any]
+) -> float | None:
+    """``new``, or the nearest value past it by ``stride`` steps that is not ``rejected``.
+
+    Values stay strictly between ``old`` and ``bound`` (an overshoot seen before); values
+    between ``old`` and ``new`` are tried when none is left beyond. None: nothing is left.
+    """
+    sign = 1 if stride > 0 else -1
+
+    def allowed(value: float) -> bool:
+        inside = (value - old) * sign > 0 and (bound is None or (bound - value) * sign > 0)
+        return inside and value not in rejected
+
+    if bound is not None and (new - bound) * sign >= 0:
+        new = bound - stride  # an int step rounded onto the overshoot: one unit short of it
+    candidates = [new + stride * k for k in range(100)] + [new - stride * k for k in range(1, 100)]
+    return next((value for value in candidates if allowed(value)), None)
 
 
 def _bound(
@@ -184,16 +277,15 @@ def text_edits(problem: OptoPrimeProblem, current: dict[str, Any]) -> list[Edit]
         current[variable.py_name] = new_value
         edits.append(Edit(variable, new_value, why))
 
-    for match in _REPLACE.finditer(feedback):
-        old, new = match.group(1), match.group(2)
+    # Each distinct instruction once: batched feedback repeats one per failing example.
+    for old, new in dict.fromkeys(match.groups() for match in _REPLACE.finditer(feedback)):
         for variable in [v for v in (named or texts) if old in value(v)]:
             edit(variable, value(variable).replace(old, new), f"replace {old!r} with {new!r}")
-    for match in _REMOVE.finditer(feedback):
-        gone = match.group(1)
+    for gone in dict.fromkeys(match.group(1) for match in _REMOVE.finditer(feedback)):
         for variable in [v for v in (named or texts) if gone in value(v)]:
             edit(variable, _tidy(value(variable).replace(gone, "")), f"remove {gone!r}")
-    for match in _MENTION.finditer(feedback):
-        verb, wanted = match.group(1).lower(), match.group(2)
+    mentions = ((match.group(1).lower(), match.group(2)) for match in _MENTION.finditer(feedback))
+    for verb, wanted in dict.fromkeys(mentions):
         targets = [v for v in named if v.type_name == "str"] or strings[:1]
         for variable in targets:
             if wanted in value(variable):

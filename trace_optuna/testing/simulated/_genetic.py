@@ -15,6 +15,7 @@ from typing import Any
 from trace_optuna.strategies.genetic import CROSSOVER_MARKER
 from trace_optuna.strategies.genetic import PARENTS_MARKER
 from trace_optuna.testing.simulated._core import SimulatedOptions
+from trace_optuna.testing.simulated._core import Tried
 from trace_optuna.testing.simulated._core import append_sentence
 from trace_optuna.testing.simulated._core import first_json_object
 from trace_optuna.testing.simulated._core import is_code
@@ -26,7 +27,11 @@ _PARENTS_LINE = marker_lines(PARENTS_MARKER)
 
 
 def answer_crossover(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str | None:
     """Answer the genetic strategy's crossover prompt, or return None when it is not one.
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import hashlib
+import json
 import random
 import re
 import threading
@@ -40,6 +42,18 @@ def _message_text(messages: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def _suggestion(answer: str) -> dict[str, Any]:
+    """The values an answer suggests: OptoPrime's ``suggestion`` or STOP's ``solution``."""
+    try:
+        parsed = json.loads(answer)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    values = parsed.get("suggestion", parsed.get("solution"))
+    return values if isinstance(values, dict) else {}
+
+
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -50,11 +64,14 @@ class SimulatedLLM(litellm.CustomLLM):
         super().__init__()
         self._lock = threading.Lock()
         self._seen: collections.Counter[tuple[int, str]] = collections.Counter()
+        # What was suggested for each prompt: a prompt sent again means it was not kept.
+        self._suggested: dict[tuple[int, str], dict[str, list[Any]]] = {}
 
     def reset(self) -> None:
         """Forget how often each prompt was seen, so answers repeat from the start."""
         with self._lock:
             self._seen.clear()
+            self._suggested.clear()
 
     def _answer(
         self, model: str, messages: list[dict[str, Any]], optional_params: dict[str, Any]
@@ -71,12 +88,20 @@ class SimulatedLLM(litellm.CustomLLM):
         # Object reprs in the prompt (``<... object at 0x7f...>``) differ between processes.
         stable = _ADDRESS.sub(" at 0x0", prompt)
         digest = hashlib.sha256(stable.encode()).hexdigest()
-        with self._lock:
-            index = self._seen[(options.seed, digest)]
-            self._seen[(options.seed, digest)] += 1
+        key = (options.seed, digest)
         temperature = optional_params.get("temperature")
+        with self._lock:
+            index = self._seen[key]
+            self._seen[key] += 1
+            # At temperature 0 a model repeats itself: the same prompt, the same answer.
+            tried = {} if temperature == 0 else copy.deepcopy(self._suggested.get(key, {}))
         rng = random.Random(f"{options.seed}:{digest}:{index}:{temperature}")
-        return prompt, respond(prompt, rng, options, temperature), options
+        answer = respond(prompt, rng, options, temperature, tried)
+        with self._lock:
+            suggested = self._suggested.setdefault(key, {})
+            for name, value in _suggestion(answer).items():
+                suggested.setdefault(name, []).append(value)
+        return prompt, answer, options
 
     @staticmethod
     def _fill(

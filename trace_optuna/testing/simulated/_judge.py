@@ -15,9 +15,11 @@ from trace_optuna.strategies.judge import CANDIDATE_OUTPUT
 from trace_optuna.strategies.judge import JUDGE_MARKER
 from trace_optuna.strategies.judge import JUDGE_QUESTION
 from trace_optuna.testing.simulated._core import SimulatedOptions
+from trace_optuna.testing.simulated._core import Tried
 from trace_optuna.testing.simulated._core import marker_lines
 from trace_optuna.testing.simulated._core import sentences
 from trace_optuna.testing.simulated._feedback import SATISFIED
+from trace_optuna.testing.simulated._feedback import satisfied
 
 _COMPARE_LINE = marker_lines(JUDGE_MARKER)
 
@@ -42,14 +44,18 @@ def _problems(feedback: str) -> int:
 
 
 def answer_judge(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str | None:
     """Answer the pairwise judge's prompt, or return None when it is not one.
 
-    The judge prefers the candidate whose feedback says it is correct or perfect; otherwise
-    the one whose feedback names fewer problems (sentences), then the shorter feedback; a tie
-    goes to A. With probability ``noise`` the verdict is flipped. The answer is
-    ``{"reasoning": ..., "winner": "A"|"B"}``.
+    The judge prefers the candidate whose feedback says it is correct or perfect and nothing
+    wrong (:func:`~._feedback.satisfied`); otherwise the one whose feedback names fewer problems
+    (sentences), then the shorter feedback; a tie goes to A. With probability ``noise`` the
+    verdict is flipped. The answer is ``{"reasoning": ..., "winner": "A"|"B"}``.
     """
     if not _COMPARE_LINE.search(prompt):
         return None
@@ -57,8 +63,7 @@ def answer_judge(
     if match is None:
         return None
     feedback_a, feedback_b = match["fb_a"].strip(), match["fb_b"].strip()
-    satisfied_a = bool(SATISFIED.search(feedback_a))
-    satisfied_b = bool(SATISFIED.search(feedback_b))
+    satisfied_a, satisfied_b = satisfied(feedback_a), satisfied(feedback_b)
     key_a = (not satisfied_a, _problems(feedback_a), len(feedback_a))
     key_b = (not satisfied_b, _problems(feedback_b), len(feedback_b))
     winner = "B" if key_b < key_a else "A"

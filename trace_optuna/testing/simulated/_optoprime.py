@@ -16,11 +16,12 @@ import re
 from typing import Any
 
 from trace_optuna.testing.simulated._core import SimulatedOptions
-from trace_optuna.testing.simulated._feedback import SATISFIED
+from trace_optuna.testing.simulated._core import Tried
 from trace_optuna.testing.simulated._feedback import OptoPrimeProblem
 from trace_optuna.testing.simulated._feedback import Variable
 from trace_optuna.testing.simulated._feedback import noisy_edit
 from trace_optuna.testing.simulated._feedback import number_edits
+from trace_optuna.testing.simulated._feedback import satisfied
 from trace_optuna.testing.simulated._feedback import text_edits
 
 # The values of OptoPrime.default_prompt_symbols, without the "#".
@@ -117,7 +118,11 @@ def _parse_variables(block: str) -> list[Variable]:
 
 
 def answer_optoprime(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str | None:
     """Answer an OptoPrime problem, or return None when ``prompt`` is not one.
 
@@ -126,6 +131,7 @@ def answer_optoprime(
         rng: The random source for this call.
         options: Noise and seed.
         temperature: The request's temperature, or None (treated as 1).
+        tried: Values already suggested for this prompt, not proposed again (numbers).
 
     Returns:
         OptoPrime's JSON answer, ``"TERMINATE"``, or None.
@@ -134,11 +140,11 @@ def answer_optoprime(
     if problem is None:
         return None
     noisy = rng.random() < options.noise
-    if SATISFIED.search(problem.feedback):
+    if satisfied(problem.feedback):
         return "TERMINATE"
     spread = 1.0 if temperature is None else float(temperature)
     current: dict[str, Any] = {}
-    edits = text_edits(problem, current) + number_edits(problem, rng, spread, current)
+    edits = text_edits(problem, current) + number_edits(problem, rng, spread, current, tried)
     if not edits:
         return "TERMINATE"
     if noisy:

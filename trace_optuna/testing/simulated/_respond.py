@@ -12,6 +12,7 @@ import re
 
 from trace_optuna.testing.simulated._core import Answerer
 from trace_optuna.testing.simulated._core import SimulatedOptions
+from trace_optuna.testing.simulated._core import Tried
 from trace_optuna.testing.simulated._genetic import answer_crossover
 from trace_optuna.testing.simulated._judge import answer_judge
 from trace_optuna.testing.simulated._optoprime import answer_optoprime
@@ -22,7 +23,11 @@ _logger = logging.getLogger("trace_optuna.testing.simulated")
 
 
 def answer_generic(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str:
     """Answer any prompt with a valid, empty suggestion (the fallback)."""
     shape = "an unrecognised prompt"
@@ -46,12 +51,16 @@ ANSWERERS: list[Answerer] = [
 
 
 def respond(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str:
     """The simulated model's answer to ``prompt``: the first answerer that recognises it."""
     for answerer in ANSWERERS:
         try:
-            answer = answerer(prompt, rng, options, temperature)
+            answer = answerer(prompt, rng, options, temperature, tried)
         except Exception:  # the simulation must never crash a run
             _logger.exception("Simulated answerer %s failed; trying the next.", answerer.__name__)
             continue

@@ -25,16 +25,17 @@ from trace_optuna.strategies.stop import IMPROVE_MARKER
 from trace_optuna.strategies.stop import PROGRAM_SECTION
 from trace_optuna.strategies.stop import SOLUTION_SECTION
 from trace_optuna.testing.simulated._core import SimulatedOptions
+from trace_optuna.testing.simulated._core import Tried
 from trace_optuna.testing.simulated._core import first_json_object
 from trace_optuna.testing.simulated._core import is_code
 from trace_optuna.testing.simulated._core import marker_lines
 from trace_optuna.testing.simulated._feedback import BUG_LINE
-from trace_optuna.testing.simulated._feedback import SATISFIED
 from trace_optuna.testing.simulated._feedback import Edit
 from trace_optuna.testing.simulated._feedback import OptoPrimeProblem
 from trace_optuna.testing.simulated._feedback import Variable
 from trace_optuna.testing.simulated._feedback import noisy_edit
 from trace_optuna.testing.simulated._feedback import number_edits
+from trace_optuna.testing.simulated._feedback import satisfied
 from trace_optuna.testing.simulated._feedback import text_edits
 
 _IMPROVE_LINE = marker_lines(IMPROVE_MARKER)
@@ -75,7 +76,11 @@ def _solution_variables(solution: dict[str, Any]) -> list[Variable]:
 
 
 def answer_stop_solution(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str | None:
     """Answer STOP's "improve this solution" prompt, or return None when it is not one.
 
@@ -97,10 +102,10 @@ def answer_stop_solution(
     )
     noisy = rng.random() < options.noise
     edits: list[Edit] = []
-    if not SATISFIED.search(problem.feedback):
+    if not satisfied(problem.feedback):
         spread = 1.0 if temperature is None else float(temperature)
         current: dict[str, Any] = {}
-        edits = text_edits(problem, current) + number_edits(problem, rng, spread, current)
+        edits = text_edits(problem, current) + number_edits(problem, rng, spread, current, tried)
     if edits and noisy:
         edits = [noisy_edit(rng.choice(edits), rng)]
     improved = dict(solution)
@@ -212,7 +217,11 @@ def _broken_improver_variants(source: str) -> list[tuple[str, str]]:
 
 
 def answer_stop_improver(
-    prompt: str, rng: random.Random, options: SimulatedOptions, temperature: float | None
+    prompt: str,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
 ) -> str | None:
     """Answer STOP's "improve this improver" prompt, or return None when it is not one.
 
