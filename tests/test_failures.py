@@ -132,19 +132,26 @@ def test_a_failed_candidate_is_not_evaluated_again_by_another_worker(
     assert calls[broken] == 1  # never evaluated twice
 
 
-def test_a_transient_failure_is_evaluated_again(sqlite_url: str, study_name: str) -> None:
+def test_a_transient_failure_fails_the_trial_and_is_evaluated_again(
+    sqlite_url: str, study_name: str
+) -> None:
+    """A transient error says nothing about the candidate: no strategy may choose among
+    offspring by it, so the trial fails with the reason, and a later trial evaluates the
+    same candidate again."""
     evaluate = OddWordsCrash(transient=True)
     study = evolutionary_study(sqlite_url, study_name, evaluate)
-    study.optimize(n_trials=3)
+    study.optimize(n_trials=4)
+    states = [t.state for t in study.trials]
+    assert states[1] == TrialState.FAIL and TrialState.COMPLETE in states[2:]
     record = study.record(1)
+    assert record.error == "evaluate() raised ConnectionError: grading service unreachable"
     transient = [entry for entry in record.evaluated if entry["error"]]
-    assert transient and all(entry["transient"] for entry in transient)
-    assert (
-        transient[0]["error"] == "evaluate() raised ConnectionError: grading service unreachable"
-    )
+    assert len(transient) == 1 and transient[0]["transient"]
+    assert transient[0]["error"] == record.error
     population = Population(study.optuna)
     population.refresh()
-    assert all(population.failure(entry["snapshot_hash"]) is None for entry in transient)
+    assert population.failure(transient[0]["snapshot_hash"]) is None
+    assert evaluate.seen[transient[0]["changes"]["max_words"]] == 2  # tried again, later
 
 
 def test_a_failed_candidate_never_outranks_a_working_one(

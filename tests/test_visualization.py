@@ -27,7 +27,8 @@ FAILING_CALL = 9  # the evaluate call that raises, so the study has a FAIL trial
 
 
 class FailOnce:
-    """The demo grader, raising on one call (that trial ends FAIL)."""
+    """The demo grader, losing its connection on one call: a transient error ends that trial
+    FAIL (a candidate's own error would be feedback and the trial would complete)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -35,7 +36,7 @@ class FailOnce:
     def __call__(self, agent: object) -> to.Evaluation:
         self.calls += 1
         if self.calls == FAILING_CALL:
-            raise RuntimeError("the grader crashed")
+            raise ConnectionError("the grader lost its connection")
         return demo.evaluate(agent)  # type: ignore[arg-type]
 
 

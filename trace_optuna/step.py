@@ -498,16 +498,27 @@ class TraceObjective:
         try:
             result = self._evaluate_once(run, values)
         except TrialPruned:
-            # The trial's candidate is the one being evaluated, measured against the first parent.
-            first = run.reran[:1]
-            run.record[records.PARENTS] = [parent.number for parent in first]
-            if first:
-                run.record[records.PARENT_SCORE] = first[0].score
-                run.record[records.PARENT_FEEDBACK] = first[0].feedback
-            self._record_candidate(run, run.record[records.PARENTS], values)
+            self._record_unfinished(run, values)
             raise
         run.evaluated.append((dict(values), result))
+        if result.transient:
+            # Says nothing about the candidate: no strategy may judge it by this. The trial
+            # fails (with the reason) as it would for the trial's own candidate.
+            assert result.error is not None
+            self._record_unfinished(run, values)
+            _record_failure(run.record, result)
+            raise _CandidateFailed(result.error)
         return result
+
+    def _record_unfinished(self, run: _TrialRun, values: dict[str, Any]) -> None:
+        """The trial ends while a strategy evaluates ``values`` (pruned, or a transient error):
+        its candidate is that one, measured against the first parent it re-ran."""
+        first = run.reran[:1]
+        run.record[records.PARENTS] = [parent.number for parent in first]
+        if first:
+            run.record[records.PARENT_SCORE] = first[0].score
+            run.record[records.PARENT_FEEDBACK] = first[0].feedback
+        self._record_candidate(run, run.record[records.PARENTS], values)
 
     def _evaluate_once(self, run: _TrialRun, values: dict[str, Any]) -> RunResult:
         """Evaluate a candidate, or reuse the stored result of an identical one."""
