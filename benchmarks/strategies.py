@@ -143,6 +143,7 @@ class RunSpec:
         llm: The litellm model string.
         max_trials: Trials per run, trial 0 (the starting agent) included.
         max_calls: LLM calls after which a run stops.
+        repairs: The studies' ``repairs`` (None: the library's default).
     """
 
     task: str
@@ -153,6 +154,7 @@ class RunSpec:
     llm: str
     max_trials: int
     max_calls: int
+    repairs: int | None = None
 
 
 @dataclasses.dataclass
@@ -270,6 +272,7 @@ def run_study(
             strategies=list(strategies),
             sampler=sampler,
             seed=spec.seed,
+            **({} if spec.repairs is None else {"repairs": spec.repairs}),
         )
         study.optimize(n_trials=spec.max_trials, callbacks=[account])
 
@@ -714,6 +717,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the HTML figure")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--repairs", type=int, default=None, help="the studies' repairs (default: the library's)"
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         default=None,
@@ -760,7 +766,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append(f"real model {args.llm}: noise levels do not apply")
     tasks = _list(args.tasks)
     specs = [
-        RunSpec(task, noise, arm, seed, tuple(singles), args.llm, args.max_trials, args.max_calls)
+        RunSpec(
+            task,
+            noise,
+            arm,
+            seed,
+            tuple(singles),
+            args.llm,
+            args.max_trials,
+            args.max_calls,
+            args.repairs,
+        )
         for seed in range(args.seeds)
         for task in tasks
         for noise in noises

@@ -183,7 +183,7 @@ def test_replace_edits_code_and_keeps_the_signature() -> None:
     shout.parameter._set(original)
 
 
-def test_noise_breaks_code_and_the_error_feedback_repairs_it() -> None:
+def test_noise_puts_a_bug_into_the_intended_code_and_a_repair_keeps_the_change() -> None:
     original = shout.parameter._data
     output = shout(trace.node("world"))
     optimizer_step(
@@ -195,7 +195,7 @@ def test_noise_breaks_code_and_the_error_feedback_repairs_it() -> None:
     exception_node = caught.value.exception_node
     optimizer_step([shout.parameter], str(exception_node.data), output=exception_node)
     assert "raise" not in shout.parameter.data
-    assert shout(trace.node("world")).data == "Hello WORLD"
+    assert shout(trace.node("world")).data == "Hey WORLD"  # the intended change survives
     shout.parameter._set(original)
 
 

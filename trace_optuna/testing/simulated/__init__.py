@@ -29,8 +29,9 @@ custom provider in ``optional_params``)::
 
 * ``simulated_noise``: probability that an answer which would change something is replaced by a
   wrong or useless one: a number moved the wrong way, an irrelevant sentence appended to a
-  string, or a ``raise RuntimeError("simulated bug")`` inserted as the first body line of a
-  function (so the ``ExecutionError`` path gets exercised). ``TERMINATE`` is never noisy.
+  string, or a function's intended new code with ``raise RuntimeError("simulated bug")``
+  inserted as its first body line (so the ``ExecutionError`` path gets exercised, and a repair
+  that deletes the line keeps the intended change). ``TERMINATE`` is never noisy.
 * ``simulated_seed``: the random seed.
 * ``simulated_latency``: seconds to sleep per call (benchmarks use it).
 * ``temperature`` (the usual argument) scales the randomness of step sizes; 0 makes them fixed.

@@ -33,8 +33,9 @@ Both OptoPrime's prompt (:mod:`._optoprime`) and STOP's "improve this solution" 
   "Example 1: correct. Example 2: wrong, ..."): see :func:`satisfied`.
 
 Noise (:func:`noisy_edit`) replaces a right edit by a wrong or useless one: a number moved the
-wrong way, an irrelevant sentence appended to a string, or :data:`BUG_LINE` inserted as the
-first body line of a function (so the ``ExecutionError`` path gets exercised).
+wrong way, an irrelevant sentence appended to a string, or, for a function, the intended new
+code with :data:`BUG_LINE` inserted as its first body line (so the ``ExecutionError`` path gets
+exercised, and a repair that deletes the line keeps the intended change).
 """
 
 from __future__ import annotations
@@ -325,7 +326,8 @@ def noisy_edit(edit: Edit, rng: random.Random) -> Edit:
                 wrong = old - (1 if right > old else -1)
         return Edit(variable, wrong, f"(noise) moves {variable.py_name} the wrong way")
     if variable.type_name == "code":
-        return Edit(variable, _insert_bug(variable.value), "(noise) breaks the function")
+        # As a real model's slip: the intended change, with a bug in it.
+        return Edit(variable, _insert_bug(edit.new_value), "(noise) a bug in the new function")
     sentence = rng.choice(_IRRELEVANT_SENTENCES)
     return Edit(
         variable, append_sentence(variable.value, sentence), "(noise) adds an irrelevant line"
