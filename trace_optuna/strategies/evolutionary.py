@@ -97,6 +97,7 @@ class EvolutionaryStrategy(Strategy):
                     parent.feedback,
                     parent.output,
                     llm=context.llm.with_options(temperature=temperature),
+                    ask_again=False,  # a sibling is the other chance; a known failure is free
                 )
             except LLMError as error:
                 failures.append(f"temperature {temperature}: {error}")

@@ -238,6 +238,7 @@ def optoprime_update(
     memory: Sequence[tuple[dict, str]] = (),
     objective: str | None = None,
     llm: Any = None,
+    ask_again: bool = True,
 ) -> dict[str, Any]:
     """Run one OptoPrime proposal from a live run; return ``{path: new value}``.
 
@@ -249,7 +250,9 @@ def optoprime_update(
 
     A proposal the study already evaluated and saw fail (:meth:`Population.failure
     <trace_optuna.population.Population.failure>`) is not returned as it is: the LLM is told
-    so, with the error, and asked once more for a different change.
+    so, with the error, and asked once more for a different change (unless ``ask_again`` is
+    false: a strategy sampling several proposals, such as evolutionary's offspring, takes the
+    known failure as it is, reused without being evaluated, rather than pay another call).
 
     Raises:
         LLMError: If the LLM's answer held no usable suggestion (an explicit ``TERMINATE``
@@ -259,7 +262,7 @@ def optoprime_update(
     current = {path: node._data for path, node in context.parameters.items()}
     update = _optoprime_once(context, feedback, output, memory, objective, llm)
     failure = context.population.failure(snapshot_hash({**current, **update}))
-    if update and failure is not None:
+    if update and failure is not None and ask_again:
         told = (
             f"{feedback}\n\nNote: the change you would suggest now (to "
             f"{', '.join(sorted(update))}) was already evaluated, in Trial#{failure.number}, "
