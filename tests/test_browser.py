@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from test_dashboard import HUMAN_TEXT
 from test_dashboard import demo_study
+from test_dashboard import get_json
 from test_dashboard import human_study
 from test_dashboard import reply
 from test_dashboard import running_dashboard
@@ -47,9 +48,10 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+REBOUND = "rebound.test"  # a name the rebinding probe's browser resolves to 127.0.0.1
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+
+def chromium(*extra: str) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
@@ -58,9 +60,25 @@ def browser() -> Iterator[Any]:
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--window-size=1400,2200",
+        *extra,
     ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def rebinding_browser() -> Iterator[Any]:
+    """A browser in which a foreign name resolves to 127.0.0.1, as after DNS rebinding."""
+    driver = chromium(f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1")
     try:
         yield driver
     finally:
@@ -109,6 +127,7 @@ def test_a_trial_page_shows_the_feedback_and_the_diff(
     assert record.changed and record.feedback and record.parent_feedback
     with running_dashboard(url) as base:
         sid = study_id(base, "browser")
+        browser.get(base.printed)  # the printed URL: its token becomes a cookie
         browser.get(f"{base}/dashboard/studies/{sid}/trials?numbers=2")
         text = wait_for_text(browser, "Feedback on this candidate", record.feedback)
         assert "Feedback that drove this step" in text and record.parent_feedback in text
@@ -150,6 +169,7 @@ def test_a_person_answers_in_the_browser_form(
     with running_dashboard(url) as base:
         worker.start()
         sid = study_id(base, "human")
+        browser.get(base.printed)  # the printed URL: its token becomes a cookie
         output = str(reply(demo.make_agent()).data)
 
         def asked(driver: Any) -> bool:
@@ -186,3 +206,75 @@ def test_a_person_answers_in_the_browser_form(
     assert record.value == pytest.approx(0.3)
     assert record.feedback == HUMAN_TEXT
     assert study.trials[0].user_attrs[records.HUMAN_FEEDBACK] == HUMAN_TEXT
+
+
+def test_a_rebound_name_gets_nothing_from_the_dashboard(
+    rebinding_browser: Any, tmp_path: Path
+) -> None:
+    """A page whose name is rebound to 127.0.0.1 reaches the dashboard's port, with the
+    user's cookies for that name; the dashboard answers only its own names."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    demo_study(url, "private", None).optimize(n_trials=2)
+    with running_dashboard(url) as base:
+        port = base.rsplit(":", 1)[1]
+        rebound = f"http://{REBOUND}:{port}"
+        rebinding_browser.get(f"{rebound}/dashboard/?token={base.token}")  # even with it
+        rebinding_browser.get(f"{rebound}/api/studies")
+        text = page_text(rebinding_browser)
+        assert f"Host '{REBOUND}:{port}' is not allowed" in text and "private" not in text
+        rebinding_browser.get(base.printed)  # the real name still works, in the same browser
+        rebinding_browser.get(f"{base}/api/studies")
+        assert "private" in page_text(rebinding_browser)
+
+
+def test_a_page_of_another_origin_can_neither_read_nor_write(browser: Any, tmp_path: Path) -> None:
+    """A page served from another local port, opened in the browser that holds the
+    dashboard's cookie, calls the dashboard's API: it reads nothing and changes nothing."""
+    import http.server
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    demo_study(url, "private", None).optimize(n_trials=2)
+    with running_dashboard(url) as base:
+        sid = study_id(base, "private")
+        browser.get(base.printed)  # the user's own session: the cookie is set
+        page = f"""<html><body><script>
+        const base = {base!r}, out = [];
+        async function probe() {{
+          try {{ const r = await fetch(base + "/api/studies", {{credentials: "include"}});
+                 out.push("read:" + (await r.text()).length); }}
+          catch (e) {{ out.push("read:blocked"); }}
+          try {{ await fetch(base + "/api/studies/{sid}", {{method: "DELETE",
+                 credentials: "include"}}); out.push("delete:sent"); }}
+          catch (e) {{ out.push("delete:blocked"); }}
+          try {{ await fetch(base + "/api/studies/{sid}/rename", {{method: "POST",
+                 mode: "no-cors", credentials: "include", headers: {{"Content-Type":
+                 "text/plain"}}, body: JSON.stringify({{study_name: "pwned"}})}});
+                 out.push("rename:sent"); }}
+          catch (e) {{ out.push("rename:blocked"); }}
+          document.title = out.join(" ");
+        }}
+        probe();
+        </script></body></html>""".encode()
+
+        class Attacker(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (name fixed by http.server)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        attacker = http.server.HTTPServer(("127.0.0.1", 0), Attacker)
+        thread = threading.Thread(target=attacker.serve_forever, daemon=True)
+        thread.start()
+        try:
+            browser.get(f"http://127.0.0.1:{attacker.server_port}/")
+            WebDriverWait(browser, WAIT_S).until(lambda d: "rename:" in d.title)
+            assert "read:blocked" in browser.title  # no CORS: the answer is not readable
+        finally:
+            attacker.shutdown()
+        names = [s["study_name"] for s in get_json(base, "/api/studies")["study_summaries"]]
+        assert names == ["private"]  # neither deleted nor renamed

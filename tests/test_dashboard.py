@@ -45,8 +45,22 @@ HUMAN_TEXT = 'The reply should ask for the order number: include "order number" 
 # -- a real optuna-dashboard ------------------------------------------------------------------
 
 
+class Served(str):
+    """A running dashboard's base URL (``http://127.0.0.1:PORT``), with the URL it printed
+    (``.printed``, holding the token) and its token (``.token``, None with ``--no-token``)."""
+
+    printed: str
+    token: str | None
+
+
+def auth(base: str) -> dict[str, str]:
+    """The header that carries ``base``'s token, as a script sends it."""
+    token = getattr(base, "token", None)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 @contextlib.contextmanager
-def running_dashboard(storage_url: str, *extra: str) -> Iterator[str]:
+def running_dashboard(storage_url: str, *extra: str) -> Iterator[Served]:
     """``trace-optuna dashboard --port 0`` in a subprocess; yields its base URL."""
     process = subprocess.Popen(
         [
@@ -67,25 +81,33 @@ def running_dashboard(storage_url: str, *extra: str) -> Iterator[str]:
     try:
         assert process.stdout is not None
         first = process.stdout.readline()  # printed once the socket is bound
-        match = re.search(r"(http://127\.0\.0\.1:\d+)/dashboard/", first)
+        match = re.search(r"(http://127\.0\.0\.1:\d+)/dashboard/(\?token=(\S+))?", first)
         if match is None:
             process.kill()
             raise AssertionError(f"no address printed: {first!r} {process.stderr.read()!r}")
         rest = [process.stdout.readline(), process.stdout.readline()]
-        assert "no authentication" in rest[1]
-        yield match.group(1)
+        if "--no-token" in extra:
+            assert match.group(3) is None and "warning: --no-token" in rest[1]
+        else:
+            assert match.group(3) and "Only this URL opens it" in rest[1]
+        served = Served(match.group(1))
+        served.printed = match.group(0)
+        served.token = match.group(3)
+        yield served
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
 def get_json(base: str, path: str) -> Any:
-    with urllib.request.urlopen(base + path, timeout=30) as response:
+    request = urllib.request.Request(base + path, headers=auth(base))
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
 def get_bytes(base: str, path: str) -> bytes:
-    with urllib.request.urlopen(base + path, timeout=30) as response:
+    request = urllib.request.Request(base + path, headers=auth(base))
+    with urllib.request.urlopen(request, timeout=30) as response:
         return bytes(response.read())
 
 
@@ -93,7 +115,7 @@ def post_json(base: str, path: str, body: dict[str, Any]) -> int:
     request = urllib.request.Request(
         base + path,
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **auth(base)},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -322,6 +344,8 @@ def _get_without_accept_encoding(base: str, path: str) -> tuple[int, dict[str, s
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         connection.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in auth(base).items():
+            connection.putheader(name, value)
         connection.endheaders()
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
@@ -341,7 +365,7 @@ def test_static_files_are_served_to_clients_that_send_no_accept_encoding(
         status, _, icon = _get_without_accept_encoding(base, "/favicon.ico")
         assert status == 200 and icon
         request = urllib.request.Request(
-            base + "/static/bundle.js", headers={"Accept-Encoding": "gzip"}
+            base + "/static/bundle.js", headers={"Accept-Encoding": "gzip", **auth(base)}
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.headers["Content-Encoding"] == "gzip"  # still compressed on request

@@ -23,11 +23,13 @@ the attribute then keeps the start of the text and ``trace:artifacts`` says wher
 (:func:`read_text` reads it back). Without a store they stay in chunked attributes.
 
 optuna-dashboard has no authentication and its write endpoints are open: ``trace-optuna
-dashboard`` binds it to 127.0.0.1 only. Do not expose it.
+dashboard`` serves it behind :class:`Guard` (``_guard``): only its own ``Host`` names, a
+per-start token, writes from its own page only, no framing, and a read-only mode.
 
 One part per private module: ``_notes`` (the trial's note), ``_artifacts`` (long texts),
 ``_figures`` (figures saved into the study, :class:`FigureRefresher`), ``_human``
-(:class:`HumanFeedback`), ``_study`` (the study's description), ``_hooks`` (what happens
+(:class:`HumanFeedback`), ``_guard`` (:class:`Guard`, the WSGI checks in front of
+optuna-dashboard), ``_study`` (the study's description), ``_hooks`` (what happens
 around a trial), ``_observer`` (:class:`DashboardObserver`, which the core calls through
 :mod:`trace_optuna.observers`; registered when this package is imported), ``_commands`` (the
 two commands), ``_keys`` (optuna-dashboard's
@@ -53,6 +55,8 @@ from trace_optuna.dashboard._figures import FigureRefresher
 from trace_optuna.dashboard._figures import dashboard_trial_url
 from trace_optuna.dashboard._figures import figures_stamp
 from trace_optuna.dashboard._figures import save_figures
+from trace_optuna.dashboard._guard import Guard
+from trace_optuna.dashboard._guard import GuardSettings
 from trace_optuna.dashboard._hooks import before_write
 from trace_optuna.dashboard._hooks import enter_trial
 from trace_optuna.dashboard._human import HumanFeedback
@@ -78,6 +82,8 @@ __all__ = [
     "FIGURE_COST_FACTOR",
     "FIGURE_PREFIX",
     "FigureRefresher",
+    "Guard",
+    "GuardSettings",
     "HEAD_CHARS",
     "HumanFeedback",
     "HumanFeedbackTimeout",

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+import dataclasses
 import logging
+import os
 from pathlib import Path
+import secrets
+import socket
 import sys
 from typing import Any
+import urllib.parse
 import warnings
 
 import optuna
@@ -15,9 +20,16 @@ import optuna
 from trace_optuna import records
 from trace_optuna.dashboard._artifacts import resolve_artifact_store
 from trace_optuna.dashboard._figures import dashboard_trial_url
+from trace_optuna.dashboard._guard import TOKEN_PARAMETER
+from trace_optuna.dashboard._guard import Guard
+from trace_optuna.dashboard._guard import GuardSettings
+from trace_optuna.dashboard._guard import is_loopback
 from trace_optuna.dashboard._imports import _optuna_dashboard
 
 _logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "TRACE_OPTUNA_DASHBOARD_TOKEN"
+ALLOWED_HOSTS_ENV = "TRACE_OPTUNA_DASHBOARD_ALLOWED_HOSTS"
 
 
 def add_commands(
@@ -28,7 +40,10 @@ def add_commands(
 
     dashboard = commands.add_parser(
         "dashboard",
-        help="start optuna-dashboard on 127.0.0.1 for a storage (no authentication: local only)",
+        help="start optuna-dashboard for a storage, on 127.0.0.1, behind a per-start token",
+    )
+    dashboard.add_argument(
+        "storage_url", nargs="?", default=None, metavar="STORAGE", help="as --storage"
     )
     storage_argument(dashboard)
     dashboard.add_argument(
@@ -36,6 +51,37 @@ def add_commands(
         type=port_number,
         default=8080,
         help="port (default: 8080; 0 picks a free one)",
+    )
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1); any other needs --allowed-hosts, and "
+        "--token (or $" + TOKEN_ENV + ") or --no-token",
+    )
+    dashboard.add_argument(
+        "--allowed-hosts",
+        default=os.environ.get(ALLOWED_HOSTS_ENV, ""),
+        help="more Host names to answer, comma-separated patterns such as dash.internal or "
+        f"'*.internal:8080' (default: ${ALLOWED_HOSTS_ENV})",
+    )
+    dashboard.add_argument(
+        "--allowed-origins",
+        default="",
+        help="comma-separated origins (https://app.example) whose pages may call the API",
+    )
+    tokens = dashboard.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"the token to require (default: ${TOKEN_ENV}, else a new random one per start)",
+    )
+    tokens.add_argument(
+        "--no-token",
+        action="store_true",
+        help="require no token: anyone who reaches the port can read and change the studies",
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="refuse every change (notes, feedback, deletion)"
     )
     dashboard.add_argument(
         "--artifact-dir",
@@ -71,7 +117,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from trace_optuna.storage import open_existing
     from trace_optuna.storage import read_only_file
 
+    if args.storage_url is not None:
+        args.storage = args.storage_url
     url = require_storage(args)
+    settings = guard_settings(args)
     try:
         module = _optuna_dashboard()
     except ImportError as error:
@@ -86,6 +135,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     class _Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
 
     class _Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -93,19 +143,34 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     try:
         server = make_server(
-            "127.0.0.1", args.port, app, server_class=_Server, handler_class=_Quiet
+            settings.host, args.port, app, server_class=_Server, handler_class=_Quiet
         )
     except OSError as error:
         raise ConfigurationError(
-            f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({error.strerror}). "
-            "Choose another port, or --port 0 for any free one."
+            f"--port {args.port}: cannot listen on {settings.host}:{args.port} "
+            f"({error.strerror}). Choose another port, or --port 0 for any free one."
         ) from None
-    address = f"http://127.0.0.1:{server.server_port}/dashboard/"
+    settings = dataclasses.replace(
+        settings, port=server.server_port, read_only=settings.read_only or read_only
+    )
+    server.set_app(Guard(app, settings))
+    address = f"http://{_url_host(settings)}:{server.server_port}/dashboard/"
+    if settings.token is not None:
+        address += f"?{TOKEN_PARAMETER}={settings.token}"
     print(f"optuna-dashboard for {describe(url)}: {address}")
     print(f"artifacts: {directory}" if directory else "artifacts: none (no artifact directory)")
-    print("It has no authentication: keep it on 127.0.0.1. Ctrl-C stops it.", flush=True)
+    if settings.token is not None:
+        print("Only this URL opens it (it holds the token). Ctrl-C stops it.", flush=True)
+    else:
+        print(
+            "warning: --no-token: anyone who can reach this port can read and change every "
+            "study. Ctrl-C stops it.",
+            flush=True,
+        )
     if read_only:
         print("Read-only: this process cannot write the file, so notes are not saved.", flush=True)
+    elif settings.read_only:
+        print("Read-only: every change is refused.", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -113,6 +178,65 @@ def run_dashboard(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def guard_settings(args: argparse.Namespace) -> GuardSettings:
+    """The :class:`GuardSettings` of ``trace-optuna dashboard``'s options, checked.
+
+    Raises:
+        ConfigurationError: A non-loopback ``--host`` without ``--allowed-hosts``, or without
+            a token given (``--token`` or the environment) or an explicit ``--no-token``: a
+            dashboard others reach needs the names they use, and a token they share that
+            survives a restart.
+    """
+    from trace_optuna.exceptions import ConfigurationError
+
+    allowed_hosts = tuple(_items(args.allowed_hosts))
+    allowed_origins = tuple(origin.rstrip("/") for origin in _items(args.allowed_origins))
+    for origin in allowed_origins:
+        parsed = urllib.parse.urlsplit(origin)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path:
+            raise ConfigurationError(
+                f"--allowed-origins: {origin!r} is not an origin (scheme://host[:port], "
+                "e.g. https://app.example)."
+            )
+    if not is_loopback(args.host):
+        if not allowed_hosts:
+            raise ConfigurationError(
+                f"--host {args.host}: others reach this dashboard by a name; give it with "
+                f"--allowed-hosts (e.g. --allowed-hosts dash.internal), or ${ALLOWED_HOSTS_ENV}."
+            )
+        if args.token is None and not args.no_token:
+            raise ConfigurationError(
+                f"--host {args.host}: a dashboard others reach needs a token they share: give "
+                f"--token VALUE (or ${TOKEN_ENV}), or --no-token to serve it to anyone who "
+                "reaches the port."
+            )
+    if args.token is not None and len(args.token) < 16:
+        raise ConfigurationError("--token must be at least 16 characters long.")
+    token = None if args.no_token else (args.token or secrets.token_urlsafe(24))
+    return GuardSettings(
+        host=args.host,
+        port=args.port,
+        allowed_hosts=allowed_hosts,
+        token=token,
+        read_only=args.read_only,
+        allowed_origins=allowed_origins,
+    )
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def _url_host(settings: GuardSettings) -> str:
+    """The host to print in the dashboard's URL."""
+    if is_loopback(settings.host):
+        return "127.0.0.1"
+    if settings.host not in ("0.0.0.0", "::"):
+        return f"[{settings.host}]" if ":" in settings.host else settings.host
+    named = [host for host in settings.allowed_hosts if not any(c in host for c in "*?[")]
+    return named[0].rsplit(":", 1)[0] if named else settings.host
 
 
 def _default_accept_encoding(app: Any) -> Any:
