@@ -7,6 +7,8 @@ Screenshots go to ``$TRACE_OPTUNA_SCREENSHOT_DIR`` (default: the test's temporar
 from __future__ import annotations
 
 from collections.abc import Iterator
+import contextlib
+import http.server
 import os
 from pathlib import Path
 import shutil
@@ -51,9 +53,34 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 REBOUND = "rebound.test"  # a name the rebinding probe's browser resolves to 127.0.0.1
 
 
+@contextlib.contextmanager
+def serving(page: bytes) -> Iterator[str]:
+    """Serve ``page`` from another local port (another origin); yield its URL."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (name fixed by http.server)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def chromium(*extra: str) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console
     for argument in (
         "--headless=new",
         "--no-sandbox",  # CI runs as root
@@ -230,8 +257,6 @@ def test_a_rebound_name_gets_nothing_from_the_dashboard(
 def test_a_page_of_another_origin_can_neither_read_nor_write(browser: Any, tmp_path: Path) -> None:
     """A page served from another local port, opened in the browser that holds the
     dashboard's cookie, calls the dashboard's API: it reads nothing and changes nothing."""
-    import http.server
-
     url = f"sqlite:///{tmp_path / 'study.db'}"
     demo_study(url, "private", None).optimize(n_trials=2)
     with running_dashboard(url) as base:
@@ -256,25 +281,25 @@ def test_a_page_of_another_origin_can_neither_read_nor_write(browser: Any, tmp_p
         probe();
         </script></body></html>""".encode()
 
-        class Attacker(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (name fixed by http.server)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(page)))
-                self.end_headers()
-                self.wfile.write(page)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        attacker = http.server.HTTPServer(("127.0.0.1", 0), Attacker)
-        thread = threading.Thread(target=attacker.serve_forever, daemon=True)
-        thread.start()
-        try:
-            browser.get(f"http://127.0.0.1:{attacker.server_port}/")
+        with serving(page) as attacker:
+            browser.get(attacker)
             WebDriverWait(browser, WAIT_S).until(lambda d: "rename:" in d.title)
             assert "read:blocked" in browser.title  # no CORS: the answer is not readable
-        finally:
-            attacker.shutdown()
         names = [s["study_name"] for s in get_json(base, "/api/studies")["study_summaries"]]
         assert names == ["private"]  # neither deleted nor renamed
+
+
+def test_another_page_cannot_frame_the_dashboard(browser: Any, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    demo_study(url, "private", None).optimize(n_trials=2)
+    with running_dashboard(url) as base:
+        browser.get(base.printed)
+        framing = f'<html><body><iframe src="{base}/dashboard/"></iframe></body></html>'
+        with serving(framing.encode()) as attacker:
+            browser.get(attacker)
+
+            def refused(driver: Any) -> bool:  # Chromium's console says why it blocked it
+                messages = [entry["message"] for entry in driver.get_log("browser")]
+                return any("frame-ancestors 'none'" in m and "blocked" in m for m in messages)
+
+            WebDriverWait(browser, WAIT_S).until(refused)
