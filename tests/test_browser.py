@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from test_dashboard import HUMAN_TEXT
 from test_dashboard import demo_study
-from test_dashboard import get_json
 from test_dashboard import human_study
 from test_dashboard import reply
 from test_dashboard import running_dashboard
 from test_dashboard import split_diff
 from test_dashboard import study_id
+from test_dashboard import study_names
 
 from trace_optuna import demo
 from trace_optuna import records
@@ -285,8 +285,7 @@ def test_a_page_of_another_origin_can_neither_read_nor_write(browser: Any, tmp_p
             browser.get(attacker)
             WebDriverWait(browser, WAIT_S).until(lambda d: "rename:" in d.title)
             assert "read:blocked" in browser.title  # no CORS: the answer is not readable
-        names = [s["study_name"] for s in get_json(base, "/api/studies")["study_summaries"]]
-        assert names == ["private"]  # neither deleted nor renamed
+        assert study_names(base) == ["private"]  # neither deleted nor renamed
 
 
 def test_another_page_cannot_frame_the_dashboard(browser: Any, tmp_path: Path) -> None:

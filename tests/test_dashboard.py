@@ -122,6 +122,10 @@ def post_json(base: str, path: str, body: dict[str, Any]) -> int:
         return int(response.status)
 
 
+def study_names(base: str) -> list[str]:
+    return [study["study_name"] for study in get_json(base, "/api/studies")["study_summaries"]]
+
+
 def study_id(base: str, name: str) -> int:
     studies = get_json(base, "/api/studies")["study_summaries"]
     return next(study["study_id"] for study in studies if study["study_name"] == name)
@@ -335,18 +339,28 @@ def test_the_stock_optuna_dashboard_command_shows_the_notes_too(
     assert study.record(3).feedback in detail["trials"][3]["note"]["body"]
 
 
-def _get_without_accept_encoding(base: str, path: str) -> tuple[int, dict[str, str], bytes]:
-    """GET as curl or a health check does: no Accept-Encoding header at all (urllib sends
-    ``identity``)."""
+def raw_request(
+    base: str,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with exactly ``headers``: any ``Host``, no ``Accept-Encoding`` unless
+    given (as curl or a health check sends it; urllib sends ``identity``), no cookies, no
+    redirects followed."""
     import http.client
 
     host, port = base.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        connection.putrequest("GET", path, skip_accept_encoding=True)
-        for name, value in auth(base).items():
+        headers = headers or {}
+        connection.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for name, value in headers.items():
             connection.putheader(name, value)
-        connection.endheaders()
+        if body is not None:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -358,11 +372,11 @@ def test_static_files_are_served_to_clients_that_send_no_accept_encoding(
 ) -> None:
     url, _, _ = written
     with running_dashboard(url) as base:
-        status, headers, body = _get_without_accept_encoding(base, "/static/bundle.js")
+        status, headers, body = raw_request(base, "GET", "/static/bundle.js", auth(base))
         assert status == 200, body[:500]
         assert "Content-Encoding" not in headers and len(body) > 100_000
         assert get_bytes(base, "/static/bundle.js") == body  # as urllib (identity) gets it
-        status, _, icon = _get_without_accept_encoding(base, "/favicon.ico")
+        status, _, icon = raw_request(base, "GET", "/favicon.ico", auth(base))
         assert status == 200 and icon
         request = urllib.request.Request(
             base + "/static/bundle.js", headers={"Accept-Encoding": "gzip", **auth(base)}

@@ -5,7 +5,6 @@ its read-only mode, and its start-up rules for a dashboard others reach."""
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import Any
 import pytest
 from test_dashboard import auth
 from test_dashboard import demo_study
+from test_dashboard import raw_request
 from test_dashboard import running_dashboard
 from test_dashboard import study_id
+from test_dashboard import study_names
 
 from trace_optuna.dashboard import GuardSettings
 from trace_optuna.dashboard._commands import guard_settings
@@ -34,70 +35,41 @@ def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def request(
-    base: str,
-    method: str,
-    path: str,
-    headers: dict[str, str] | None = None,
-    body: bytes | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP request (any ``Host``, no cookies, no redirects followed)."""
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.putrequest(method, path, skip_host="Host" in (headers or {}))
-        for name, value in (headers or {}).items():
-            connection.putheader(name, value)
-        if body is not None:
-            connection.putheader("Content-Length", str(len(body)))
-        connection.endheaders(body)
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
-
-def study_names(base: str) -> list[str]:
-    status, _, body = request(base, "GET", "/api/studies", auth(base))
-    assert status == 200, body
-    return [study["study_name"] for study in json.loads(body)["study_summaries"]]
-
-
 def test_a_foreign_host_can_neither_read_nor_delete(study_url: str) -> None:
     with running_dashboard(study_url) as base:
         port = base.rsplit(":", 1)[1]
         sid = study_id(base, "guarded")
         foreign = {"Host": f"evil.example:{port}", **auth(base)}
-        status, _, body = request(base, "GET", "/api/studies", foreign)
+        status, _, body = raw_request(base, "GET", "/api/studies", foreign)
         assert status == 403 and b"guarded" not in body
         assert f"Host 'evil.example:{port}' is not allowed".encode() in body
         assert f"--allowed-hosts evil.example:{port}".encode() in body
         origin = {"Origin": f"http://evil.example:{port}"}
-        status, _, _ = request(base, "DELETE", f"/api/studies/{sid}", {**foreign, **origin})
+        status, _, _ = raw_request(base, "DELETE", f"/api/studies/{sid}", {**foreign, **origin})
         assert status == 403
         assert "guarded" in study_names(base)  # still there
         for own in (f"localhost:{port}", f"127.0.0.1:{port}"):
-            assert request(base, "GET", "/api/meta", {"Host": own, **auth(base)})[0] == 200
+            assert raw_request(base, "GET", "/api/meta", {"Host": own, **auth(base)})[0] == 200
 
 
 def test_a_request_without_the_token_is_refused(study_url: str) -> None:
     with running_dashboard(study_url) as base:
         assert base.token and len(base.token) >= 24
-        status, _, body = request(base, "GET", "/api/studies")
+        status, _, body = raw_request(base, "GET", "/api/studies")
         assert status == 401 and b"guarded" not in body and b"?token=" in body
         wrong = {"Authorization": "Bearer " + "x" * len(base.token)}
-        assert request(base, "GET", "/api/studies", wrong)[0] == 401
-        assert request(base, "GET", "/dashboard/?token=" + "y" * 32)[0] == 401
+        assert raw_request(base, "GET", "/api/studies", wrong)[0] == 401
+        assert raw_request(base, "GET", "/dashboard/?token=" + "y" * 32)[0] == 401
         # The printed URL: the token becomes a cookie and leaves the address bar.
-        status, headers, _ = request(base, "GET", f"/dashboard/studies/1?token={base.token}")
+        status, headers, _ = raw_request(base, "GET", f"/dashboard/studies/1?token={base.token}")
         assert status == 303 and headers["Location"] == "/dashboard/studies/1"
         cookie = headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         name_value = cookie.split(";")[0]
         assert name_value.endswith("=" + base.token)
-        status, _, body = request(base, "GET", "/api/studies", {"Cookie": name_value})
+        status, _, body = raw_request(base, "GET", "/api/studies", {"Cookie": name_value})
         assert status == 200 and b"guarded" in body
-        assert request(base, "GET", "/api/studies", auth(base))[0] == 200  # scripts
+        assert raw_request(base, "GET", "/api/studies", auth(base))[0] == 200  # scripts
 
 
 def test_writes_come_only_from_the_dashboards_own_page(study_url: str) -> None:
@@ -108,29 +80,29 @@ def test_writes_come_only_from_the_dashboards_own_page(study_url: str) -> None:
         note = json.dumps({"version": 1, "body": "hello"}).encode()
         as_json = {"Content-Type": "application/json", **token}
         other_origin = {**as_json, "Origin": "http://127.0.0.1:1"}
-        status, _, body = request(base, "PUT", f"/api/studies/{sid}/note", other_origin, note)
+        status, _, body = raw_request(base, "PUT", f"/api/studies/{sid}/note", other_origin, note)
         assert status == 403 and b"origin 'http://127.0.0.1:1' is refused" in body
         cross_site = {**as_json, "Sec-Fetch-Site": "cross-site"}
-        status, _, body = request(base, "PUT", f"/api/studies/{sid}/note", cross_site, note)
+        status, _, body = raw_request(base, "PUT", f"/api/studies/{sid}/note", cross_site, note)
         assert status == 403 and b"Sec-Fetch-Site: cross-site" in body
         form = {"Content-Type": "text/plain", **token}  # what a cross-site form can send
-        status, _, body = request(base, "POST", "/api/studies", form, b'{"study_name": "x"}')
+        status, _, body = raw_request(base, "POST", "/api/studies", form, b'{"study_name": "x"}')
         assert status == 403 and b"application/json" in body
         own = {**as_json, "Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
-        status, _, body = request(base, "PUT", f"/api/studies/{sid}/note", own, note)
+        status, _, body = raw_request(base, "PUT", f"/api/studies/{sid}/note", own, note)
         assert status == 204, body  # the page's own write goes through
 
 
 def test_every_answer_forbids_framing_and_referrers(study_url: str) -> None:
     with running_dashboard(study_url) as base:
         for path in ("/dashboard/", "/api/studies", "/favicon.ico"):
-            _, headers, _ = request(base, "GET", path, auth(base))
+            _, headers, _ = raw_request(base, "GET", path, auth(base))
             assert headers["X-Frame-Options"] == "DENY"
             assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
             assert headers["X-Content-Type-Options"] == "nosniff"
             assert headers["Referrer-Policy"] == "no-referrer"
             assert "Access-Control-Allow-Origin" not in headers
-        _, headers, _ = request(base, "GET", "/dashboard/", auth(base))
+        _, headers, _ = raw_request(base, "GET", "/dashboard/", auth(base))
         # optuna-dashboard's own policy for its page is kept, with framing added.
         assert "default-src 'self'" in headers["Content-Security-Policy"]
 
@@ -150,15 +122,17 @@ WRITES = [
 def test_read_only_refuses_every_write_and_says_so(study_url: str) -> None:
     with running_dashboard(study_url, "--read-only") as base:
         sid = study_id(base, "guarded")
-        detail = json.loads(request(base, "GET", f"/api/studies/{sid}", auth(base))[2])
+        detail = json.loads(raw_request(base, "GET", f"/api/studies/{sid}", auth(base))[2])
         tid = detail["trials"][0]["trial_id"]
         for method, path, payload in WRITES:
             body = None if payload is None else json.dumps(payload).encode()
             headers = {"Content-Type": "application/json", **auth(base)}
-            status, _, answer = request(base, method, path.format(sid=sid, tid=tid), headers, body)
+            status, _, answer = raw_request(
+                base, method, path.format(sid=sid, tid=tid), headers, body
+            )
             assert status == 403 and b"read-only" in answer, (method, path, answer)
         assert study_names(base) == ["guarded"]
-        status, _, page = request(base, "GET", "/dashboard/", auth(base))
+        status, _, page = raw_request(base, "GET", "/dashboard/", auth(base))
         assert status == 200 and b"Read-only dashboard" in page
 
 
@@ -166,7 +140,7 @@ def test_the_storage_may_be_positional_and_no_token_is_a_warned_choice(
     study_url: str, tmp_path: Path
 ) -> None:
     with running_dashboard(study_url, "--no-token") as base:
-        status, _, body = request(base, "GET", "/api/studies")
+        status, _, body = raw_request(base, "GET", "/api/studies")
         assert status == 200 and b"guarded" in body
     command = [sys.executable, "-m", "trace_optuna", "dashboard", study_url, "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -23,6 +23,7 @@ from trace_optuna.dashboard._figures import dashboard_trial_url
 from trace_optuna.dashboard._guard import TOKEN_PARAMETER
 from trace_optuna.dashboard._guard import Guard
 from trace_optuna.dashboard._guard import GuardSettings
+from trace_optuna.dashboard._guard import bracketed
 from trace_optuna.dashboard._guard import is_loopback
 from trace_optuna.dashboard._imports import _optuna_dashboard
 
@@ -234,7 +235,7 @@ def _url_host(settings: GuardSettings) -> str:
     if is_loopback(settings.host):
         return "127.0.0.1"
     if settings.host not in ("0.0.0.0", "::"):
-        return f"[{settings.host}]" if ":" in settings.host else settings.host
+        return bracketed(settings.host)
     named = [host for host in settings.allowed_hosts if not any(c in host for c in "*?[")]
     return named[0].rsplit(":", 1)[0] if named else settings.host
 

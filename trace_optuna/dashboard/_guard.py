@@ -64,6 +64,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bracketed(host: str) -> str:
+    """``host`` as it stands in a URL or a ``Host`` header: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def cookie_name(port: int) -> str:
     """The token cookie's name; one per port, as browsers share cookies across ports."""
     return f"trace_optuna_dashboard_{port}"
@@ -99,7 +104,7 @@ class GuardSettings:
         elif self.host in ("0.0.0.0", "::"):
             names = []  # every address: the allowed hosts say which names are right
         else:
-            names = [f"[{self.host}]" if ":" in self.host else self.host]
+            names = [bracketed(self.host)]
         return [f"{name}:{self.port}" for name in names]
 
     def host_allowed(self, value: str) -> bool:
@@ -160,19 +165,22 @@ class Guard:
 
     # -- the checks -----------------------------------------------------------------------
 
-    def _has_token(self, environ: dict[str, Any]) -> bool:
+    def _is_token(self, given: str) -> bool:
         token = self.settings.token
         assert token is not None
+        return hmac.compare_digest(given.encode(), token.encode())  # in constant time
+
+    def _has_token(self, environ: dict[str, Any]) -> bool:
         authorization = environ.get("HTTP_AUTHORIZATION", "")
         if authorization.startswith("Bearer "):
-            return hmac.compare_digest(authorization[7:].strip().encode(), token.encode())
+            return self._is_token(authorization[7:].strip())
         cookies = http.cookies.SimpleCookie()
         try:
             cookies.load(environ.get("HTTP_COOKIE", ""))
         except http.cookies.CookieError:
             return False
         morsel = cookies.get(self.cookie)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), token.encode())
+        return morsel is not None and self._is_token(morsel.value)
 
     def _write_problem(self, environ: dict[str, Any], host: str, origin: str | None) -> str | None:
         settings = self.settings
@@ -180,8 +188,7 @@ class Guard:
             return "This dashboard is read-only: changes (notes, feedback, deletions) are refused."
         allowed_origin = origin in settings.allowed_origins
         if origin is not None and not allowed_origin:
-            own = {f"http://{host}", f"https://{host}"}
-            if origin.lower() not in {value.lower() for value in own}:
+            if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
                 return (
                     f"A change from origin {origin!r} is refused: only the dashboard's own "
                     "page may write."
@@ -220,9 +227,7 @@ class Guard:
         self, environ: dict[str, Any], start_response: Callable[..., Any], given: str
     ) -> list[bytes]:
         """``?token=...``: set the cookie and redirect to the same URL without the token."""
-        token = self.settings.token
-        assert token is not None
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not self._is_token(given):
             return self._refuse(
                 start_response, "401 Unauthorized", "Wrong token: open the URL printed at start."
             )
@@ -237,7 +242,7 @@ class Guard:
         if query:
             location += "?" + urllib.parse.urlencode(query)
         secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
-        cookie = f"{self.cookie}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        cookie = f"{self.cookie}={given}; Path=/; HttpOnly; SameSite=Strict{secure}"
         start_response(
             "303 See Other",
             [
@@ -268,13 +273,14 @@ class Guard:
             headers = _with_security_headers(headers)
             if cors is not None:
                 headers += _cors_headers(cors)
-            captured.update(status=status, headers=headers, exc_info=exc_info)
-            if banner and _is_html(headers):
+            rewrite = banner and _is_html(headers)
+            captured.update(status=status, headers=headers, exc_info=exc_info, rewrite=rewrite)
+            if rewrite:
                 return lambda data: None  # the body is rewritten below; written then
             return start_response(status, headers, exc_info)
 
         result = self.app(environ, guarded_start)
-        if not (banner and "headers" in captured and _is_html(captured["headers"])):
+        if not captured.get("rewrite"):
             return result
         try:
             body = b"".join(result)
