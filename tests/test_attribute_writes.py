@@ -25,6 +25,7 @@ import sqlalchemy
 
 from trace_optuna import attribute_writes
 from trace_optuna.attribute_writes import write_attrs
+from trace_optuna.attribute_writes import write_study_system_attrs
 from trace_optuna.attribute_writes import write_trial_attrs
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.storage import ResilientRDBStorage
@@ -429,6 +430,48 @@ def test_one_round_trip_per_call_on_redis(study: optuna.Study, storage_url: str)
     assert _canonical(study._storage.get_trial(trial._trial_id).user_attrs) == _canonical(
         {**RECORD, "trace:tuple": [1, "two"]}
     )
+
+
+# -- a study's system attributes (saved figures) --------------------------------------------------
+
+
+def test_study_system_attrs_read_back_as_after_per_key_writes(
+    study: optuna.Study, storage_url: str
+) -> None:
+    storage, study_id = study._storage, study._study_id
+    storage.set_study_system_attr(study_id, "plot:a:0", "old")
+    storage.set_study_system_attr(study_id, "kept", {"untouched": True})
+    figure = {f"plot:a:{index}": "p" * 2048 for index in range(400)}  # 800 KB, as at 3,000 trials
+    write_study_system_attrs(
+        storage, study_id, {**figure, "stamp": [1, "two"], "long": "é" * 9_000}
+    )
+
+    fresh = optuna.load_study(study_name=study.study_name, storage=_open(storage_url))
+    stored = fresh._storage.get_study_system_attrs(fresh._study_id)
+    assert {key: stored[key] for key in figure} == figure  # "plot:a:0" overwritten
+    assert stored["stamp"] == [1, "two"]
+    assert stored["long"] == "é" * 9_000
+    assert stored["kept"] == {"untouched": True}
+
+
+@pytest.mark.parametrize("storage_url", RDB_KINDS, indirect=True)
+def test_study_system_attrs_in_one_transaction_on_rdb(
+    study: optuna.Study, counted_engine: dict[str, list[Any]]
+) -> None:
+    counted_engine["commits"].clear()
+    attrs = {f"plot:a:{index}": "p" * 2048 for index in range(569)}
+    write_study_system_attrs(study._storage, study._study_id, attrs)
+    assert len(counted_engine["commits"]) == 1
+    # 569 rows of 2 KB: more than one statement's worth of rows (_ROWS_PER_STATEMENT).
+    inserts = [kind for kind in counted_engine["statements"] if kind == "INSERT"]
+    assert len(inserts) == 2
+
+
+def test_study_system_attrs_of_an_unknown_study_raise_key_error(study: optuna.Study) -> None:
+    with pytest.raises(KeyError, match="No study with id"):
+        write_study_system_attrs(study._storage, study._study_id + 1000, {"a": 1})
+    with pytest.raises(ConfigurationError, match="attribute keys must be strings"):
+        write_study_system_attrs(study._storage, study._study_id, {1: "a"})  # type: ignore[dict-item]
 
 
 # -- the retry path -------------------------------------------------------------------------------

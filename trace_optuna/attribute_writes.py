@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from optuna.storages.journal import BaseJournalBackend
     from optuna.storages.journal._storage import JournalStorageReplayResult
 
-__all__ = ["MAX_KEY_CHARS", "write_attrs", "write_trial_attrs"]
+__all__ = ["MAX_KEY_CHARS", "write_attrs", "write_study_system_attrs", "write_trial_attrs"]
 
 MAX_KEY_CHARS = models.MAX_INDEXED_STRING_LENGTH
 """The longest attribute key Optuna's RDB tables hold (``String(512)``)."""
@@ -73,6 +73,7 @@ MAX_KEY_CHARS = models.MAX_INDEXED_STRING_LENGTH
 _ROWS_PER_STATEMENT = 300
 _BYTES_PER_STATEMENT = 4_000_000
 
+_STUDIES = models.StudyModel.__table__
 _TRIALS = models.TrialModel.__table__
 _TRIAL_USER_ATTRS = models.TrialUserAttributeModel.__table__
 _STUDY_SYSTEM_ATTRS = models.StudySystemAttributeModel.__table__
@@ -197,6 +198,86 @@ def write_attrs(
     )
     # Trial.set_user_attr updates the trial's own copy the same way.
     trial._cached_frozen_trial.user_attrs.update(user_attrs)
+
+
+def write_study_system_attrs(
+    storage: BaseStorage, study_id: int, attrs: Mapping[str, Any]
+) -> None:
+    """Set many system attributes of a study at once (e.g. the chunks of saved figures).
+
+    The stored result is that of ``storage.set_study_system_attr(study_id, key, value)`` for
+    each key, written in one transaction on RDB storages (multi-row upserts) and in one log
+    append on a journal storage (one round trip on Redis); other storages get one call per key.
+
+    Args:
+        storage: The study's storage (``study._storage``).
+        study_id: The study's storage id (``study._study_id``).
+        attrs: ``{key: JSON value}`` to set on the study.
+
+    Raises:
+        ConfigurationError: If a key is not a string or longer than 512 characters.
+        TypeError: If a value cannot be stored as JSON.
+        KeyError: If no study has ``study_id``.
+
+    Example:
+        >>> import optuna
+        >>> study = optuna.create_study(storage="sqlite:///:memory:")
+        >>> write_study_system_attrs(study._storage, study._study_id, {"a": 1, "b": "two"})
+        >>> study.system_attrs
+        {'a': 1, 'b': 'two'}
+    """
+    rows = _encoded(attrs, "attrs")
+    if not rows:
+        return
+    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    if isinstance(backend, RDBStorage):
+
+        def transaction() -> None:
+            try:
+                with backend.engine.begin() as connection:
+                    found = connection.execute(
+                        sqlalchemy.select(_STUDIES.c.study_id).where(
+                            _STUDIES.c.study_id == study_id
+                        )
+                    ).one_or_none()
+                    if found is None:
+                        raise KeyError(f"No study with id {study_id} in the storage.")
+                    dialect = connection.dialect.name
+                    _upsert(connection, _STUDY_SYSTEM_ATTRS, "study_id", study_id, rows, dialect)
+            except sqlalchemy.exc.SQLAlchemyError as error:
+                raise optuna.exceptions.StorageInternalError(
+                    f"Writing {len(rows)} system attributes of study id {study_id} failed: "
+                    f"{str(error).splitlines()[0]}"
+                ) from error
+
+        if isinstance(backend, ResilientRDBStorage):
+            call_with_retry(
+                transaction, what="write_study_system_attrs", timeout=backend.retry_timeout
+            )
+        else:
+            transaction()
+    elif isinstance(backend, JournalStorage) and _journal_internals_present(backend):
+        with backend._thread_lock:
+            if study_id not in backend._replay_result._studies:
+                backend._sync_with_backend()  # created by another process since the last read
+            if study_id not in backend._replay_result._studies:
+                raise KeyError(f"No study with id {study_id} in the storage.")
+            worker_id = backend._replay_result.worker_id
+            _append(
+                backend,
+                [
+                    {
+                        "op_code": _SET_STUDY_SYSTEM_ATTR,
+                        "worker_id": worker_id,
+                        "study_id": study_id,
+                        "system_attr": {key: value},
+                    }
+                    for key, value in attrs.items()
+                ],
+            )
+    else:
+        for key, value in attrs.items():
+            storage.set_study_system_attr(study_id, key, value)
 
 
 # -- the rules -----------------------------------------------------------------------------------
