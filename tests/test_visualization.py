@@ -311,3 +311,29 @@ def test_figures_render_to_png(mixed: optuna.Study, tmp_path: Path) -> None:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(data) > 20_000, f"{figure_id}: a nearly empty image"
+
+
+def test_the_figures_saved_together_read_the_trials_once(
+    mixed_url: str, mixed: optuna.Study
+) -> None:
+    import sqlalchemy
+
+    study = optuna.load_study(study_name="mixed", storage=mixed_url)
+    engine = study._storage._backend.engine
+    reads: list[str] = []
+
+    def on_statement(connection: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM trials" in statement:
+            reads.append(statement)
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        visualization.plot_cost(study)
+        one_figure = len(reads)
+        reads.clear()
+        built = visualization.figures(study)
+        all_figures = len(reads)
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", on_statement)
+    assert len(built) == 6 and one_figure > 0
+    assert all_figures == one_figure  # six figures, one read of the trials

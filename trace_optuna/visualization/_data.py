@@ -4,6 +4,9 @@ the study's metric, direction and strategies.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
+import contextvars
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -67,8 +70,37 @@ def _optuna_study(study: optuna.Study | TraceStudy) -> optuna.Study:
     return inner
 
 
+# Inside one_reading(): each study's data as read the first time, by id of its optuna.Study.
+_READ: contextvars.ContextVar[dict[int, _StudyData] | None] = contextvars.ContextVar(
+    "trace_optuna_figures_read", default=None
+)
+
+
+@contextlib.contextmanager
+def one_reading() -> Iterator[None]:
+    """Figures built inside this block read each study once and share what they read (the
+    figures saved together for optuna-dashboard: one pass over the trials, not one each)."""
+    if _READ.get() is not None:  # already inside one: share its reads
+        yield
+        return
+    token = _READ.set({})
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
 def _gather(study: optuna.Study | TraceStudy) -> _StudyData:
     inner = _optuna_study(study)
+    read = _READ.get()
+    if read is None:
+        return _read_study(inner)
+    if id(inner) not in read:
+        read[id(inner)] = _read_study(inner)
+    return read[id(inner)]
+
+
+def _read_study(inner: optuna.Study) -> _StudyData:
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     trials = []
     for frozen in inner.get_trials(deepcopy=False, states=states):

@@ -19,6 +19,7 @@ from trace_optuna.visualization._data import _best
 from trace_optuna.visualization._data import _gather
 from trace_optuna.visualization._data import _optuna_study
 from trace_optuna.visualization._data import _StudyData
+from trace_optuna.visualization._data import one_reading
 from trace_optuna.visualization._history import plot_score_history
 from trace_optuna.visualization._lineage import plot_lineage
 from trace_optuna.visualization._sensitivity import plot_parameter_sensitivity
@@ -52,11 +53,12 @@ def figures(
         trial_url: Passed to :func:`plot_lineage` to link nodes to trial pages.
     """
     built = {}
-    for figure_id, plot in FIGURES.items():
-        if plot is plot_lineage:
-            built[figure_id] = plot_lineage(study, trial_url=trial_url)
-        else:
-            built[figure_id] = plot(study)
+    with one_reading():  # the study's trials are read once for all of them
+        for figure_id, plot in FIGURES.items():
+            if plot is plot_lineage:
+                built[figure_id] = plot_lineage(study, trial_url=trial_url)
+            else:
+                built[figure_id] = plot(study)
     return built
 
 
@@ -84,8 +86,9 @@ def report_html(
             "trials hold no Trace steps to plot. Use optuna.visualization for a plain Optuna "
             "study."
         )
-    data = _gather(inner)
-    built = figures(inner, trial_url=trial_url)
+    with one_reading():  # the summary and the figures share one read of the trials
+        data = _gather(inner)
+        built = figures(inner, trial_url=trial_url)
     sections = []
     for index, (figure_id, figure) in enumerate(built.items()):
         body = figure.to_html(
