@@ -19,6 +19,7 @@ EXPORTED = [
     "HumanFeedback",
     "HumanFeedbackTimeout",
     "ImproverFailed",
+    "IsolationUnavailable",
     "LLM",
     "LLMError",
     "NoCompletedTrialError",
@@ -41,6 +42,7 @@ EXPORTED = [
     "registry_history",
     "restore",
     "samplers",
+    "sandbox",
     "snapshot",
     "strategies",
 ]

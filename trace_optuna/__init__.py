@@ -23,6 +23,7 @@ import opto.trace  # noqa: F401
 # figures) when imported; that takes milliseconds: optuna-dashboard and plotly come when used.
 from trace_optuna import dashboard  # noqa: F401
 from trace_optuna import samplers
+from trace_optuna import sandbox
 from trace_optuna import strategies
 from trace_optuna._version import __version__
 from trace_optuna.config import Config
@@ -31,6 +32,7 @@ from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import EvaluationTimeout
 from trace_optuna.exceptions import HumanFeedbackTimeout
 from trace_optuna.exceptions import ImproverFailed
+from trace_optuna.exceptions import IsolationUnavailable
 from trace_optuna.exceptions import LLMError
 from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.exceptions import RecordError
@@ -66,6 +68,7 @@ __all__ = [
     "HumanFeedback",
     "HumanFeedbackTimeout",
     "ImproverFailed",
+    "IsolationUnavailable",
     "LLM",
     "LLMError",
     "NoCompletedTrialError",
@@ -88,6 +91,7 @@ __all__ = [
     "registry_history",
     "restore",
     "samplers",
+    "sandbox",
     "snapshot",
     "strategies",
 ]

@@ -282,6 +282,24 @@ def _workers(args: argparse.Namespace) -> int:
     )
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Print which isolation layers of the STOP sandbox this machine supports."""
+    from trace_optuna.strategies.sandbox import HOW_TO_ENABLE
+    from trace_optuna.strategies.sandbox import supported_layers
+
+    layers = supported_layers()
+    print("Isolation of LLM-written code (the stop strategy, trace_optuna.sandbox):")
+    for layer, why in layers.items():
+        print(f"  {layer:<18} {'yes' if why is None else 'NO: ' + why}")
+        if why is not None:
+            print(f"  {'':<18} {HOW_TO_ENABLE[layer]}")
+    if all(why is None for why in layers.values()):
+        print("All layers work: the stop strategy runs with stop_isolation='required'.")
+        return 0
+    print("The stop strategy refuses to start here unless you opt out with stop_isolation='none'.")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trace-optuna",
@@ -330,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _worker_arguments(workers)
     workers.set_defaults(run=_workers)
+
+    doctor = commands.add_parser(
+        "doctor", help="print which sandbox isolation layers this machine supports"
+    )
+    doctor.set_defaults(run=_doctor)
 
     from trace_optuna import dashboard  # the `dashboard` and `report` subcommands
 

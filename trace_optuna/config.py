@@ -45,6 +45,7 @@ EvaluateForm = Literal["agent", "agent_trial"]
 OnConflict = Literal["reevaluate", "skip"]
 SelectorKind = Literal["score", "llm"]
 EditedStart = Literal["evaluate", "refuse"]
+StopIsolation = Literal["required", "none"]
 DirectionLike = str | StudyDirection
 
 
@@ -129,6 +130,14 @@ class Config:
         artifact_store: Any Optuna artifact store instead of ``artifact_dir``.
         figure_interval: Seconds between refreshes of the figures saved into the study for
             optuna-dashboard, by all workers together; None saves none.
+        stop_isolation: How the ``stop`` strategy's LLM-written improver must be isolated:
+            ``"required"`` (the default) refuses to start a study or worker with ``stop`` on a
+            machine that cannot set up every layer of :data:`trace_optuna.sandbox.LAYERS`
+            (no network, a read-only file system but its temporary directory, no view of the
+            worker, no new process), with an error saying what is missing and how to enable
+            it; ``"none"`` opts out: the layers the machine supports are still used, and the
+            opt-out is recorded in the study (``trace:stop_isolation``) and in each STOP
+            trial. ``trace-optuna doctor`` shows what a machine supports.
 
     Raises:
         ConfigurationError: Naming the option and the rule it breaks.
@@ -171,12 +180,14 @@ class Config:
     artifact_dir: str | os.PathLike[str] | None = None
     artifact_store: ArtifactStore | None = None
     figure_interval: float | None = DEFAULT_FIGURE_INTERVAL
+    stop_isolation: StopIsolation = "required"
 
     def __post_init__(self) -> None:
         _one_of("evaluate_form", self.evaluate_form, ("agent", "agent_trial"), none=True)
         _one_of("on_conflict", self.on_conflict, ("reevaluate", "skip"))
         _one_of("selector", self.selector, ("score", "llm"))
         _one_of("edited_start", self.edited_start, ("evaluate", "refuse"))
+        _one_of("stop_isolation", self.stop_isolation, ("required", "none"))
         if self.evaluate is not None and not callable(self.evaluate):
             raise ConfigurationError(
                 "evaluate must be a function evaluate(agent) or evaluate(agent, trial) -> "

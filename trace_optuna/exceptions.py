@@ -4,7 +4,9 @@ The tree::
 
     TraceOptunaError             base class of everything raised on purpose here
     ├── ConfigurationError       bad input to a public function or constructor, a value of the
-    │                            wrong type included (also a ValueError)
+    │   │                        wrong type included (also a ValueError)
+    │   └── IsolationUnavailable this machine cannot isolate LLM-written code as required
+    │                            (the message says what is missing and how to enable it)
     ├── SnapshotError            a parameter value cannot be stored or restored (also ValueError)
     ├── RecordError              stored attributes are missing, corrupt or of a newer schema; a
     │                            trial number the study does not hold; a trial that
@@ -106,6 +108,7 @@ class ImproverFailed(TraceOptunaError):
         details: The improver's traceback or the tail of its stderr, if any.
         llm_calls: LLM calls the parent served before the failure.
         utility_calls: Utility calls the parent served before the failure.
+        layers: The isolation layers that were active in the improver's process.
     """
 
     def __init__(
@@ -116,12 +119,24 @@ class ImproverFailed(TraceOptunaError):
         details: str = "",
         llm_calls: int = 0,
         utility_calls: int = 0,
+        layers: list[str] | None = None,
     ) -> None:
         super().__init__(f"The improver failed ({kind}): {message}")
         self.kind = kind
         self.details = details
         self.llm_calls = llm_calls
         self.utility_calls = utility_calls
+        self.layers = list(layers or [])
+
+
+class IsolationUnavailable(ConfigurationError):
+    """The sandbox for LLM-written code cannot be isolated here as required.
+
+    Raised where a study or worker starts with the ``stop`` strategy (and by a sandboxed run)
+    when a layer of :data:`trace_optuna.sandbox.LAYERS` cannot be set up and
+    ``stop_isolation`` (or ``isolation``) is ``"required"``. The message names each missing
+    layer, why, how to enable it, and the explicit opt-out.
+    """
 
 
 class Rejected(TraceOptunaError, ValueError):

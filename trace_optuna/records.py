@@ -92,7 +92,8 @@ life of the study), ``trace:seed``, ``trace:error_score``, ``trace:agent`` and `
 (qualified name and first docstring line of each), ``trace:strategy_docs`` ({strategy: what it
 does}), ``trace:artifact_dir`` (for ``trace-optuna dashboard``), ``trace:figures`` (when the
 figures were last saved into the study, by which worker, how long that took, and each figure's
-chunk count; see :class:`~trace_optuna.dashboard.FigureRefresher`); STOP's improver versions:
+chunk count; see :class:`~trace_optuna.dashboard.FigureRefresher`), ``trace:stop_isolation``
+(written when a process opted out of STOP's isolation); STOP's improver versions:
 ``trace:stop:version:<id>`` (id, parent, creating trial, source hash; written last),
 ``trace:stop:source:<id>`` (the source, chunked) and ``trace:stop:status:<id>`` (accepted,
 trialled or reverted, why, and the meta-utility), with ids ``seed`` and ``t<trial number>``.
@@ -156,6 +157,8 @@ STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
 STUDY_PARAMETERS = "trace:parameters"
 STUDY_STRATEGIES = "trace:strategies"
+# {option: "none", layers}: written when a process opts out of the STOP sandbox's isolation.
+STUDY_STOP_ISOLATION = "trace:stop_isolation"
 STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
 

@@ -98,6 +98,7 @@ from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
 from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.judge import Selector
+from trace_optuna.strategies.sandbox import isolation_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -189,6 +190,8 @@ class TraceObjective:
         if self.agent_llm is not None:  # the agent's Trace model calls: answered and metered
             self.runner.evaluate = self.agent_llm.routing(self.runner.evaluate)
         self.strategies = {strategy.name: strategy for strategy in resolve(config.strategies)}
+        # Fail closed, once per process: LLM-written code runs only where it can be isolated.
+        self.isolation_layers = isolation_for(self.strategies, config.stop_isolation)
         self.error_score = config.error_score
         self.selector = Selector(config.selector, self.llm)
         self.seed = config.seed
@@ -254,6 +257,10 @@ class TraceObjective:
             ConfigurationError: See :func:`trace_optuna.binding.bind`.
         """
         binding.bind(self, study)
+        if self.isolation_layers is not None and self.config.stop_isolation == "none":
+            study.set_user_attr(
+                records.STUDY_STOP_ISOLATION, {"option": "none", "layers": self.isolation_layers}
+            )
         self._bound = study
         notify(
             self.observers,
@@ -483,6 +490,7 @@ class TraceObjective:
             rng=random.Random(f"{self.seed}:{seed_number}"),
             attrs={},
             optimizer=self.config.optimizer_settings(),
+            isolation=self.config.stop_isolation,
         )
 
     def _rerun_parent(self, run: _TrialRun, number: int) -> ParentEvaluation:

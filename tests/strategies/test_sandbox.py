@@ -12,6 +12,7 @@ import pytest
 
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
+from trace_optuna.strategies.sandbox import DISABLE_ENV
 from trace_optuna.strategies.sandbox import ImproverFailed
 from trace_optuna.strategies.sandbox import Rejected
 from trace_optuna.strategies.sandbox import SandboxLimits
@@ -41,7 +42,13 @@ class Parent:
         return float(solution["n"])
 
 
-def run(body: str, budget: int = 2, limits: SandboxLimits = LIMITS, parent: Parent | None = None):
+def run(
+    body: str,
+    budget: int = 2,
+    limits: SandboxLimits = LIMITS,
+    parent: Parent | None = None,
+    isolation: str = "required",
+):
     parent = parent or Parent()
     return run_improver(
         HEADER + body,
@@ -51,6 +58,7 @@ def run(body: str, budget: int = 2, limits: SandboxLimits = LIMITS, parent: Pare
         llm=parent.llm,
         utility=parent.utility,
         limits=limits,
+        isolation=isolation,
     )
 
 
@@ -132,7 +140,10 @@ def test_time_spent_serving_the_improver_does_not_count() -> None:
     assert result.llm_calls == 3 and result.elapsed_s < 0.5
 
 
-def test_grandchildren_are_killed_with_the_improver(tmp_path: Path) -> None:
+def test_grandchildren_are_killed_with_the_improver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Isolated, the improver cannot start a process at all (tests/test_sandbox.py); without
+    # the seccomp layer it can, and the timeout still kills what it started.
+    monkeypatch.setenv(DISABLE_ENV, "seccomp")
     body = (
         "    import subprocess, sys\n"
         "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
@@ -140,8 +151,8 @@ def test_grandchildren_are_killed_with_the_improver(tmp_path: Path) -> None:
         "    while True:\n"
         "        pass\n"
     )
-    error = failure(body, limits=SandboxLimits(timeout_s=1.0))
-    assert error.kind == "timeout"
+    error = failure(body, limits=SandboxLimits(timeout_s=1.0), isolation="none")
+    assert error.kind == "timeout" and "seccomp" not in error.layers
     pid = int(error.details.split("grandchild", 1)[1].split()[0])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and _alive(pid):

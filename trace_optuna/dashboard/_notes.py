@@ -110,6 +110,14 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
     stop_version = attrs.get("trace:stop_version")  # strategies.stop.VERSION_ATTR
     if stop_version is not None:
         lines.append(f"- **STOP improver version:** `{stop_version}`")
+    isolation = attrs.get("trace:stop_isolation")  # strategies.stop.ISOLATION_ATTR
+    if isinstance(isolation, dict):
+        layers = ", ".join(isolation.get("layers") or []) or "none"
+        text = f"layers {layers}"
+        if isolation.get("option") == "none":
+            missing = ", ".join(isolation.get("missing") or []) or "none"
+            text += f"; **opted out** (`stop_isolation='none'`), missing: {missing}"
+        lines.append(f"- **STOP improver isolation:** {text}")
     lines.append("")
 
     if error:

@@ -186,6 +186,8 @@ class StepContext:
         optimizer: The study's optimizer settings (``Config(optimizer=...)``): the objective,
             ``max_tokens`` and the rest, for every prompt the strategy sends
             (``optimizer.call_options()`` are the keyword arguments of each LLM call).
+        isolation: ``Config.stop_isolation``: pass it to every sandboxed run
+            (:func:`trace_optuna.sandbox.run`) of LLM-written code.
     """
 
     trial: optuna.Trial
@@ -201,6 +203,7 @@ class StepContext:
     rng: random.Random
     attrs: dict[str, Any]
     optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+    isolation: str = "required"
 
 
 class Strategy:
@@ -222,6 +225,11 @@ class Strategy:
     #: Whether the strategy works in multi-objective studies (scores are lists, compared by
     #: Pareto dominance). Set False if it needs one number per candidate.
     multi_objective: ClassVar[bool] = True
+    #: Whether the strategy runs LLM-written programs in the sandboxed child
+    #: (:mod:`trace_optuna.sandbox`). A study or worker with such a strategy checks, as it
+    #: starts, that this machine can isolate them, and refuses to start unless it can or the
+    #: user opted out (``Config.stop_isolation``).
+    sandboxed: ClassVar[bool] = False
 
     def suggest_settings(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample this strategy's settings for one trial. The default has none."""

@@ -3,8 +3,9 @@
 STOP's improvers are Python source that an LLM may have written, so everything that keeps them
 in bounds is enforced here, by the caller, and never by the improver's own code:
 
-* The improver runs in a child process: ``sys.executable -I`` (isolated mode: no ``PYTHON*``
-  variables, no user site directory, no script directory on ``sys.path``), started with an
+* The improver runs in a child process: the base interpreter (not a venv's) with ``-I``
+  (isolated mode: no ``PYTHON*`` variables, no user site directory, no script directory on
+  ``sys.path``), started with an
   EMPTY environment (no inherited variable, so no API key or database URL), in a fresh
   temporary working directory that is deleted afterwards, with no file descriptor of the parent
   but its three pipes, in its own session so that the whole process group can be killed.
@@ -19,26 +20,42 @@ in bounds is enforced here, by the caller, and never by the improver's own code:
   first LLM call beyond ``budget`` (or utility call beyond ``max_utility_calls``) kills the
   child and fails the run. The child holds no storage handle, no credentials and no LLM client.
 
-Protocol: JSON lines. The parent writes one ``{"type": "start", "source", "solution",
-"feedback", "budget"}`` line to the child's stdin. The child answers with request lines on its
-stdout: ``{"type": "llm", "prompt", "temperature"}`` (the parent replies ``{"type": "llm",
-"text"}``), ``{"type": "utility", "solution"}`` (reply ``{"type": "utility", "value"}``) --
-either may be answered ``{"type": "error", "message"}``, which the child raises as an exception
-the improver may catch -- and ends with ``{"type": "done", "solution"}`` or ``{"type":
-"failed", "error", "traceback", "memory"}``. The child's own ``print`` output and stderr go to a
-file in its working directory (the last few KB are kept for the failure report), never into the
-protocol stream.
+* Isolation (:mod:`trace_optuna.strategies._isolate`, run by the child on itself before it
+  reads the untrusted source; nothing it runs afterwards can undo it): a user namespace (no
+  privilege, even under a root worker), a network namespace (no network at all, not even the
+  host's loopback), Landlock (read-only access to the Python installation and the system
+  libraries, read-write to its temporary directory, nothing else: no ``/proc``, no home, no
+  project, no ``/tmp``; no TCP; no signal or ptrace beyond itself) and a seccomp filter (no
+  socket, no new process, no namespace or mount call). The child reports which layers are
+  active; with ``isolation="required"`` (the default) a missing one is
+  :class:`~trace_optuna.exceptions.IsolationUnavailable` before the source is sent.
+  :func:`supported_layers` probes the machine; ``TRACE_OPTUNA_SANDBOX_DISABLE`` turns layers
+  off to see what happens where they are missing.
 
-Not isolated: the file system (the child can read what the worker's user can read) and the
-network. Run workers as an unprivileged user: the child of a root worker could raise its own
-hard limits.
+Protocol: JSON lines. The child first reports ``{"type": "ready", "layers", "missing"}``. The
+parent writes one ``{"type": "start", "source", "function", "args"}`` line to the child's
+stdin (``args``: ``["value", json]``, ``["llm"]`` or ``["utility"]``). The child answers with
+request lines on its stdout: ``{"type": "llm", "prompt", "temperature"}`` (the parent replies
+``{"type": "llm", "text"}``), ``{"type": "utility", "solution"}`` (reply ``{"type":
+"utility", "value"}``) -- either may be answered ``{"type": "error", "message"}``, which the
+child raises as an exception the code may catch -- and ends with ``{"type": "done",
+"solution"}`` or ``{"type": "failed", "error", "traceback", "memory"}``. The child's own
+``print`` output and stderr go to a file in its working directory (the last few KB are kept
+for the failure report), never into the protocol stream. The only channel between the two
+processes is this pair of pipes.
+
+Not isolated here: the worker itself. Code that Trace runs in the worker (trainable functions
+an LLM rewrote, ``evaluate``) is not sandboxed: run workers in a container or as an
+unprivileged user for that.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 import dataclasses
 import functools
+import importlib.resources
 import json
 import logging
 import math
@@ -54,6 +71,7 @@ from typing import Any
 
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import ImproverFailed
+from trace_optuna.exceptions import IsolationUnavailable
 from trace_optuna.exceptions import Rejected
 from trace_optuna.exceptions import TraceOptunaError
 
@@ -70,6 +88,35 @@ FAILURE_KINDS = (
     "result",
 )
 """What :attr:`~trace_optuna.exceptions.ImproverFailed.kind` can be."""
+
+LAYERS = ("user_namespace", "network_namespace", "landlock", "seccomp")
+"""The isolation layers, in the order the child sets them up (see the module docs)."""
+
+REQUIRED = "required"
+NONE = "none"
+ISOLATION_CHOICES = (REQUIRED, NONE)
+"""The values of ``isolation`` (``Config.stop_isolation``)."""
+
+DISABLE_ENV = "TRACE_OPTUNA_SANDBOX_DISABLE"
+"""Layers named here (comma-separated, or ``all``) are not set up, as if the machine lacked
+them: to see what a study does on such a machine. It never weakens a run silently: with
+``isolation="required"`` a disabled layer is a refusal."""
+
+HOW_TO_ENABLE = {
+    "user_namespace": (
+        "Allow unprivileged user namespaces: sysctl user.max_user_namespaces=15000 (and "
+        "kernel.unprivileged_userns_clone=1 on Debian kernels, "
+        "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu 23.10+); in Docker or "
+        "Kubernetes the default seccomp profile forbids unshare: use a profile that allows it"
+    ),
+    "network_namespace": "Needs user namespaces (see user_namespace)",
+    "landlock": (
+        "Use Linux 6.12 or later with Landlock enabled (CONFIG_SECURITY_LANDLOCK=y and "
+        "'landlock' in CONFIG_LSM or the lsm= boot parameter)"
+    ),
+    "seccomp": "Needs Linux with CONFIG_SECCOMP_FILTER on x86_64",
+}
+"""How to enable each layer, for the refusal's message."""
 
 _STDERR_TAIL_BYTES = 4000
 _READ_CHUNK = 65536
@@ -124,15 +171,18 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclasses.dataclass
-class ImproverRun:
-    """A finished improver run.
+class SandboxRun:
+    """A finished sandboxed run (of an improver, or of :func:`trace_optuna.sandbox.run`).
 
     Attributes:
-        solution: What ``improve`` returned (any JSON value; the caller validates it).
+        solution: What the function returned (any JSON value; the caller validates it).
         llm_calls: LLM calls served.
         utility_calls: Utility calls served.
         elapsed_s: Seconds the child ran on its own (what the timeout counts).
-        output: The tail of what the improver printed.
+        output: The tail of what the code printed.
+        layers: The isolation layers that were active (see :data:`LAYERS`).
+        missing: ``{layer: why}`` for the layers that could not be set up (only with
+            ``isolation="none"``: a required run refuses to start without them).
     """
 
     solution: Any
@@ -140,16 +190,28 @@ class ImproverRun:
     utility_calls: int
     elapsed_s: float
     output: str
+    layers: list[str] = dataclasses.field(default_factory=list)
+    missing: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def value(self) -> Any:
+        """What the function returned (the same as ``solution``)."""
+        return self.solution
+
+
+ImproverRun = SandboxRun
 
 
 LLMHandler = Callable[[list[dict[str, str]], "float | None"], str]
 UtilityHandler = Callable[[Any], float]
 
 
-# The child's program. It keeps the protocol on private copies of fds 0 and 1 and points the
-# real ones at /dev/null and stderr, so nothing the improver reads or prints can corrupt it.
+# The child's program, after the isolation code (_isolate.py, prepended to it): it sets up the
+# layers, says which are active, and only then reads the untrusted source. It keeps the protocol
+# on private copies of fds 0 and 1 and points the real ones at /dev/null and stderr, so nothing
+# the sandboxed code reads or prints can corrupt it.
 _RUNNER = r"""
-import json, os, sys, traceback
+import json, traceback
 
 proto_in = os.fdopen(os.dup(0), "rb")
 proto_out = os.fdopen(os.dup(1), "wb")
@@ -188,14 +250,18 @@ def utility(solution):
     return reply["value"]
 
 
+active, missing = setup(sys.argv[1], [name for name in sys.argv[2].split(",") if name])
+send({"type": "ready", "layers": active, "missing": missing})
 start = receive()
+CAPABILITIES = {"llm": llm, "utility": utility}
 try:
-    namespace = {"__name__": "improver"}
-    exec(compile(start["source"], "<improver>", "exec"), namespace)
-    improve = namespace.get("improve")
-    if not callable(improve):
-        raise TypeError("the improver source defines no function improve(...)")
-    result = improve(start["solution"], start["feedback"], utility, llm, start["budget"])
+    namespace = {"__name__": "sandboxed", "llm": llm, "utility": utility}
+    exec(compile(start["source"], "<sandboxed>", "exec"), namespace)
+    function = namespace.get(start["function"])
+    if not callable(function):
+        raise TypeError(f"the source defines no function {start['function']}(...)")
+    args = [CAPABILITIES[arg[0]] if arg[0] in CAPABILITIES else arg[1] for arg in start["args"]]
+    result = function(*args)
 except BaseException as error:
     send({
         "type": "failed",
@@ -207,8 +273,8 @@ else:
     try:
         done = json.dumps({"type": "done", "solution": result}, allow_nan=False)
     except (TypeError, ValueError) as error:
-        send({"type": "failed", "error": f"improve() returned {type(result).__name__}, "
-              f"which is not JSON: {error}"[:2000], "result": True})
+        send({"type": "failed", "error": f"{start['function']}() returned "
+              f"{type(result).__name__}, which is not JSON: {error}"[:2000], "result": True})
     else:
         proto_out.write(done.encode("utf-8") + b"\n")
         proto_out.flush()
@@ -224,6 +290,7 @@ def run_improver(
     llm: LLMHandler,
     utility: UtilityHandler,
     limits: SandboxLimits | None = None,
+    isolation: str = REQUIRED,
 ) -> ImproverRun:
     """Run ``improve(solution, feedback, utility, llm, budget)`` from ``source`` in a sandbox.
 
@@ -238,12 +305,16 @@ def run_improver(
         utility: Serves utility calls in this process: ``utility(solution) -> float``, higher
             is better. Raise :class:`Rejected` to refuse a solution.
         limits: Timeout, memory and call limits.
+        isolation: ``"required"``: every layer of :data:`LAYERS` must be set up, else
+            :class:`IsolationUnavailable` is raised before the source is sent; ``"none"``:
+            the layers this machine supports are used, the run goes on without the others.
 
     Returns:
-        The run, once ``improve`` returned a JSON value.
+        The run, once ``improve`` returned a JSON value; ``layers`` says which were active.
 
     Raises:
-        ConfigurationError: If ``budget`` is not an int >= 0.
+        ConfigurationError: If ``budget`` is not an int >= 0 or ``isolation`` is unknown.
+        IsolationUnavailable: If ``isolation="required"`` and a layer could not be set up.
         ImproverFailed: If the improver raised, broke a limit or the protocol.
         Exception: Whatever ``llm`` or ``utility`` raised other than :class:`Rejected`.
 
@@ -258,12 +329,44 @@ def run_improver(
     """
     if not _is_int(budget) or budget < 0:
         raise ConfigurationError(f"budget must be an int >= 0, got {budget!r}.")
+    arguments = [["value", solution], ["value", feedback], ["utility"], ["llm"], ["value", budget]]
+    return run_sandboxed(
+        source,
+        "improve",
+        arguments,
+        budget=budget,
+        llm=llm,
+        utility=utility,
+        limits=limits,
+        isolation=isolation,
+    )
+
+
+def run_sandboxed(
+    source: str,
+    function: str,
+    arguments: list[list[Any]],
+    *,
+    budget: int,
+    llm: LLMHandler,
+    utility: UtilityHandler,
+    limits: SandboxLimits | None = None,
+    isolation: str = REQUIRED,
+) -> SandboxRun:
+    """Run ``function(*arguments)`` from ``source`` in an isolated child (see the module docs).
+
+    ``arguments`` are ``["value", json value]``, ``["llm"]`` or ``["utility"]`` (the proxies);
+    the source also sees ``llm`` and ``utility`` as globals. The public face is
+    :func:`trace_optuna.sandbox.run`.
+    """
+    check_isolation_option(isolation)
     limits = limits or SandboxLimits()
+    disabled = disabled_layers()
     with tempfile.TemporaryDirectory(prefix="trace-optuna-improver-") as workdir:
         output_path = os.path.join(workdir, ".output")
         with open(output_path, "wb") as output_file:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _RUNNER],
+                [_interpreter(), "-I", "-c", _child_program(), workdir, ",".join(disabled)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=output_file,
@@ -275,9 +378,141 @@ def run_improver(
             )
         session = _Session(process, limits, budget, llm, utility, output_path)
         try:
-            return session.run(source, solution, feedback)
+            session.layers = session.ready(isolation)
+            return session.run(source, function, arguments)
         finally:
             session.close()
+
+
+# -- isolation: what this machine supports, the option, the refusal ---------------------------
+
+
+def check_isolation_option(isolation: Any, name: str = "isolation") -> str:
+    """``isolation`` if it is ``"required"`` or ``"none"``.
+
+    Raises:
+        ConfigurationError: Naming ``name`` and the choices.
+    """
+    if not isinstance(isolation, str) or isolation not in ISOLATION_CHOICES:
+        raise ConfigurationError(
+            f"{name} must be one of {list(ISOLATION_CHOICES)}, got {isolation!r}: 'required' "
+            "refuses to run LLM-written code unless every isolation layer can be set up; "
+            "'none' opts out (the layers this machine supports are still used)."
+        )
+    return isolation
+
+
+def disabled_layers() -> list[str]:
+    """The layers named in ``TRACE_OPTUNA_SANDBOX_DISABLE`` (comma-separated; ``all``).
+
+    Raises:
+        ConfigurationError: On a name that is not a layer.
+    """
+    text = os.environ.get(DISABLE_ENV, "")
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return list(LAYERS)
+    unknown = [name for name in names if name not in LAYERS]
+    if unknown:
+        raise ConfigurationError(
+            f"{DISABLE_ENV} names unknown layers {unknown}; the layers are {list(LAYERS)} "
+            "(or 'all')."
+        )
+    return [layer for layer in LAYERS if layer in names]
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(disabled: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    def no_call(*args: Any) -> Any:
+        raise Rejected("the probe serves nothing")
+
+    try:
+        run = run_sandboxed(
+            "def probe():\n    return None\n",
+            "probe",
+            [],
+            budget=0,
+            llm=no_call,
+            utility=no_call,
+            limits=SandboxLimits(timeout_s=30.0),
+            isolation=NONE,
+        )
+    except ImproverFailed as error:
+        reason = f"the probe process failed: {error}"
+        return (), tuple((layer, reason) for layer in LAYERS)
+    return tuple(run.layers), tuple(sorted(run.missing.items()))
+
+
+def supported_layers() -> dict[str, str | None]:
+    """Which isolation layers a sandboxed child can set up on this machine, now.
+
+    A child is started and sets up every layer, as a real run does (the answer is cached per
+    process and per ``TRACE_OPTUNA_SANDBOX_DISABLE``).
+
+    Returns:
+        ``{layer: None if it works, else why not}``, in the order of :data:`LAYERS`.
+    """
+    active, missing = _probe(tuple(disabled_layers()))
+    reasons = dict(missing)
+    return {layer: None if layer in active else reasons.get(layer, "unknown") for layer in LAYERS}
+
+
+def require_isolation(isolation: str, what: str = "The stop strategy") -> list[str]:
+    """Refuse, when ``isolation="required"``, a machine that cannot set up every layer.
+
+    Called where a study or worker starts with a strategy that runs LLM-written code, so the
+    refusal comes once, before any trial.
+
+    Returns:
+        The layers this machine supports.
+
+    Raises:
+        IsolationUnavailable: Saying what is missing, how to enable it, and how to opt out.
+    """
+    check_isolation_option(isolation)
+    layers = supported_layers()
+    missing = {layer: why for layer, why in layers.items() if why is not None}
+    if missing and isolation == REQUIRED:
+        raise IsolationUnavailable(_refusal(what, missing))
+    return [layer for layer, why in layers.items() if why is None]
+
+
+def isolation_for(strategies: Mapping[str, Any], isolation: str) -> list[str] | None:
+    """The layers this machine supports, when a strategy is ``sandboxed``; None when none is.
+
+    Raises:
+        IsolationUnavailable: As :func:`require_isolation`, naming the first such strategy.
+    """
+    names = [name for name, strategy in strategies.items() if strategy.sandboxed]
+    if not names:
+        return None
+    return require_isolation(isolation, f"Strategy {names[0]!r}")
+
+
+def _refusal(what: str, missing: dict[str, str]) -> str:
+    lines = [
+        f"{what} runs LLM-written code in an isolated child process, but this machine cannot "
+        "set up these isolation layers:"
+    ]
+    for layer, why in missing.items():
+        lines.append(f"  {layer}: {why}. {HOW_TO_ENABLE[layer]}")
+    lines.append(
+        "`trace-optuna doctor` shows what this machine supports. To run without them anyway, "
+        "opt out explicitly with stop_isolation='none' (recorded in the study and in every "
+        "STOP trial); then run the workers in a container or as an unprivileged user."
+    )
+    return "\n".join(lines)
+
+
+def _interpreter() -> str:
+    """The base interpreter: a venv's site-packages are not the sandbox's business."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+@functools.lru_cache(maxsize=1)
+def _child_program() -> str:
+    isolate = importlib.resources.files("trace_optuna.strategies").joinpath("_isolate.py")
+    return isolate.read_text(encoding="utf-8") + "\n" + _RUNNER
 
 
 def _apply_limits(limits: SandboxLimits) -> None:
@@ -314,6 +549,8 @@ class _Session:
         self.llm_calls = 0
         self.utility_calls = 0
         self.elapsed = 0.0  # seconds the child ran on its own
+        self.layers: list[str] = []
+        self.missing: dict[str, str] = {}
         self.buffer = bytearray()
         assert process.stdin is not None and process.stdout is not None
         self.stdin_fd = process.stdin.fileno()
@@ -323,15 +560,27 @@ class _Session:
 
     # -- the conversation -------------------------------------------------------------------
 
-    def run(self, source: str, solution: Any, feedback: str) -> ImproverRun:
-        start = {
-            "type": "start",
-            "source": source,
-            "solution": solution,
-            "feedback": feedback,
-            "budget": self.budget,
-        }
-        self.send(start)
+    def ready(self, isolation: str) -> list[str]:
+        """The child's report of its isolation layers; refuse it if a required one is missing."""
+        message = self.receive()
+        layers, missing = message.get("layers"), message.get("missing")
+        if (
+            message.get("type") != "ready"
+            or not isinstance(layers, list)
+            or not isinstance(missing, dict)
+        ):
+            raise self.failure("protocol", "the child did not report its isolation layers")
+        self.missing = {str(layer): str(why) for layer, why in missing.items()}
+        if isolation == REQUIRED and (self.missing or set(layers) != set(LAYERS)):
+            self.kill()
+            absent = self.missing or {
+                layer: "not reported" for layer in LAYERS if layer not in layers
+            }
+            raise IsolationUnavailable(_refusal("This sandboxed run", absent))
+        return [layer for layer in LAYERS if layer in layers]
+
+    def run(self, source: str, function: str, arguments: list[list[Any]]) -> SandboxRun:
+        self.send({"type": "start", "source": source, "function": function, "args": arguments})
         while True:
             message = self.receive()
             kind = message.get("type")
@@ -342,12 +591,14 @@ class _Session:
             elif kind == "done":
                 if "solution" not in message:
                     raise self.failure("protocol", "the done message holds no solution")
-                return ImproverRun(
+                return SandboxRun(
                     solution=message["solution"],
                     llm_calls=self.llm_calls,
                     utility_calls=self.utility_calls,
                     elapsed_s=round(self.elapsed, 6),
                     output=self.output_tail(),
+                    layers=self.layers,
+                    missing=self.missing,
                 )
             elif kind == "failed":
                 error = str(message.get("error", "unknown error"))
@@ -466,6 +717,7 @@ class _Session:
             details=details,
             llm_calls=self.llm_calls,
             utility_calls=self.utility_calls,
+            layers=self.layers,
         )
 
     def timeout(self) -> ImproverFailed:

@@ -59,7 +59,9 @@ Version ids are ``seed`` and ``t<number of the trial whose meta-step created it>
 concurrent workers never collide. Trial user attributes: ``trace:stop_version`` (the version the
 trial used; written when the trial starts, so running and failed trials show it too),
 ``trace:stop_run`` (LLM and utility calls, seconds, the improver's printed output, and
-``failure``/``details`` when it failed), ``trace:stop_meta`` (what a meta-step did) and
+``failure``/``details`` when it failed), ``trace:stop_isolation`` ({option: the study's
+``stop_isolation``, layers: the isolation layers active in the improver's process}),
+``trace:stop_meta`` (what a meta-step did) and
 ``trace:stop_decisions`` (versions this trial accepted or reverted).
 
 Concurrency: two workers may start a meta-step from the same version at once; both versions are
@@ -85,6 +87,7 @@ from trace_optuna.exceptions import ImproverFailed
 from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.exceptions import Rejected
 from trace_optuna.exceptions import SnapshotError
+from trace_optuna.strategies import sandbox
 from trace_optuna.strategies.base import Proposal
 from trace_optuna.strategies.base import RunResult
 from trace_optuna.strategies.base import StepContext
@@ -107,6 +110,7 @@ VERSION_ATTR = "trace:stop_version"
 RUN_ATTR = "trace:stop_run"
 META_ATTR = "trace:stop_meta"
 DECISIONS_ATTR = "trace:stop_decisions"
+ISOLATION_ATTR = "trace:stop_isolation"
 
 _OUTPUT_TAIL = 2000
 
@@ -534,6 +538,7 @@ class StopStrategy(Strategy):
 
     name = "stop"
     multi_objective = False
+    sandboxed = True
 
     def __init__(
         self,
@@ -622,9 +627,13 @@ class StopStrategy(Strategy):
                 llm=step.llm,
                 utility=step.utility,
                 limits=self.limits(budget),
+                isolation=context.isolation,
             )
+            context.attrs[ISOLATION_ATTR] = _isolation_record(context.isolation, run.layers)
             candidate = step.validated(run.solution, "improve() returned")
         except ImproverFailed as error:
+            if error.layers or ISOLATION_ATTR not in context.attrs:
+                context.attrs[ISOLATION_ATTR] = _isolation_record(context.isolation, error.layers)
             failure = {
                 "version": version.id,
                 "budget": budget,
@@ -681,6 +690,7 @@ class StopStrategy(Strategy):
                     llm=step.llm,
                     utility=step.utility,
                     limits=self.limits(self.smoke_budget),
+                    isolation=context.isolation,
                 )
                 candidate = step.validated(smoke.solution, "improve() returned")
             except ImproverFailed as error:
@@ -706,6 +716,7 @@ class StopStrategy(Strategy):
                 llm=step.program_llm,  # the program is improved, not a solution
                 utility=program_utility,
                 limits=self.limits(self.meta_budget),
+                isolation=context.isolation,
             )
         except ImproverFailed as error:
             outcome, reason = "failed", f"the meta-step failed: {error}"
@@ -797,6 +808,15 @@ class _Step:
         if what.startswith("utility"):
             raise Rejected(f"{what} an invalid solution: {problem}")
         raise ImproverFailed("result", f"{what} an invalid solution: {problem}")
+
+
+def _isolation_record(option: str, layers: list[str]) -> dict[str, Any]:
+    """What the trial records of its improver's isolation."""
+    return {
+        "option": option,
+        "layers": list(layers),
+        "missing": [layer for layer in sandbox.LAYERS if layer not in layers],
+    }
 
 
 def _snapshot_problem(solution: Any, parent: dict[str, Any]) -> str | None:
