@@ -38,6 +38,7 @@ trials (so writes to a running trial need no cache update).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 import json
@@ -223,7 +224,7 @@ def write_study_system_attrs(
         >>> import optuna
         >>> study = optuna.create_study(storage="sqlite:///:memory:")
         >>> write_study_system_attrs(study._storage, study._study_id, {"a": 1, "b": "two"})
-        >>> study.system_attrs
+        >>> study._storage.get_study_system_attrs(study._study_id)
         {'a': 1, 'b': 'two'}
     """
     rows = _encoded(attrs, "attrs")
@@ -232,49 +233,22 @@ def write_study_system_attrs(
     backend = storage._backend if isinstance(storage, _CachedStorage) else storage
     if isinstance(backend, RDBStorage):
 
-        def transaction() -> None:
-            try:
-                with backend.engine.begin() as connection:
-                    found = connection.execute(
-                        sqlalchemy.select(_STUDIES.c.study_id).where(
-                            _STUDIES.c.study_id == study_id
-                        )
-                    ).one_or_none()
-                    if found is None:
-                        raise KeyError(f"No study with id {study_id} in the storage.")
-                    dialect = connection.dialect.name
-                    _upsert(connection, _STUDY_SYSTEM_ATTRS, "study_id", study_id, rows, dialect)
-            except sqlalchemy.exc.SQLAlchemyError as error:
-                raise optuna.exceptions.StorageInternalError(
-                    f"Writing {len(rows)} system attributes of study id {study_id} failed: "
-                    f"{str(error).splitlines()[0]}"
-                ) from error
+        def write(connection: sqlalchemy.Connection) -> None:
+            study = sqlalchemy.select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study_id)
+            if connection.execute(study).one_or_none() is None:
+                raise KeyError(f"No study with id {study_id} in the storage.")
+            dialect = connection.dialect.name
+            _upsert(connection, _STUDY_SYSTEM_ATTRS, "study_id", study_id, rows, dialect)
 
-        if isinstance(backend, ResilientRDBStorage):
-            call_with_retry(
-                transaction, what="write_study_system_attrs", timeout=backend.retry_timeout
-            )
-        else:
-            transaction()
+        what = f"Writing {len(rows)} system attributes of study id {study_id}"
+        _in_one_transaction(backend, write, what, "write_study_system_attrs")
     elif isinstance(backend, JournalStorage) and _journal_internals_present(backend):
         with backend._thread_lock:
             if study_id not in backend._replay_result._studies:
                 backend._sync_with_backend()  # created by another process since the last read
             if study_id not in backend._replay_result._studies:
                 raise KeyError(f"No study with id {study_id} in the storage.")
-            worker_id = backend._replay_result.worker_id
-            _append(
-                backend,
-                [
-                    {
-                        "op_code": _SET_STUDY_SYSTEM_ATTR,
-                        "worker_id": worker_id,
-                        "study_id": study_id,
-                        "system_attr": {key: value},
-                    }
-                    for key, value in attrs.items()
-                ],
-            )
+            _append(backend, _study_system_entries(backend, study_id, attrs))
     else:
         for key, value in attrs.items():
             storage.set_study_system_attr(study_id, key, value)
@@ -321,19 +295,34 @@ def _write_rdb(
     system_rows: dict[str, str],
     study_id: int | None,
 ) -> None:
+    def write(connection: sqlalchemy.Connection) -> None:
+        _write_rdb_rows(connection, storage, trial_id, user_rows, system_rows, study_id)
+
+    what = f"Writing {len(user_rows)} attributes of trial id {trial_id}"
+    _in_one_transaction(storage, write, what, "write_trial_attrs")
+
+
+def _in_one_transaction(
+    storage: RDBStorage,
+    write: Callable[[sqlalchemy.Connection], None],
+    what: str,
+    name: str,
+) -> None:
+    """Run ``write`` in one transaction; on a ``ResilientRDBStorage`` retry it whole on a
+    transient error (upserts make that harmless), logged under ``name``."""
+
     def transaction() -> None:
         try:
             with storage.engine.begin() as connection:
-                _write_rdb_rows(connection, storage, trial_id, user_rows, system_rows, study_id)
+                write(connection)
         except sqlalchemy.exc.SQLAlchemyError as error:
             # As Optuna's own writes report it (and call_with_retry looks through the cause).
             raise optuna.exceptions.StorageInternalError(
-                f"Writing {len(user_rows)} attributes of trial id {trial_id} failed: "
-                f"{str(error).splitlines()[0]}"
+                f"{what} failed: {str(error).splitlines()[0]}"
             ) from error
 
     if isinstance(storage, ResilientRDBStorage):
-        call_with_retry(transaction, what="write_trial_attrs", timeout=storage.retry_timeout)
+        call_with_retry(transaction, what=name, timeout=storage.retry_timeout)
     else:
         transaction()
 
@@ -524,18 +513,23 @@ def _write_journal(
         )
         # A second append, after the first was replayed without error: the study's entries
         # would be applied even for a trial finished meanwhile, and nothing may be written then.
-        _append(
-            storage,
-            [
-                {
-                    "op_code": _SET_STUDY_SYSTEM_ATTR,
-                    "worker_id": worker_id,
-                    "study_id": trial_study_id,
-                    "system_attr": {key: value},
-                }
-                for key, value in system_attrs.items()
-            ],
-        )
+        _append(storage, _study_system_entries(storage, trial_study_id, system_attrs))
+
+
+def _study_system_entries(
+    storage: JournalStorage, study_id: int, attrs: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The journal entries of ``set_study_system_attr``, one per key (as Optuna's replay reads)."""
+    worker_id = storage._replay_result.worker_id
+    return [
+        {
+            "op_code": _SET_STUDY_SYSTEM_ATTR,
+            "worker_id": worker_id,
+            "study_id": study_id,
+            "system_attr": {key: value},
+        }
+        for key, value in attrs.items()
+    ]
 
 
 def _append(storage: JournalStorage, logs: list[dict[str, Any]]) -> None:
