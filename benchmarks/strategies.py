@@ -11,11 +11,12 @@ sampler's seed):
 * ``plain``: Trace's own loop, no Optuna: ``opto.optimizers.OptoPrime(agent.parameters(),
   llm=...)`` then evaluate, ``zero_feedback``, ``backward``, ``step``. It keeps its current
   parameters whatever they score (no selection).
-* one arm per registered strategy (``optoprime``, ``genetic``, ``evolutionary``, and ``stop``
-  once it is registered): a trace_optuna study offering that strategy alone, with the default
-  sampler ``StrategyBandit(seed)``: with one strategy it has nothing to choose, and its
-  settings are sampled by the same ``TPESampler(seed)`` as in the ``bandit`` arm, so the two
-  arms differ only in which strategy runs.
+* one arm per registered strategy (``optoprime``, ``genetic``, ``evolutionary``, ``stop``, and
+  Trace's other optimizers ``opro``, ``textgrad``, ``optoprime_multi``): a trace_optuna study
+  offering that strategy alone, with the default sampler ``StrategyBandit(seed)``: with one
+  strategy it has nothing to choose, and its settings are sampled by the same
+  ``TPESampler(seed)`` as in the ``bandit`` arm, so the two arms differ only in which strategy
+  runs.
 * ``tpe``: all strategies, chosen by ``TPESampler(seed)``.
 * ``bandit``: all strategies, chosen by ``trace_optuna.samplers.StrategyBandit(seed)``.
 
@@ -85,7 +86,15 @@ SIMULATED = "simulated/feedback-follower"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "strategies.html"
 PLAIN = "plain"
 MIX_ARMS = ("tpe", "bandit")
-BUILTIN_STRATEGIES = ("optoprime", "genetic", "evolutionary", "stop")
+BUILTIN_STRATEGIES = (
+    "optoprime",
+    "genetic",
+    "evolutionary",
+    "stop",
+    "opro",
+    "textgrad",
+    "optoprime_multi",
+)
 
 
 # -- what is available ----------------------------------------------------------------------------

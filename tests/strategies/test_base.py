@@ -26,7 +26,7 @@ from trace_optuna.strategies import register
 from trace_optuna.strategies import resolve
 
 SIMULATED = "simulated/feedback-follower"
-NAMES = "['evolutionary', 'genetic', 'optoprime', 'stop']"
+NAMES = "['evolutionary', 'genetic', 'opro', 'optoprime', 'optoprime_multi', 'stop', 'textgrad']"
 
 
 def test_one_name_one_instance_or_a_list_resolve() -> None:

@@ -17,9 +17,14 @@ from trace_optuna.strategies.base import resolve
 from trace_optuna.strategies.evolutionary import EvolutionaryStrategy
 from trace_optuna.strategies.genetic import GeneticStrategy
 from trace_optuna.strategies.judge import Selector
+from trace_optuna.strategies.optimizer import OptimizerStrategy
+from trace_optuna.strategies.optimizer import from_optimizer
 from trace_optuna.strategies.optimizer_settings import OptimizerSettings
 from trace_optuna.strategies.optoprime import OptoPrimeStrategy
 from trace_optuna.strategies.stop import StopStrategy
+from trace_optuna.strategies.trace_optimizers import OPROStrategy
+from trace_optuna.strategies.trace_optimizers import OptoPrimeMultiStrategy
+from trace_optuna.strategies.trace_optimizers import TextGradStrategy
 
 if TYPE_CHECKING:
     from trace_optuna.strategies._safe_optoprime import SafeOptoPrime
@@ -27,7 +32,10 @@ if TYPE_CHECKING:
 __all__ = [
     "EvolutionaryStrategy",
     "GeneticStrategy",
+    "OPROStrategy",
     "OptimizerSettings",
+    "OptimizerStrategy",
+    "OptoPrimeMultiStrategy",
     "OptoPrimeStrategy",
     "ParentEvaluation",
     "Proposal",
@@ -37,8 +45,10 @@ __all__ = [
     "StepContext",
     "StopStrategy",
     "Strategy",
+    "TextGradStrategy",
     "check_int",
     "check_number",
+    "from_optimizer",
     "register",
     "resolve",
 ]

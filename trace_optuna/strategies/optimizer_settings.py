@@ -8,12 +8,16 @@ strategies, each prompting the LLM its own way, so these settings are the study'
 
 =============================  ===============================================================
 ``objective``                  replaces OptoPrime's instruction (``#Instruction``) in the
-                               prompts of ``optoprime``, ``genetic``'s mutation and
-                               ``evolutionary``'s offspring; an ``#Objective`` section of
+                               prompts of ``optoprime``, ``optoprime_multi``, ``genetic``'s
+                               mutation and ``evolutionary``'s offspring, and OPRO's
+                               instruction (``opro``; Trace's TextGrad has no place for it);
+                               an ``#Objective`` section of
                                ``genetic``'s crossover prompt; a system message
                                (``#Objective``) before ``stop``'s solution prompts
-``max_tokens``                 every LLM call of every strategy (OptoPrime, crossover, STOP)
-``include_example``            OptoPrime's worked example, in every OptoPrime prompt
+``max_tokens``                 every LLM call of every strategy (OptoPrime, crossover, STOP,
+                               Trace's other optimizers)
+``include_example``            OptoPrime's worked example, in every OptoPrime prompt (also
+                               ``optoprime_multi``'s)
 ``ignore_extraction_error``    False: a suggested value that cannot be used fails the step
                                (OptoPrime's suggestions, the crossover's child) instead of
                                being skipped

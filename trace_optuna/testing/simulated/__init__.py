@@ -52,6 +52,10 @@ the strategy writing it defines (imported from there, not copied):
                     (:func:`answer_stop_solution`, :func:`answer_stop_improver`)
 ``_genetic``        the genetic strategy's crossover (:func:`answer_crossover`)
 ``_judge``          the pairwise judge of ``selector="llm"`` (:func:`answer_judge`)
+``_opro``           Trace's OPRO prompt (:func:`answer_opro`), recognised by Trace's own
+                    template, imported when such a prompt comes in
+``_textgrad``       Trace's TextGrad prompts: gradients, their summary, the improved
+                    variable (:func:`answer_textgrad`), read with Trace's own templates
 ``_respond``        which answerer answers; any other prompt gets a valid, empty answer
                     ``{"reasoning": ..., "suggestion": {}}`` (:func:`answer_generic`); it never
                     raises on odd input
@@ -77,6 +81,7 @@ from trace_optuna.testing.simulated._feedback import OptoPrimeProblem
 from trace_optuna.testing.simulated._feedback import Variable
 from trace_optuna.testing.simulated._genetic import answer_crossover
 from trace_optuna.testing.simulated._judge import answer_judge
+from trace_optuna.testing.simulated._opro import answer_opro
 from trace_optuna.testing.simulated._optoprime import answer_optoprime
 from trace_optuna.testing.simulated._optoprime import parse_optoprime_problem
 from trace_optuna.testing.simulated._provider import register_simulated_provider
@@ -85,6 +90,7 @@ from trace_optuna.testing.simulated._respond import answer_generic
 from trace_optuna.testing.simulated._respond import respond
 from trace_optuna.testing.simulated._stop import answer_stop_improver
 from trace_optuna.testing.simulated._stop import answer_stop_solution
+from trace_optuna.testing.simulated._textgrad import answer_textgrad
 
 if TYPE_CHECKING:
     from trace_optuna.testing.simulated._handler import SimulatedLLM
@@ -103,8 +109,10 @@ __all__ = [
     "answer_generic",
     "answer_judge",
     "answer_optoprime",
+    "answer_opro",
     "answer_stop_improver",
     "answer_stop_solution",
+    "answer_textgrad",
     "approximate_tokens",
     "parse_optoprime_problem",
     "register_simulated_provider",

@@ -49,6 +49,7 @@ from typing import Any
 
 from trace_optuna.testing.simulated._core import append_sentence
 from trace_optuna.testing.simulated._core import not_number
+from trace_optuna.testing.simulated._core import sentences
 
 _IRRELEVANT_SENTENCES = (
     "Talk about the weather.",
@@ -152,6 +153,43 @@ def satisfied(feedback: str) -> bool:
         or _DIRECTION.search(unquoted)
         or any(pattern.search(feedback) for pattern in instructions)
     )
+
+
+def instructions(text: str) -> list[str]:
+    """The sentences of ``text`` that hold an instruction of the grammar (a quoted ``mention``,
+    ``include``, ``add``, ``remove`` or ``replace``, a direction word, an exception's name),
+    each once, in order: what feedback passed on by a model keeps of a longer text.
+
+    Example:
+        >>> instructions('Hello. The reply is cut: max_words should be larger. Bye.')
+        ['The reply is cut: max_words should be larger.']
+    """
+    kept: list[str] = []
+    for sentence in sentences(text):
+        unquoted = re.sub(_QUOTED, " ", sentence)
+        found = any(p.search(sentence) for p in (_MENTION, _REMOVE, _REPLACE)) or any(
+            p.search(unquoted) for p in (_DIRECTION, _ERROR_NAME)
+        )
+        if found and sentence not in kept:
+            kept.append(sentence)
+    return kept
+
+
+def value_variable(py_name: str, value: Any) -> Variable:
+    """A :class:`Variable` for a value shown without its type (JSON, or text): its type read
+    from the value (``int``, ``float``, ``code`` for text starting ``def``, ``str``...)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return Variable("int", py_name, int(text))
+        if re.fullmatch(r"[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?", text):
+            return Variable("float", py_name, float(text))
+        return Variable("code" if text.startswith("def ") else "str", py_name, value)
+    if isinstance(value, bool):
+        return Variable("bool", py_name, value)
+    if isinstance(value, (int, float)):
+        return Variable(type(value).__name__, py_name, value)
+    return Variable(type(value).__name__, py_name, value)
 
 
 def _named(variables: list[Variable], feedback: str) -> list[Variable]:

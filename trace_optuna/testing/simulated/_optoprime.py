@@ -17,6 +17,7 @@ from typing import Any
 
 from trace_optuna.testing.simulated._core import SimulatedOptions
 from trace_optuna.testing.simulated._core import Tried
+from trace_optuna.testing.simulated._feedback import Edit
 from trace_optuna.testing.simulated._feedback import OptoPrimeProblem
 from trace_optuna.testing.simulated._feedback import Variable
 from trace_optuna.testing.simulated._feedback import noisy_edit
@@ -139,16 +140,30 @@ def answer_optoprime(
     problem = parse_optoprime_problem(prompt)
     if problem is None:
         return None
-    noisy = rng.random() < options.noise
-    if satisfied(problem.feedback):
-        return "TERMINATE"
-    spread = 1.0 if temperature is None else float(temperature)
-    current: dict[str, Any] = {}
-    edits = text_edits(problem, current) + number_edits(problem, rng, spread, current, tried)
+    edits = follow_feedback(problem, rng, options, temperature, tried)
     if not edits:
         return "TERMINATE"
-    if noisy:
-        edits = [noisy_edit(rng.choice(edits), rng)]
     suggestion = {edit.variable.py_name: edit.new_value for edit in edits}
     reasoning = "Following the feedback: " + "; ".join(edit.why for edit in edits) + "."
     return json.dumps({"reasoning": reasoning, "answer": "", "suggestion": suggestion})
+
+
+def follow_feedback(
+    problem: OptoPrimeProblem,
+    rng: random.Random,
+    options: SimulatedOptions,
+    temperature: float | None,
+    tried: Tried | None = None,
+) -> list[Edit]:
+    """The edits the feedback grammar makes of ``problem``: none when the feedback is
+    satisfied or holds no instruction it understands (the answer is then ``TERMINATE``, or the
+    value unchanged). With probability ``noise`` one of them is replaced by a wrong one."""
+    noisy = rng.random() < options.noise
+    if satisfied(problem.feedback):
+        return []
+    spread = 1.0 if temperature is None else float(temperature)
+    current: dict[str, Any] = {}
+    edits = text_edits(problem, current) + number_edits(problem, rng, spread, current, tried)
+    if edits and noisy:
+        edits = [noisy_edit(rng.choice(edits), rng)]
+    return edits

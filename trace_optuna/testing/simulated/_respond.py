@@ -15,9 +15,11 @@ from trace_optuna.testing.simulated._core import SimulatedOptions
 from trace_optuna.testing.simulated._core import Tried
 from trace_optuna.testing.simulated._genetic import answer_crossover
 from trace_optuna.testing.simulated._judge import answer_judge
+from trace_optuna.testing.simulated._opro import answer_opro
 from trace_optuna.testing.simulated._optoprime import answer_optoprime
 from trace_optuna.testing.simulated._stop import answer_stop_improver
 from trace_optuna.testing.simulated._stop import answer_stop_solution
+from trace_optuna.testing.simulated._textgrad import answer_textgrad
 
 _logger = logging.getLogger("trace_optuna.testing.simulated")
 
@@ -46,6 +48,10 @@ ANSWERERS: list[Answerer] = [
     answer_stop_improver,
     answer_stop_solution,
     answer_optoprime,
+    # Trace's OPRO and TextGrad prompts are read with Trace's own definitions, which are
+    # imported (with Trace's optimizers) only when a prompt gets this far.
+    answer_opro,
+    answer_textgrad,
     answer_generic,
 ]
 
