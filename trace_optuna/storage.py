@@ -63,8 +63,10 @@ import sqlalchemy
 
 from trace_optuna import rdb_read
 from trace_optuna import records
+from trace_optuna import timeouts as _timeouts
 from trace_optuna._warnings import warn_user
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.timeouts import DatabaseTimeouts
 
 if TYPE_CHECKING:
     from collections.abc import Container
@@ -110,6 +112,8 @@ def resolve_storage(
     grace_period: int | None = None,
     max_retry: int | None = MAX_RETRY,
     retry_timeout: float = RETRY_TIMEOUT_S,
+    timeouts: DatabaseTimeouts | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> BaseStorage:
     """Turn a storage URL (or None) into an Optuna storage.
 
@@ -124,6 +128,11 @@ def resolve_storage(
         max_retry: How often a dead worker's trial is re-queued (None: without limit).
         retry_timeout: How long RDB storage calls are retried while the database server is
             unreachable before the error is raised.
+        timeouts: Bounds on every wait on the database's connections (PostgreSQL,
+            MySQL/MariaDB, Redis; see :class:`~trace_optuna.timeouts.DatabaseTimeouts`); None
+            for the defaults. Settings given in the URL or ``engine_kwargs`` win.
+        engine_kwargs: SQLAlchemy ``create_engine`` arguments for an RDB URL, over
+            trace_optuna's (``connect_args`` merged key by key).
 
     Returns:
         An Optuna storage object.
@@ -146,6 +155,7 @@ def resolve_storage(
             f"{type(storage).__name__}."
         )
     _check_heartbeat(heartbeat_interval, grace_period, max_retry)
+    timeouts = _timeouts.coerce(timeouts)
     heartbeat: dict[str, Any] = {
         "heartbeat_interval": heartbeat_interval,
         "grace_period": grace_period,
@@ -170,7 +180,7 @@ def resolve_storage(
         if scheme == "redis":
             from optuna.storages.journal import JournalRedisBackend
 
-            url, prefix = _split_prefix(storage)
+            url, prefix = _split_prefix(_timeouts.redis_url(storage, timeouts))
             return HeartbeatJournalStorage(JournalRedisBackend(url, prefix=prefix), **heartbeat)
         if scheme == "journal":
             from optuna.storages.journal import JournalFileBackend
@@ -184,8 +194,9 @@ def resolve_storage(
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 rdb = ResilientRDBStorage(
                     storage,
-                    engine_kwargs=_engine_kwargs(scheme),
+                    engine_kwargs=_engine_kwargs(storage, timeouts, engine_kwargs),
                     retry_timeout=retry_timeout,
+                    timeouts=timeouts,
                     **heartbeat,
                 )
             if scheme in ("mysql", "mariadb"):
@@ -202,6 +213,8 @@ def open_existing(
     grace_period: int | None = None,
     max_retry: int | None = MAX_RETRY,
     retry_timeout: float = RETRY_TIMEOUT_S,
+    timeouts: DatabaseTimeouts | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> BaseStorage:
     """Open a storage that already holds studies, creating nothing.
 
@@ -222,6 +235,8 @@ def open_existing(
         grace_period: As for :func:`resolve_storage`.
         max_retry: As for :func:`resolve_storage`.
         retry_timeout: As for :func:`resolve_storage`.
+        timeouts: As for :func:`resolve_storage`.
+        engine_kwargs: As for :func:`resolve_storage`.
 
     Returns:
         An Optuna storage object.
@@ -256,13 +271,16 @@ def open_existing(
         if scheme == "sqlite" and read_only:
             return _open_sqlite_read_only(storage, path, retry_timeout)
     if scheme in _RDB_SCHEMES:
-        _require_optuna_tables(storage, scheme, _engine_kwargs(scheme))
+        kwargs = _engine_kwargs(storage, _timeouts.coerce(timeouts), engine_kwargs)
+        _require_optuna_tables(storage, scheme, kwargs)
     return resolve_storage(
         storage,
         heartbeat_interval=None if read_only else heartbeat_interval,
         grace_period=None if read_only else grace_period,
         max_retry=max_retry,
         retry_timeout=retry_timeout,
+        timeouts=timeouts,
+        engine_kwargs=engine_kwargs,
     )
 
 
@@ -622,8 +640,10 @@ def check_sql_mode(storage: RDBStorage) -> str:
 def is_transient(error: BaseException) -> bool:
     """Whether a storage error means "the server is unreachable or busy, try again".
 
-    Connection failures, server restarts and SQLite's "database is locked" are transient;
-    invalid data (a value too long, an integrity violation) is not.
+    Connection failures, server restarts, SQLite's "database is locked" and the bounds of
+    :class:`~trace_optuna.timeouts.DatabaseTimeouts` running out (a lock wait, a statement, a
+    socket, a session ended by the server for idling in a transaction) are transient; invalid
+    data (a value too long, an integrity violation) is not.
     """
     seen: set[int] = set()
     current: BaseException | None = error
@@ -637,6 +657,8 @@ def is_transient(error: BaseException) -> bool:
                 return "locked" in text or "busy" in text
             return True
         if isinstance(current, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True
+        if type(current).__name__ == "IdleInTransactionSessionTimeout":  # psycopg, 25P03
             return True
         if type(current).__module__.startswith("redis") and type(current).__name__ in (
             "ConnectionError",
@@ -682,7 +704,8 @@ def call_with_retry(
                 raise
             if attempt == 0:
                 _logger.warning(
-                    "Storage unreachable during %s (%s); retrying with backoff for up to %.0f s.",
+                    "Storage unreachable or busy during %s (%s); retrying with backoff for up "
+                    "to %.0f s.",
                     what,
                     _first_line(error),
                     timeout,
@@ -722,14 +745,26 @@ class ResilientRDBStorage(RDBStorage):
     Args:
         url: The SQLAlchemy URL.
         retry_timeout: Seconds to keep retrying one call before raising.
+        timeouts: The per-session bounds set on every connection of a PostgreSQL or
+            MySQL/MariaDB server (see :mod:`trace_optuna.timeouts`; the driver's own are in
+            ``engine_kwargs``); None sets none.
         **kwargs: ``optuna.storages.RDBStorage`` arguments.
     """
 
-    def __init__(self, url: str, *, retry_timeout: float = RETRY_TIMEOUT_S, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_timeout: float = RETRY_TIMEOUT_S,
+        timeouts: DatabaseTimeouts | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.retry_timeout = retry_timeout
+        self.timeouts = timeouts
         for attempt in range(3):
             try:
                 super().__init__(url, **kwargs)
+                self._install_timeouts()
                 return
             except (
                 optuna.exceptions.StorageInternalError,
@@ -741,6 +776,14 @@ class ResilientRDBStorage(RDBStorage):
                     raise
                 _logger.info("Another process created the storage's tables at the same time.")
                 time.sleep(0.2 * (attempt + 1))
+
+    def _install_timeouts(self) -> None:
+        if self.timeouts is not None:
+            _timeouts.install_session_settings(self.engine, self.timeouts, self.engine_kwargs)
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # a new engine, without the session settings
+        self._install_timeouts()
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -991,10 +1034,17 @@ def _split_prefix(url: str) -> tuple[str, str]:
     return urllib.parse.urlunsplit(parts._replace(query=rest)), prefix
 
 
-def _engine_kwargs(scheme: str) -> dict[str, Any]:
-    if scheme == "sqlite":
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {"pool_pre_ping": True}
+def _engine_kwargs(
+    url: str, timeouts: DatabaseTimeouts, given: dict[str, Any] | None
+) -> dict[str, Any]:
+    if _scheme(url) == "sqlite":
+        kwargs = dict(given or {})
+        kwargs["connect_args"] = {
+            "timeout": SQLITE_BUSY_TIMEOUT_S,
+            **kwargs.get("connect_args", {}),
+        }
+        return kwargs
+    return _timeouts.engine_kwargs(url, timeouts, given)
 
 
 def _missing_driver_message(url: str, error: ImportError) -> str:
