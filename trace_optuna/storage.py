@@ -38,7 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 import contextlib
+import copy
+import datetime
 import functools
 import logging
 import os
@@ -58,6 +61,8 @@ from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 import sqlalchemy
 
@@ -798,6 +803,37 @@ class ResilientRDBStorage(RDBStorage):
                 self.heartbeat_interval,
             )
 
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Any
+    ) -> Any:
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        if self.heartbeat_interval is not None and trial.state == TrialState.RUNNING:
+            # Its first heartbeat in the transaction that creates it (the server's clock, as
+            # every heartbeat): a worker killed before its heartbeat thread first beats still
+            # leaves a trial that goes stale. Optuna's stale check skips trials without one.
+            session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+        return trial
+
+    def _start_waiting_trial(self, trial_id: int) -> bool:
+        """Optuna's WAITING -> RUNNING (``_pop_waiting_trial_id``), and the trial's first
+        heartbeat, in one transaction."""
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if trial.state != TrialState.WAITING:
+                    return False
+                trial.state = TrialState.RUNNING
+                trial.datetime_start = datetime.datetime.now()
+                heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+                if heartbeat is None:
+                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+                else:
+                    heartbeat.heartbeat = session.execute(sqlalchemy.func.now()).scalar_one()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         attempts = 0
 
@@ -805,6 +841,8 @@ class ResilientRDBStorage(RDBStorage):
             nonlocal attempts
             attempts += 1
             try:
+                if state == TrialState.RUNNING and values is None and self.heartbeat_interval:
+                    return self._start_waiting_trial(trial_id)
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
                 if attempts > 1 and state.is_finished():
@@ -928,11 +966,45 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
         self.grace_period = grace_period
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
-    def record_heartbeat(self, trial_id: int) -> None:
-        lease: dict[str, float | str] = {
+    def _lease(self) -> dict[str, float | str]:
+        return {
             "until": time.time() + (self.grace_period or 2 * (self.heartbeat_interval or 0)),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if self.heartbeat_interval is None or (
+            template_trial is not None and template_trial.state != TrialState.RUNNING
+        ):
+            return super().create_new_trial(study_id, template_trial)
+        # The first lease in the entry that creates the trial: a worker killed before its
+        # heartbeat thread first renews it still leaves a trial whose lease expires.
+        template = copy.deepcopy(template_trial) or optuna.trial.FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
+        template.system_attrs[records.LEASE] = self._lease()
+        return super().create_new_trial(study_id, template)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        started = super().set_trial_state_values(trial_id, state, values)
+        if started and state == TrialState.RUNNING and self.heartbeat_interval is not None:
+            self.record_heartbeat(trial_id)  # a WAITING trial taken: its first lease at once
+        return started
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        lease = self._lease()
         try:
             self.set_trial_system_attr(trial_id, records.LEASE, lease)
         except UpdateFinishedTrialError:
