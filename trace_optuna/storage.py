@@ -766,6 +766,8 @@ class ResilientRDBStorage(RDBStorage):
     ) -> None:
         self.retry_timeout = retry_timeout
         self.timeouts = timeouts
+        # Trial id -> when this process wrote its first heartbeat (monotonic), with the trial.
+        self._first_beats: dict[int, float] = {}
         for attempt in range(3):
             try:
                 super().__init__(url, **kwargs)
@@ -791,6 +793,9 @@ class ResilientRDBStorage(RDBStorage):
         self._install_timeouts()
 
     def record_heartbeat(self, trial_id: int) -> None:
+        written = self._first_beats.pop(trial_id, None)
+        if written is not None and time.monotonic() - written < (self.heartbeat_interval or 0) / 2:
+            return  # Optuna's first beat, just after the one written with the trial: skipped
         try:
             super().record_heartbeat(trial_id)
         except Exception as error:
@@ -812,6 +817,9 @@ class ResilientRDBStorage(RDBStorage):
             # every heartbeat): a worker killed before its heartbeat thread first beats still
             # leaves a trial that goes stale. Optuna's stale check skips trials without one.
             session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+            if len(self._first_beats) > 1000:  # trials asked outside optimize are never beaten
+                self._first_beats.clear()
+            self._first_beats[trial.trial_id] = time.monotonic()
         return trial
 
     def _start_waiting_trial(self, trial_id: int) -> bool:
@@ -832,6 +840,7 @@ class ResilientRDBStorage(RDBStorage):
                     heartbeat.heartbeat = session.execute(sqlalchemy.func.now()).scalar_one()
         except sqlalchemy.exc.IntegrityError:
             return False
+        self._first_beats[trial_id] = time.monotonic()
         return True
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
