@@ -225,3 +225,24 @@ def test_a_dead_workers_open_transaction_is_ended_by_the_server(
             lost.close()
         asker.join(timeout=30)
         dead.engine.dispose()
+
+
+@pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
+def test_a_pooled_connection_the_server_ended_is_replaced_without_an_error(
+    storage_url: str, study_name: str
+) -> None:
+    """No ping on every checkout (a round trip each): a dead pooled connection fails its
+    statement as a disconnect, and the retry layer runs it again on a new connection."""
+    storage = resolve_storage(storage_url, heartbeat_interval=None)
+    assert isinstance(storage, ResilientRDBStorage) and not storage.engine.pool._pre_ping
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    database = storage.engine.url.database
+    with other_session(storage_url) as admin:
+        ended = admin.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        ).all()
+        admin.commit()
+    assert ended  # the storage's pooled connection
+    assert optuna.load_study(study_name=study_name, storage=storage).trials == []
+    assert study.ask().number == 0

@@ -129,6 +129,10 @@ class Config:
         artifact_store: Any Optuna artifact store instead of ``artifact_dir``.
         figure_interval: Seconds between refreshes of the figures saved into the study for
             optuna-dashboard, by all workers together; None saves none.
+        dashboard_notes: Write each trial's Markdown note for optuna-dashboard (study system
+            attributes, in the record's one write). False writes none, so a trial writes
+            nothing to its study's rows (each such write waits on, and holds, a lock on the
+            study row that Optuna's trial creation takes); every attribute stays readable.
 
     Raises:
         ConfigurationError: Naming the option and the rule it breaks.
@@ -171,6 +175,7 @@ class Config:
     artifact_dir: str | os.PathLike[str] | None = None
     artifact_store: ArtifactStore | None = None
     figure_interval: float | None = DEFAULT_FIGURE_INTERVAL
+    dashboard_notes: bool = True
 
     def __post_init__(self) -> None:
         _one_of("evaluate_form", self.evaluate_form, ("agent", "agent_trial"), none=True)
@@ -220,6 +225,10 @@ class Config:
             object.__setattr__(self, "max_retry", _integer("max_retry", self.max_retry, minimum=0))
         self._check_artifacts()
         _seconds("figure_interval", self.figure_interval, positive=False)
+        if not isinstance(self.dashboard_notes, bool):
+            raise ConfigurationError(
+                f"dashboard_notes must be True or False, got {self.dashboard_notes!r}."
+            )
 
     @classmethod
     def from_options(

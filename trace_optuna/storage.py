@@ -9,7 +9,9 @@
   and a file or directory that cannot be written are refused before SQLite runs, naming the
   path.
 * ``postgresql://...``, ``mysql+pymysql://...`` (and other SQLAlchemy URLs): RDBStorage with
-  ``pool_pre_ping`` so a restarted database server does not leave dead pooled connections.
+  a ping of pooled connections idle for 10 s (not of every checkout: a round trip each), so
+  a restarted database server does not leave dead pooled connections, and bounded waits (see
+  :mod:`trace_optuna.timeouts`).
   MySQL/MariaDB sessions are checked for a strict ``sql_mode`` when the storage opens.
   ``postgres://`` is refused (SQLAlchemy dropped that alias): write ``postgresql://``. A
   missing driver names the URL and the package to install (``mysql://`` means the MySQLdb
@@ -787,6 +789,8 @@ class ResilientRDBStorage(RDBStorage):
     def _install_timeouts(self) -> None:
         if self.timeouts is not None:
             _timeouts.install_session_settings(self.engine, self.timeouts, self.engine_kwargs)
+        if self.engine.dialect.name != "sqlite" and not self.engine_kwargs.get("pool_pre_ping"):
+            _timeouts.install_idle_ping(self.engine)
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)  # a new engine, without the session settings
