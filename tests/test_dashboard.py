@@ -637,6 +637,22 @@ def test_a_negative_figure_interval_is_refused(sqlite_url: str) -> None:
 # -- what a trial costs: figures once per interval for all workers, no dashboard import -------
 
 
+def test_without_notes_a_trial_writes_nothing_to_its_studys_rows(sqlite_url: str) -> None:
+    study = demo_study(sqlite_url, "quiet", None, dashboard_notes=False, figure_interval=None)
+    storage, study_id = study.optuna._storage, study.optuna._study_id
+    before = storage.get_study_system_attrs(study_id)
+    study.optimize(n_trials=3)
+    assert storage.get_study_system_attrs(study_id) == before  # no note keys at all
+    assert study.record(2).feedback  # the record is whole
+    noted = demo_study(sqlite_url, "noted", None, figure_interval=None)
+    noted.optimize(n_trials=1)
+    assert note_version_key(noted.trials[0]._trial_id) in storage.get_study_system_attrs(
+        noted.optuna._study_id
+    )
+    with pytest.raises(ConfigurationError, match="dashboard_notes must be True or False"):
+        demo_study(sqlite_url, "bad", None, dashboard_notes="no")
+
+
 def test_note_and_figure_keys_are_optuna_dashboards_own() -> None:
     from optuna_dashboard import _custom_plot_data
     from optuna_dashboard import _note

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+import warnings
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -235,6 +236,53 @@ def test_a_journal_lease_is_renewed_by_the_running_worker(tmp_path: Path) -> Non
     assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
 
 
+# -- a worker killed before its trial's first heartbeat --------------------------------------
+
+_TAKE_A_TRIAL_AND_DIE = """
+import os, signal, sys
+import optuna
+from trace_optuna.storage import resolve_storage
+storage = resolve_storage(sys.argv[1], heartbeat_interval=1, grace_period=2)
+study = optuna.load_study(study_name=sys.argv[2], storage=storage)
+study.ask()  # Optuna's trial creation (or a queued trial taken); no heartbeat thread yet
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["created", "queued"])
+@pytest.mark.parametrize("storage_url", ["sqlite", "postgresql", "mysql", "redis"], indirect=True)
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(
+    storage_url: str, study_name: str, queued: bool
+) -> None:
+    storage = resolve_storage(storage_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    if queued:
+        study.enqueue_trial({"x": 0.5})
+    died = subprocess.run(
+        [sys.executable, "-c", _TAKE_A_TRIAL_AND_DIE, storage_url, study_name],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert [trial.state for trial in study.trials] == [TrialState.RUNNING]
+
+    def failed() -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return study.trials[0].state == TrialState.FAIL
+
+    wait_until(failed, "the dead trial to be failed", timeout=30)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # runs the retry
+    dead, retry = study.trials
+    assert retry.system_attrs["failed_trial"] == dead.number == 0
+    assert retry.state == TrialState.COMPLETE
+    if queued:  # the queued parameters went with the retry
+        assert retry.params == {"x": 0.5}
+
+
 # -- the database restarting ------------------------------------------------------------------
 
 
@@ -290,7 +338,7 @@ def test_workers_ride_out_a_database_restart(
         if workers.poll() is None:
             workers.kill()
     output = log.read_text()
-    assert "Storage unreachable during" in output and "Storage reachable again" in output
+    assert "Storage unreachable or busy during" in output and "Storage reachable again" in output
 
     wait_until(_postgresql_is_up, "PostgreSQL")
     all_trials = study.get_trials()

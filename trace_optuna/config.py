@@ -138,6 +138,10 @@ class Config:
             it; ``"none"`` opts out: the layers the machine supports are still used, and the
             opt-out is recorded in the study (``trace:stop_isolation``) and in each STOP
             trial. ``trace-optuna doctor`` shows what a machine supports.
+        dashboard_notes: Write each trial's Markdown note for optuna-dashboard (study system
+            attributes, in the record's one write). False writes none, so a trial writes
+            nothing to its study's rows (each such write waits on, and holds, a lock on the
+            study row that Optuna's trial creation takes); every attribute stays readable.
 
     Raises:
         ConfigurationError: Naming the option and the rule it breaks.
@@ -181,6 +185,7 @@ class Config:
     artifact_store: ArtifactStore | None = None
     figure_interval: float | None = DEFAULT_FIGURE_INTERVAL
     stop_isolation: StopIsolation = "required"
+    dashboard_notes: bool = True
 
     def __post_init__(self) -> None:
         _one_of("evaluate_form", self.evaluate_form, ("agent", "agent_trial"), none=True)
@@ -231,6 +236,10 @@ class Config:
             object.__setattr__(self, "max_retry", _integer("max_retry", self.max_retry, minimum=0))
         self._check_artifacts()
         _seconds("figure_interval", self.figure_interval, positive=False)
+        if not isinstance(self.dashboard_notes, bool):
+            raise ConfigurationError(
+                f"dashboard_notes must be True or False, got {self.dashboard_notes!r}."
+            )
 
     @classmethod
     def from_options(

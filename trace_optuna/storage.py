@@ -9,7 +9,9 @@
   and a file or directory that cannot be written are refused before SQLite runs, naming the
   path.
 * ``postgresql://...``, ``mysql+pymysql://...`` (and other SQLAlchemy URLs): RDBStorage with
-  ``pool_pre_ping`` so a restarted database server does not leave dead pooled connections.
+  a ping of pooled connections idle for 10 s (not of every checkout: a round trip each), so
+  a restarted database server does not leave dead pooled connections, and bounded waits (see
+  :mod:`trace_optuna.timeouts`).
   MySQL/MariaDB sessions are checked for a strict ``sql_mode`` when the storage opens.
   ``postgres://`` is refused (SQLAlchemy dropped that alias): write ``postgresql://``. A
   missing driver names the URL and the package to install (``mysql://`` means the MySQLdb
@@ -38,7 +40,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 import contextlib
+import copy
+import datetime
 import functools
 import logging
 import os
@@ -58,13 +63,17 @@ from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 import sqlalchemy
 
 from trace_optuna import rdb_read
 from trace_optuna import records
+from trace_optuna import timeouts as _timeouts
 from trace_optuna._warnings import warn_user
 from trace_optuna.exceptions import ConfigurationError
+from trace_optuna.timeouts import DatabaseTimeouts
 
 if TYPE_CHECKING:
     from collections.abc import Container
@@ -110,6 +119,8 @@ def resolve_storage(
     grace_period: int | None = None,
     max_retry: int | None = MAX_RETRY,
     retry_timeout: float = RETRY_TIMEOUT_S,
+    timeouts: DatabaseTimeouts | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> BaseStorage:
     """Turn a storage URL (or None) into an Optuna storage.
 
@@ -124,6 +135,11 @@ def resolve_storage(
         max_retry: How often a dead worker's trial is re-queued (None: without limit).
         retry_timeout: How long RDB storage calls are retried while the database server is
             unreachable before the error is raised.
+        timeouts: Bounds on every wait on the database's connections (PostgreSQL,
+            MySQL/MariaDB, Redis; see :class:`~trace_optuna.timeouts.DatabaseTimeouts`); None
+            for the defaults. Settings given in the URL or ``engine_kwargs`` win.
+        engine_kwargs: SQLAlchemy ``create_engine`` arguments for an RDB URL, over
+            trace_optuna's (``connect_args`` merged key by key).
 
     Returns:
         An Optuna storage object.
@@ -146,6 +162,7 @@ def resolve_storage(
             f"{type(storage).__name__}."
         )
     _check_heartbeat(heartbeat_interval, grace_period, max_retry)
+    timeouts = _timeouts.coerce(timeouts)
     heartbeat: dict[str, Any] = {
         "heartbeat_interval": heartbeat_interval,
         "grace_period": grace_period,
@@ -170,7 +187,7 @@ def resolve_storage(
         if scheme == "redis":
             from optuna.storages.journal import JournalRedisBackend
 
-            url, prefix = _split_prefix(storage)
+            url, prefix = _split_prefix(_timeouts.redis_url(storage, timeouts))
             return HeartbeatJournalStorage(JournalRedisBackend(url, prefix=prefix), **heartbeat)
         if scheme == "journal":
             from optuna.storages.journal import JournalFileBackend
@@ -184,8 +201,9 @@ def resolve_storage(
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 rdb = ResilientRDBStorage(
                     storage,
-                    engine_kwargs=_engine_kwargs(scheme),
+                    engine_kwargs=_engine_kwargs(storage, timeouts, engine_kwargs),
                     retry_timeout=retry_timeout,
+                    timeouts=timeouts,
                     **heartbeat,
                 )
             if scheme in ("mysql", "mariadb"):
@@ -202,6 +220,8 @@ def open_existing(
     grace_period: int | None = None,
     max_retry: int | None = MAX_RETRY,
     retry_timeout: float = RETRY_TIMEOUT_S,
+    timeouts: DatabaseTimeouts | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> BaseStorage:
     """Open a storage that already holds studies, creating nothing.
 
@@ -222,6 +242,8 @@ def open_existing(
         grace_period: As for :func:`resolve_storage`.
         max_retry: As for :func:`resolve_storage`.
         retry_timeout: As for :func:`resolve_storage`.
+        timeouts: As for :func:`resolve_storage`.
+        engine_kwargs: As for :func:`resolve_storage`.
 
     Returns:
         An Optuna storage object.
@@ -256,13 +278,16 @@ def open_existing(
         if scheme == "sqlite" and read_only:
             return _open_sqlite_read_only(storage, path, retry_timeout)
     if scheme in _RDB_SCHEMES:
-        _require_optuna_tables(storage, scheme, _engine_kwargs(scheme))
+        kwargs = _engine_kwargs(storage, _timeouts.coerce(timeouts), engine_kwargs)
+        _require_optuna_tables(storage, scheme, kwargs)
     return resolve_storage(
         storage,
         heartbeat_interval=None if read_only else heartbeat_interval,
         grace_period=None if read_only else grace_period,
         max_retry=max_retry,
         retry_timeout=retry_timeout,
+        timeouts=timeouts,
+        engine_kwargs=engine_kwargs,
     )
 
 
@@ -622,8 +647,10 @@ def check_sql_mode(storage: RDBStorage) -> str:
 def is_transient(error: BaseException) -> bool:
     """Whether a storage error means "the server is unreachable or busy, try again".
 
-    Connection failures, server restarts and SQLite's "database is locked" are transient;
-    invalid data (a value too long, an integrity violation) is not.
+    Connection failures, server restarts, SQLite's "database is locked" and the bounds of
+    :class:`~trace_optuna.timeouts.DatabaseTimeouts` running out (a lock wait, a statement, a
+    socket, a session ended by the server for idling in a transaction) are transient; invalid
+    data (a value too long, an integrity violation) is not.
     """
     seen: set[int] = set()
     current: BaseException | None = error
@@ -637,6 +664,8 @@ def is_transient(error: BaseException) -> bool:
                 return "locked" in text or "busy" in text
             return True
         if isinstance(current, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True
+        if type(current).__name__ == "IdleInTransactionSessionTimeout":  # psycopg, 25P03
             return True
         if type(current).__module__.startswith("redis") and type(current).__name__ in (
             "ConnectionError",
@@ -682,7 +711,8 @@ def call_with_retry(
                 raise
             if attempt == 0:
                 _logger.warning(
-                    "Storage unreachable during %s (%s); retrying with backoff for up to %.0f s.",
+                    "Storage unreachable or busy during %s (%s); retrying with backoff for up "
+                    "to %.0f s.",
                     what,
                     _first_line(error),
                     timeout,
@@ -722,14 +752,28 @@ class ResilientRDBStorage(RDBStorage):
     Args:
         url: The SQLAlchemy URL.
         retry_timeout: Seconds to keep retrying one call before raising.
+        timeouts: The per-session bounds set on every connection of a PostgreSQL or
+            MySQL/MariaDB server (see :mod:`trace_optuna.timeouts`; the driver's own are in
+            ``engine_kwargs``); None sets none.
         **kwargs: ``optuna.storages.RDBStorage`` arguments.
     """
 
-    def __init__(self, url: str, *, retry_timeout: float = RETRY_TIMEOUT_S, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_timeout: float = RETRY_TIMEOUT_S,
+        timeouts: DatabaseTimeouts | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.retry_timeout = retry_timeout
+        self.timeouts = timeouts
+        # Trial id -> when this process wrote its first heartbeat (monotonic), with the trial.
+        self._first_beats: dict[int, float] = {}
         for attempt in range(3):
             try:
                 super().__init__(url, **kwargs)
+                self._install_timeouts()
                 return
             except (
                 optuna.exceptions.StorageInternalError,
@@ -742,7 +786,20 @@ class ResilientRDBStorage(RDBStorage):
                 _logger.info("Another process created the storage's tables at the same time.")
                 time.sleep(0.2 * (attempt + 1))
 
+    def _install_timeouts(self) -> None:
+        if self.timeouts is not None:
+            _timeouts.install_session_settings(self.engine, self.timeouts, self.engine_kwargs)
+        if self.engine.dialect.name != "sqlite" and not self.engine_kwargs.get("pool_pre_ping"):
+            _timeouts.install_idle_ping(self.engine)
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # a new engine, without the session settings
+        self._install_timeouts()
+
     def record_heartbeat(self, trial_id: int) -> None:
+        written = self._first_beats.pop(trial_id, None)
+        if written is not None and time.monotonic() - written < (self.heartbeat_interval or 0) / 2:
+            return  # Optuna's first beat, just after the one written with the trial: skipped
         try:
             super().record_heartbeat(trial_id)
         except Exception as error:
@@ -755,6 +812,41 @@ class ResilientRDBStorage(RDBStorage):
                 self.heartbeat_interval,
             )
 
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Any
+    ) -> Any:
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        if self.heartbeat_interval is not None and trial.state == TrialState.RUNNING:
+            # Its first heartbeat in the transaction that creates it (the server's clock, as
+            # every heartbeat): a worker killed before its heartbeat thread first beats still
+            # leaves a trial that goes stale. Optuna's stale check skips trials without one.
+            session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+            if len(self._first_beats) > 1000:  # trials asked outside optimize are never beaten
+                self._first_beats.clear()
+            self._first_beats[trial.trial_id] = time.monotonic()
+        return trial
+
+    def _start_waiting_trial(self, trial_id: int) -> bool:
+        """Optuna's WAITING -> RUNNING (``_pop_waiting_trial_id``), and the trial's first
+        heartbeat, in one transaction."""
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if trial.state != TrialState.WAITING:
+                    return False
+                trial.state = TrialState.RUNNING
+                trial.datetime_start = datetime.datetime.now()
+                heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+                if heartbeat is None:
+                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+                else:
+                    heartbeat.heartbeat = session.execute(sqlalchemy.func.now()).scalar_one()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        self._first_beats[trial_id] = time.monotonic()
+        return True
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         attempts = 0
 
@@ -762,6 +854,8 @@ class ResilientRDBStorage(RDBStorage):
             nonlocal attempts
             attempts += 1
             try:
+                if state == TrialState.RUNNING and values is None and self.heartbeat_interval:
+                    return self._start_waiting_trial(trial_id)
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
                 if attempts > 1 and state.is_finished():
@@ -885,11 +979,45 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
         self.grace_period = grace_period
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
 
-    def record_heartbeat(self, trial_id: int) -> None:
-        lease: dict[str, float | str] = {
+    def _lease(self) -> dict[str, float | str]:
+        return {
             "until": time.time() + (self.grace_period or 2 * (self.heartbeat_interval or 0)),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if self.heartbeat_interval is None or (
+            template_trial is not None and template_trial.state != TrialState.RUNNING
+        ):
+            return super().create_new_trial(study_id, template_trial)
+        # The first lease in the entry that creates the trial: a worker killed before its
+        # heartbeat thread first renews it still leaves a trial whose lease expires.
+        template = copy.deepcopy(template_trial) or optuna.trial.FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
+        template.system_attrs[records.LEASE] = self._lease()
+        return super().create_new_trial(study_id, template)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        started = super().set_trial_state_values(trial_id, state, values)
+        if started and state == TrialState.RUNNING and self.heartbeat_interval is not None:
+            self.record_heartbeat(trial_id)  # a WAITING trial taken: its first lease at once
+        return started
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        lease = self._lease()
         try:
             self.set_trial_system_attr(trial_id, records.LEASE, lease)
         except UpdateFinishedTrialError:
@@ -991,10 +1119,17 @@ def _split_prefix(url: str) -> tuple[str, str]:
     return urllib.parse.urlunsplit(parts._replace(query=rest)), prefix
 
 
-def _engine_kwargs(scheme: str) -> dict[str, Any]:
-    if scheme == "sqlite":
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {"pool_pre_ping": True}
+def _engine_kwargs(
+    url: str, timeouts: DatabaseTimeouts, given: dict[str, Any] | None
+) -> dict[str, Any]:
+    if _scheme(url) == "sqlite":
+        kwargs = dict(given or {})
+        kwargs["connect_args"] = {
+            "timeout": SQLITE_BUSY_TIMEOUT_S,
+            **kwargs.get("connect_args", {}),
+        }
+        return kwargs
+    return _timeouts.engine_kwargs(url, timeouts, given)
 
 
 def _missing_driver_message(url: str, error: ImportError) -> str:

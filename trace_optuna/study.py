@@ -311,8 +311,8 @@ def create_study(
             ``direction``/``directions``, ``sampler``, ``pruner``, ``seed``, ``error_score``,
             ``selector``, ``evaluate_form``, ``evaluate_timeout``, ``parameters``,
             ``on_conflict``, ``heartbeat_interval``, ``grace_period``, ``max_retry``,
-            ``artifact_dir``, ``artifact_store``, ``figure_interval``). They override
-            ``config``'s.
+            ``artifact_dir``, ``artifact_store``, ``figure_interval``, ``dashboard_notes``).
+            They override ``config``'s.
 
     Returns:
         The study.

@@ -41,10 +41,15 @@ def enter_trial(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 
 
 def before_write(
-    trial: optuna.Trial, attrs: dict[str, Any], artifact_store: ArtifactStore | None
+    trial: optuna.Trial,
+    attrs: dict[str, Any],
+    artifact_store: ArtifactStore | None,
+    *,
+    notes: bool = True,
 ) -> dict[str, Any]:
     """Called just before the record is written: offload long texts, and return the trial's
-    note (as study system attributes) to be written with the record.
+    note (as study system attributes) to be written with the record (none unless
+    ``notes``).
 
     A note that cannot be built is left out (logged): a note is a view and never fails the
     trial.
@@ -52,7 +57,7 @@ def before_write(
     if artifact_store is not None:
         offload_long_texts(trial, attrs, artifact_store)
     _RUNNING.set(None)
-    if not _dashboard_installed():
+    if not notes or not _dashboard_installed():
         return {}
     try:
         return note_attrs(trial, trial_note(trial.number, attrs, dict(trial.params)))

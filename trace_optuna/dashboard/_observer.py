@@ -42,6 +42,7 @@ class DashboardObserver(TrialObserver):
 
     def __init__(self, config: Config) -> None:
         self.figure_interval = config.figure_interval
+        self.notes = config.dashboard_notes
         self.artifact_store: ArtifactStore | None = resolve_artifact_store(
             config.artifact_dir, config.artifact_store
         )
@@ -79,7 +80,8 @@ class DashboardObserver(TrialObserver):
         enter_trial(trial, record)
 
     def before_write(self, trial: optuna.Trial, record: dict[str, Any]) -> dict[str, Any]:
-        return before_write(trial, record, self.artifact_store)  # the note, in the same write
+        # The note, in the same write.
+        return before_write(trial, record, self.artifact_store, notes=self.notes)
 
     def optimize_finished(self, study: optuna.Study) -> None:
         if self._refresher is not None:
