@@ -48,14 +48,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class LayerError(Exception):
+class _LayerError(Exception):
     """A layer could not be set up; the message says why."""
 
 
 def _check(result, what):
     if result < 0:
         number = ctypes.get_errno()
-        raise LayerError(f"{what} failed: {os.strerror(number)} (errno {number})")
+        raise _LayerError(f"{what} failed: {os.strerror(number)} (errno {number})")
     return result
 
 
@@ -108,7 +108,7 @@ def landlock_abi():
 def _landlock(readable, writable, files):
     abi = landlock_abi()
     if abi < _LANDLOCK_MIN_ABI:
-        raise LayerError(
+        raise _LayerError(
             f"Landlock ABI {abi} (needs {_LANDLOCK_MIN_ABI}+: Linux 6.12 or later with "
             "'landlock' in the lsm= boot parameter or CONFIG_LSM)"
         )
@@ -240,7 +240,9 @@ def _seccomp_program():
 
 def _seccomp():
     if platform.machine() != "x86_64":
-        raise LayerError(f"the seccomp filter is written for x86_64; this is {platform.machine()}")
+        raise _LayerError(
+            f"the seccomp filter is written for x86_64; this is {platform.machine()}"
+        )
     program = _seccomp_program()
     code = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
     buffer = ctypes.create_string_buffer(code, len(code))
@@ -277,7 +279,7 @@ def setup(workdir, disable=()):
         try:
             _namespaces(net)
             _drop_capabilities()
-        except (LayerError, OSError) as error:
+        except (_LayerError, OSError) as error:
             missing["user_namespace"] = str(error)
             if net:
                 missing["network_namespace"] = str(error)
@@ -296,7 +298,7 @@ def setup(workdir, disable=()):
             continue
         try:
             function()
-        except (LayerError, OSError) as error:
+        except (_LayerError, OSError) as error:
             missing[layer] = str(error)
         else:
             active.append(layer)
