@@ -22,11 +22,17 @@ How (so that a busy two-core machine does not decide the answer):
 * Every study lives in its own database (a SQLite file, or a PostgreSQL database created for
   the run and dropped after) and is driven by its own worker process, so no study's cache, heap
   or garbage collector is charged to another. Only one worker runs at a time.
-* First each study of size N is filled to N - window trials (trace_optuna by its real step,
-  bare Optuna by replaying those trials' payloads). Then the windows of all sizes are measured
-  together, in rounds of ``--chunk`` trials: trace_optuna at each size, each followed by bare
-  Optuna replaying the same trials. A change of background load therefore hits every column
-  alike, and the growth from 100 to 10,000 trials is measured at the same moment.
+* First each study of size N is filled to N - window trials: trace_optuna by its real step,
+  bare Optuna by replaying those trials' payloads. By default (``--fill-sampler random``) the
+  fill draws the trials' parameters with ``RandomSampler`` instead of TPE and bare Optuna
+  stores the same trials with ``add_trials``: the fill is not measured, and TPE's own cost,
+  which grows with the study in both columns alike, would make a 10,000-trial fill take hours
+  on two cores. The windows then sample with TPE over the whole study, as a study of that
+  size would. ``--fill-sampler tpe`` fills both studies the measured way instead.
+  Then the windows of all sizes are measured together, in rounds of ``--chunk`` trials:
+  trace_optuna at each size, each followed by bare Optuna replaying the same trials. A change
+  of background load therefore hits every column alike, and the growth from 100 to 10,000
+  trials is measured at the same moment.
 
 Usage::
 
@@ -97,12 +103,14 @@ class Payload:
 
     Attributes:
         params: ``[(name, distribution as JSON)]`` in the order the trial suggested them.
+        values: The parameters' values, by name.
         user_attrs: Every stored user attribute (chunks included), in stored order.
         state: The trial's final state name (``COMPLETE``, ``FAIL``...).
         value: The trial's value, or None.
     """
 
     params: list[tuple[str, str]]
+    values: dict[str, Any]
     user_attrs: dict[str, Any]
     state: str
     value: float | None
@@ -156,7 +164,10 @@ class WorkerConfig:
         url: The storage URL (its own database).
         study_name: The study's name.
         seed: The sampler's seed.
-        profile_path: Where a trace worker dumps its cProfile stats, or None not to profile.
+        fill_sampler: ``random`` or ``tpe``: how the fill's trials are sampled (see the
+            module's docstring).
+        profile_path: Where the worker dumps its cProfile stats of the measured windows, or
+            None not to profile.
     """
 
     kind: str
@@ -164,6 +175,7 @@ class WorkerConfig:
     study_name: str
     seed: int
     profile_path: str | None = None
+    fill_sampler: str = "random"
 
 
 # -- worker processes ---------------------------------------------------------------------------
@@ -224,12 +236,26 @@ class _TraceWorker:
         self._reader = optuna.storages.RDBStorage(config.url)
         self._study_id = self._reader.get_study_id_from_name(config.study_name)
         self._done = len(self._study.optuna.get_trials(deepcopy=False))
+        self._sampler = self._study.optuna.sampler  # the study's own, for measured trials
+        self._fill_sampler = config.fill_sampler
         self._figures_saved_at: object = None
         self._profile_path = config.profile_path
         self._profiler = cProfile.Profile() if config.profile_path else None
 
-    def run(self, n_trials: int, profile: bool = False) -> tuple[Chunk, list[Payload]]:
-        """Run ``n_trials`` trials; return their timing and what they stored."""
+    def run(
+        self, n_trials: int, profile: bool = False, fill: bool = False
+    ) -> tuple[Chunk, list[Payload]]:
+        """Run ``n_trials`` trials; return their timing and what they stored.
+
+        ``fill``: trials that fill the study, sampled by ``RandomSampler`` when the config's
+        ``fill_sampler`` says so; otherwise by the study's own sampler.
+        """
+        import optuna
+
+        random_fill = fill and self._fill_sampler == "random"
+        self._study.optuna.sampler = (
+            optuna.samplers.RandomSampler(seed=self._done) if random_fill else self._sampler
+        )
         profiler = self._profiler if profile else None
         if profiler is not None:
             profiler.enable()
@@ -276,10 +302,14 @@ class _BareWorker:
                 sampler=optuna.samplers.TPESampler(seed=config.seed),
             )
 
+        self._profile_path = config.profile_path
+        self._profiler = cProfile.Profile() if config.profile_path else None
+        self._fill_sampler = config.fill_sampler
         warmup = create(f"{config.study_name}-warmup")
         strategy = optuna.distributions.CategoricalDistribution(["optoprime"])
         fake = Payload(
             [("strategy", optuna.distributions.distribution_to_json(strategy))],
+            {"strategy": "optoprime"},
             {"trace:schema": 1, "trace:feedback": "x" * 1000},
             "COMPLETE",
             0.0,
@@ -288,9 +318,22 @@ class _BareWorker:
         optuna.delete_study(study_name=warmup.study_name, storage=config.url)
         self._study = create(config.study_name)
 
-    def run(self, payloads: list[Payload]) -> Chunk:
-        """Write the payloads as new trials; return the timing."""
-        return self._replay(self._study, payloads)
+    def run(self, payloads: list[Payload], profile: bool = False, fill: bool = False) -> Chunk:
+        """Write the payloads as new trials; return the timing.
+
+        ``fill``: trials that fill the study, stored with ``add_trials`` (their parameters as
+        trace_optuna's trials drew them) when the config's ``fill_sampler`` is ``random``.
+        """
+        if fill and self._fill_sampler == "random":
+            return self._add(self._study, payloads)
+        profiler = self._profiler if profile else None
+        if profiler is not None:
+            profiler.enable()
+        try:
+            return self._replay(self._study, payloads)
+        finally:
+            if profiler is not None:
+                profiler.disable()
 
     def _replay(self, study: optuna.Study, payloads: list[Payload]) -> Chunk:
         from optuna.distributions import json_to_distribution
@@ -318,8 +361,30 @@ class _BareWorker:
                 study.tell(trial, state=state)
         return Chunk(len(prepared), time.perf_counter() - started)
 
+    def _add(self, study: optuna.Study, payloads: list[Payload]) -> Chunk:
+        import optuna
+        from optuna.distributions import json_to_distribution
+
+        started = time.perf_counter()
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState[payload.state],
+                    value=payload.value if payload.state == "COMPLETE" else None,
+                    params=payload.values,
+                    distributions={
+                        name: json_to_distribution(text) for name, text in payload.params
+                    },
+                    user_attrs=payload.user_attrs,
+                )
+                for payload in payloads
+            ]
+        )
+        return Chunk(len(payloads), time.perf_counter() - started)
+
     def stop(self) -> None:
-        pass
+        if self._profiler is not None and self._profile_path is not None:
+            self._profiler.dump_stats(self._profile_path)
 
 
 def _payload(trial: optuna.trial.FrozenTrial) -> Payload:
@@ -327,6 +392,7 @@ def _payload(trial: optuna.trial.FrozenTrial) -> Payload:
 
     return Payload(
         params=[(name, distribution_to_json(d)) for name, d in trial.distributions.items()],
+        values=dict(trial.params),
         user_attrs=dict(trial.user_attrs),
         state=trial.state.name,
         value=trial.value if trial.values is not None else None,
@@ -396,13 +462,17 @@ class Worker:
             raise RuntimeError(f"The {self.config.kind} worker failed:\n{result}")
         return result
 
-    def run_trace(self, n_trials: int, profile: bool = False) -> tuple[Chunk, list[Payload]]:
+    def run_trace(
+        self, n_trials: int, profile: bool = False, fill: bool = False
+    ) -> tuple[Chunk, list[Payload]]:
         """Run ``n_trials`` trace_optuna trials (trace workers only)."""
-        return self._call("run", (n_trials, profile))
+        return self._call("run", (n_trials, profile, fill))
 
-    def run_bare(self, payloads: list[Payload]) -> Chunk:
+    def run_bare(
+        self, payloads: list[Payload], profile: bool = False, fill: bool = False
+    ) -> Chunk:
         """Replay ``payloads`` through bare Optuna (bare workers only)."""
-        return self._call("run", (payloads,))
+        return self._call("run", (payloads, profile, fill))
 
     def rss_mb(self) -> float:
         return float(self._call("rss"))
@@ -507,6 +577,7 @@ class Settings:
     window: int
     chunk: int
     fill_batch: int
+    fill_sampler: str
     seed: int
     postgresql_url: str
     profile: bool
@@ -537,11 +608,16 @@ def measure_storage(kind: str, settings: Settings) -> tuple[list[Row], dict[str,
             for size in settings.sizes:
                 for role in ("trace", "bare"):
                     profile_path = None
-                    if settings.profile and role == "trace":
-                        profile_path = str(RESULTS_DIR / f"profile-{kind}-{size}.pstats")
+                    if settings.profile:
+                        profile_path = str(_profile_path(kind, size, role))
                     url = urls[f"{role}_{size}"]
                     config = WorkerConfig(
-                        role, url, f"overhead-{role}", settings.seed, profile_path
+                        role,
+                        url,
+                        f"overhead-{role}",
+                        settings.seed,
+                        profile_path,
+                        settings.fill_sampler,
                     )
                     workers[role, size] = Worker(config)
             for worker in workers.values():
@@ -597,8 +673,8 @@ def _fill(
     started = time.perf_counter()
     while done < target:
         batch = min(settings.fill_batch, target - done)
-        trace_chunk, payloads = workers["trace", size].run_trace(batch)
-        bare_chunk = workers["bare", size].run_bare(payloads)
+        trace_chunk, payloads = workers["trace", size].run_trace(batch, fill=True)
+        bare_chunk = workers["bare", size].run_bare(payloads, fill=True)
         total += trace_chunk
         done += batch
         if kind == "postgresql" and done >= max(50, 1.1 * analyzed):
@@ -628,7 +704,7 @@ def _measure_windows(
             trace_chunk, payloads = workers["trace", size].run_trace(
                 settings.chunk, profile=settings.profile
             )
-            bare_chunk = workers["bare", size].run_bare(payloads)
+            bare_chunk = workers["bare", size].run_bare(payloads, profile=settings.profile)
             totals["trace", size] += trace_chunk
             totals["bare", size] += bare_chunk
         so_far = ", ".join(
@@ -914,11 +990,17 @@ def format_details(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def compare_profiles(kind: str, sizes: list[int], window: int) -> str:
-    """Per-trial cumulative time of the costliest functions at each size, from the dumps."""
+def _profile_path(kind: str, size: int, role: str) -> Path:
+    suffix = "" if role == "trace" else "-bare"
+    return RESULTS_DIR / f"profile-{kind}-{size}{suffix}.pstats"
+
+
+def compare_profiles(kind: str, sizes: list[int], window: int, role: str = "trace") -> str:
+    """Per-trial cumulative time of ``role``'s costliest functions at each size, from the
+    dumps: what grew with the study, for trace_optuna (``trace``) or bare Optuna (``bare``)."""
     per_trial: dict[int, dict[tuple[str, int, str], float]] = {}
     for size in sizes:
-        stats = pstats.Stats(str(RESULTS_DIR / f"profile-{kind}-{size}.pstats"))
+        stats = pstats.Stats(str(_profile_path(kind, size, role)))
         raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
         per_trial[size] = {func: entry[3] / window * 1000 for func, entry in raw.items()}
     smallest, largest = min(sizes), max(sizes)
@@ -929,7 +1011,8 @@ def compare_profiles(kind: str, sizes: list[int], window: int) -> str:
     )
     size_headers = "".join(f"{f'{size:,}':>10}" for size in sizes)
     lines = [
-        f"[{kind}] cumulative ms per trial under cProfile, most grown first:",
+        f"[{kind}] {'trace_optuna' if role == 'trace' else 'bare Optuna'}: cumulative ms per "
+        "trial under cProfile, most grown first:",
         f"  {size_headers}  function",
     ]
     for func in functions[:25]:
@@ -979,6 +1062,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--fill-batch", type=int, default=100, help="trials per turn while filling (default: 100)"
     )
+    parser.add_argument(
+        "--fill-sampler",
+        choices=("random", "tpe"),
+        default="random",
+        help="how the unmeasured fill samples: random (fast; bare Optuna then stores the same "
+        "trials with add_trials) or tpe (both studies filled the measured way)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgresql-url", default=DEFAULT_POSTGRESQL_URL)
     parser.add_argument(
@@ -1019,6 +1109,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         window=args.window,
         chunk=args.chunk,
         fill_batch=args.fill_batch,
+        fill_sampler=args.fill_sampler,
         seed=args.seed,
         postgresql_url=args.postgresql_url,
         profile=args.profile,
@@ -1048,7 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
         kind_rows, fill[kind] = measure_storage(kind, settings)
         rows.extend(kind_rows)
         if settings.profile:
-            _log(compare_profiles(kind, settings.sizes, settings.window))
+            for role in ("trace", "bare"):
+                _log(compare_profiles(kind, settings.sizes, settings.window, role))
     smallest = min(settings.sizes)
     verdict = judge(rows)
     table = format_table(rows, smallest)
