@@ -152,7 +152,8 @@ class Lookup:
     Attributes:
         results: One result per requested example, in the requested order.
         ran: The example ids this call ran (the rest were read from rows, or waited for).
-        waited: The example ids this call waited for while another trial ran them.
+        waited: The example ids another call was running when this one needed them (their
+            rows are that call's).
     """
 
     results: list[ExampleResult]
@@ -327,7 +328,7 @@ class ExampleStore:
         found = self.get(candidate, split, order)
         me = _Holder(secrets.token_hex(8), trial_number, worker_name())
         ran: list[str] = []
-        waited: set[str] = set()
+        held_by_others: set[str] = set()
         delay = _POLL_S[0]
         waiting_since: float | None = None
         while True:
@@ -356,6 +357,7 @@ class ExampleStore:
                 holder = holders.get(example_id)
                 if holder is not None:  # None: released since; the next claim takes it
                     others.setdefault(holder, []).append(example_id)
+                    held_by_others.add(example_id)
             if not others:
                 continue
             if waiting_since is None:
@@ -399,14 +401,12 @@ class ExampleStore:
             time.sleep(delay)  # a poll of the storage: another process owns the answer
             delay = min(2 * delay, _POLL_S[1])
             self._fail_stale()
-            arrived = self.get(candidate, split, missing)
-            waited.update(arrived)
-            found.update(arrived)
-        ran_here = set(ran)
+            found.update(self.get(candidate, split, missing))
+        waited = held_by_others - set(ran)
         return Lookup(
             [found[example_id] for example_id in order],
             ran,
-            [example_id for example_id in order if example_id in waited - ran_here],
+            [example_id for example_id in order if example_id in waited],
         )
 
     def _run(
