@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+import dataclasses
 import json
 import multiprocessing
 from pathlib import Path
@@ -21,10 +22,14 @@ from optuna.trial import TrialState
 import pytest
 import sqlalchemy
 
+from trace_optuna import records
+from trace_optuna import visualization
 from trace_optuna.coordination import shared_place
 from trace_optuna.example_results import EXAMPLES_TABLE
 from trace_optuna.example_results import ExampleResult
 from trace_optuna.example_results import ExampleStore
+from trace_optuna.example_results import as_dataframe
+from trace_optuna.example_results import pareto_front
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.storage import resolve_storage
 
@@ -418,3 +423,86 @@ def test_a_journal_files_rows_live_in_the_sqlite_file_beside_it(
         assert count.scalar() == 3
     engine.dispose()
     assert study.reopened().count(split=SPLIT) == 3
+
+
+# -- reading for analysis -----------------------------------------------------------------------
+
+
+def _row(candidate: str, example_id: str, score: float, split: str = SPLIT) -> ExampleResult:
+    return ExampleResult(candidate, split, example_id, score, f"on {example_id}", "", 0.0, "w", 0)
+
+
+def test_reading_a_study_without_rows_creates_no_table(sqlite_url: str, study_name: str) -> None:
+    study = Study(sqlite_url, study_name)
+    assert study.store.rows() == [] and study.store.count() == 0
+    assert study.store.get(CANDIDATE, SPLIT, ["1"]) == {}
+    engine = sqlalchemy.create_engine(sqlite_url)
+    assert not sqlalchemy.inspect(engine).has_table(EXAMPLES_TABLE)
+    engine.dispose()
+
+
+def test_pareto_front_holds_the_candidates_best_on_some_example() -> None:
+    rows = [
+        _row("a", "1", 1.0),
+        _row("b", "1", 0.0),
+        _row("b", "2", 0.5),
+        _row("c", "2", 0.5),
+        _row("c", "3", 0.9),
+        _row("a", "3", 0.1),
+        _row("d", "1", 0.2),  # best nowhere
+    ]
+    assert pareto_front(rows) == {"c": ["2", "3"], "a": ["1"], "b": ["2"]}
+    lowest = pareto_front(rows, maximize=False)
+    assert lowest == {"a": ["3"], "b": ["1", "2"], "c": ["2"]}
+
+
+def test_as_dataframe_has_one_column_per_field() -> None:
+    frame = as_dataframe([_row("a", "1", 1.0), _row("b", "2", 0.5)])
+    assert list(frame.columns) == [
+        "candidate",
+        "split",
+        "example_id",
+        "score",
+        "feedback",
+        "output",
+        "seconds",
+        "worker",
+        "trial_number",
+        "error",
+    ]
+    assert frame["score"].tolist() == [1.0, 0.5]
+
+
+def test_the_example_figure_shows_the_score_matrix_and_the_pareto_front(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = Study(sqlite_url, study_name)
+    empty = visualization.plot_example_scores(study.study)
+    assert "No per-example results" in empty.layout.annotations[0].text
+    for candidate in ("b" * 64, "a" * 64):  # trials 1 and 2 (trial 0 is the fixture's)
+        trial = study.study.ask()
+        trial.set_user_attr(records.SNAPSHOT_HASH, candidate)
+        study.study.tell(trial, 0.0)
+    study.store.put(
+        [
+            _row("a" * 64, "1", 1.0),
+            _row("a" * 64, "2", 0.0),
+            _row("b" * 64, "1", 0.0),
+            _row("b" * 64, "2", 1.0),
+            # No finished trial holds it yet: ordered by the trial that ran it.
+            dataclasses.replace(_row("e" * 64, "1", 0.5), trial_number=5),
+            _row("a" * 64, "9", 1.0, split="train"),
+        ]
+    )
+    figure = visualization.plot_example_scores(study.study)
+    heatmap, bars = figure.data
+    assert list(heatmap.y) == [
+        f"★ Trial#1 · {'b' * 8}",
+        f"★ Trial#2 · {'a' * 8}",
+        "e" * 8,
+    ]
+    assert list(heatmap.x) == ["1", "2"]
+    assert [list(row) for row in heatmap.z] == [[0.0, 1.0], [1.0, 0.0], [0.5, None]]
+    assert list(bars.x) == [1, 1, 0]
+    train = visualization.plot_example_scores(study.study, split="train")
+    assert list(train.data[0].x) == ["9"]

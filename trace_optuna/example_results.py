@@ -463,6 +463,61 @@ class ExampleStore:
             _logger.exception("Could not look for trials of dead workers.")
 
 
+def pareto_front(rows: Sequence[ExampleResult], *, maximize: bool = True) -> dict[str, list[str]]:
+    """The per-example Pareto front: each candidate that is best on at least one example,
+    with the examples it leads (GEPA's instance front).
+
+    On each example, the candidates with a row for it are compared; every candidate with the
+    best score leads it (ties lead together). A candidate leading no example is not on the
+    front. Pass the rows of one split (``store.rows(split="val")``).
+
+    Args:
+        rows: Per-example results.
+        maximize: Whether a higher score is better (the study's direction).
+
+    Returns:
+        ``{candidate: [example ids it leads, sorted]}``, most examples led first (then by
+        candidate hash).
+
+    Example:
+        >>> def row(candidate, example_id, score):
+        ...     return ExampleResult(candidate, "val", example_id, score, "", "", 0.0, "w", 0)
+        >>> pareto_front([row("a", "1", 1.0), row("b", "1", 0.0), row("c", "1", 0.5),
+        ...               row("b", "2", 1.0), row("c", "2", 1.0),
+        ...               row("a", "3", 0.0), row("c", "3", 0.5)])
+        {'c': ['2', '3'], 'a': ['1'], 'b': ['2']}
+    """
+    best: dict[tuple[str, str], float] = {}
+    for row in rows:
+        key = (row.split, row.example_id)
+        if key not in best or (row.score > best[key] if maximize else row.score < best[key]):
+            best[key] = row.score
+    led: dict[str, set[str]] = {}
+    for row in rows:
+        if row.score == best[(row.split, row.example_id)]:
+            led.setdefault(row.candidate, set()).add(row.example_id)
+    ordered = sorted(led.items(), key=lambda item: (-len(item[1]), item[0]))
+    return {candidate: sorted(example_ids) for candidate, example_ids in ordered}
+
+
+def as_dataframe(rows: Sequence[ExampleResult]) -> Any:
+    """``rows`` as a ``pandas.DataFrame`` for analysis, one row per result and one column per
+    :class:`ExampleResult` field (as ``optuna.Study.trials_dataframe``, it needs pandas).
+
+    Raises:
+        ImportError: If pandas is not installed (the message says how to install it).
+    """
+    try:
+        import pandas
+    except ImportError as error:
+        raise ImportError(
+            f"as_dataframe needs pandas, as optuna's trials_dataframe does: pip install pandas "
+            f"({error})."
+        ) from error
+    columns = [field.name for field in dataclasses.fields(ExampleResult)]
+    return pandas.DataFrame([dataclasses.astuple(row) for row in rows], columns=columns)
+
+
 def _check_split(split: object) -> None:
     if split not in SPLITS:
         raise ConfigurationError(f"split must be one of {list(SPLITS)}, got {split!r}.")
@@ -598,6 +653,14 @@ class _SQL(_Backend):
             _metadata.create_all(self._engine, checkfirst=True)
         self._ready = True
 
+    def _exists(self) -> bool:
+        """Whether the tables exist; reads create nothing (a report may read a study
+        that never had a dataset, from a read-only file)."""
+        if not self._ready:
+            inspector = sqlalchemy.inspect(self._engine)
+            self._ready = all(inspector.has_table(table) for table in _metadata.tables)
+        return self._ready
+
     def _insert_ignore(
         self, connection: sqlalchemy.Connection, table: sqlalchemy.Table, values: list[dict]
     ) -> None:
@@ -641,8 +704,9 @@ class _SQL(_Backend):
     def _get(
         self, study_id: int, candidate: str, split: str, ids: list[str]
     ) -> dict[str, ExampleResult]:
-        self._create()
         found: dict[str, ExampleResult] = {}
+        if not self._exists():
+            return found
         columns = [_examples.c[name] for name in _ROW_FIELDS]
         with self._engine.connect() as connection:
             for chunk in _chunks(ids, _IDS_PER_QUERY):
@@ -657,7 +721,8 @@ class _SQL(_Backend):
     def _rows(
         self, study_id: int, split: str | None, candidates: list[str] | None
     ) -> list[ExampleResult]:
-        self._create()
+        if not self._exists():
+            return []
         condition = _examples.c.study_id == study_id
         if split is not None:
             condition &= _examples.c.split == split
@@ -672,7 +737,8 @@ class _SQL(_Backend):
         return rows
 
     def _count(self, study_id: int, split: str | None) -> int:
-        self._create()
+        if not self._exists():
+            return 0
         condition = _examples.c.study_id == study_id
         if split is not None:
             condition &= _examples.c.split == split
@@ -780,7 +846,8 @@ class _SQL(_Backend):
                 )
 
     def _claimed(self, study_id: int, candidate: str, split: str) -> dict[str, _Holder]:
-        self._create()
+        if not self._exists():
+            return {}
         with self._engine.connect() as connection:
             return self._holders(connection, study_id, candidate, split, None)
 
