@@ -666,6 +666,11 @@ class _SQL(_Backend):
     ) -> None:
         """One multi-row insert per chunk; a row whose key exists is left as it is."""
         dialect = self._engine.dialect.name
+        # In key order: two writers of overlapping keys then lock them in the same order
+        # (PostgreSQL and InnoDB could deadlock otherwise; a deadlock is retried anyway).
+        values = sorted(
+            values, key=lambda value: (value["candidate"], value["split"], value["example_id"])
+        )
         for chunk in _chunks(values, _ROWS_PER_STATEMENT):
             statement: Any
             if dialect == "sqlite":
@@ -1096,13 +1101,21 @@ class _Memory(_Backend):
             }
 
 
-_memory_backends: weakref.WeakKeyDictionary[Any, _Memory] = weakref.WeakKeyDictionary()
+# One backend per storage object: stores made per trial share its engine, client or rows.
+_backends: weakref.WeakKeyDictionary[Any, _Backend] = weakref.WeakKeyDictionary()
+_backends_lock = threading.Lock()
 
 
 def _backend_for(storage: BaseStorage) -> _Backend:
     place = shared_place(storage)
-    if place.engine is not None:
-        return _SQL(place.engine, place.retry_timeout)
-    if place.redis is not None:
-        return _Redis(*place.redis, place.retry_timeout)
-    return _memory_backends.setdefault(place.storage, _Memory())
+    with _backends_lock:
+        backend = _backends.get(place.storage)
+        if backend is None:
+            if place.engine is not None:
+                backend = _SQL(place.engine, place.retry_timeout)
+            elif place.redis is not None:
+                backend = _Redis(*place.redis, place.retry_timeout)
+            else:
+                backend = _Memory()
+            _backends[place.storage] = backend
+        return backend
