@@ -336,6 +336,8 @@ def test_a_live_holder_is_waited_for_only_up_to_wait_timeout(study: Study) -> No
         ({"split": "validation"}, "split must be one of"),
         ({"score": float("nan")}, "finite number"),
         ({"example_id": "x" * 256}, "at most 255 characters"),
+        ({"example_id": "x "}, "not ending with a space"),
+        ({"example_id": 7}, "must be a non-empty str"),
     ],
 )
 def test_put_refuses_a_row_that_breaks_a_rule(

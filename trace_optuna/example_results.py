@@ -300,24 +300,29 @@ class ExampleStore:
         Reads the rows that exist; claims the missing pairs (a pair claimed by a live trial of
         another worker is waited for, a claim of a dead one is taken over); runs the claimed
         pairs with ``run_missing`` in one call; writes their rows in one batch; releases the
-        claims. If ``run_missing`` raises, the claims are released, nothing is written, and the
-        error propagates.
+        claims. It calls ``run_missing`` again only for pairs it takes over after waiting (or
+        whose holder gave them up), so a pair is never in two calls. If ``run_missing``
+        raises, the claims of that call are released, nothing of it is written, and the error
+        propagates.
 
         Args:
             candidate: The candidate's snapshot hash.
             split: ``"train"``, ``"val"`` or ``"test"``.
             examples: ``[(example_id, example)]`` (ids unique).
             run_missing: Runs the pairs nobody has a row for (see :data:`RunMissing`).
-            trial_number: The running trial that asks (it holds the claims).
+            trial_number: The running trial that asks (it holds the claims). Claims of a trial
+                that is not RUNNING are taken over by any other call at once, so call this
+                from a running trial.
 
         Raises:
-            ConfigurationError: If ``examples`` repeats an id, or ``run_missing`` returned
-                rows that do not answer the pairs it was given (one per pair, same order,
-                same candidate and split).
+            ConfigurationError: If an example id breaks :func:`check_example_id`'s rule or
+                ``examples`` repeats one, or ``run_missing`` returned rows that do not answer
+                the pairs it was given (one per pair, same order, same candidate and split).
         """
         _check_split(split)
         wanted: dict[str, Any] = {}
         for example_id, example in examples:
+            check_example_id(example_id)
             if example_id in wanted:
                 raise ConfigurationError(
                     f"evaluate() got the example id {example_id!r} twice; example ids must be "
@@ -523,16 +528,31 @@ def _check_split(split: object) -> None:
         raise ConfigurationError(f"split must be one of {list(SPLITS)}, got {split!r}.")
 
 
+def check_example_id(example_id: object) -> None:
+    """Refuse an id the store cannot keep apart from others.
+
+    Raises:
+        ConfigurationError: Unless ``example_id`` is a non-empty str of at most
+            :data:`MAX_EXAMPLE_ID_CHARS` characters that does not end with a space (MySQL and
+            MariaDB compare ``"a "`` equal to ``"a"``).
+    """
+    if (
+        not isinstance(example_id, str)
+        or not 0 < len(example_id) <= MAX_EXAMPLE_ID_CHARS
+        or example_id.endswith(" ")
+    ):
+        raise ConfigurationError(
+            f"Example id {example_id!r}: an example id must be a non-empty str of at most "
+            f"{MAX_EXAMPLE_ID_CHARS} characters, not ending with a space."
+        )
+
+
 def _checked(row: ExampleResult) -> ExampleResult:
     """``row`` as stored: checked, its output cut to :data:`OUTPUT_EXCERPT_CHARS`."""
     if not isinstance(row, ExampleResult):
         raise ConfigurationError(f"Expected an ExampleResult, got {type(row).__name__}.")
     _check_split(row.split)
-    if not isinstance(row.example_id, str) or not 0 < len(row.example_id) <= MAX_EXAMPLE_ID_CHARS:
-        raise ConfigurationError(
-            f"Example id {row.example_id!r}: an example id must be a non-empty str of at most "
-            f"{MAX_EXAMPLE_ID_CHARS} characters."
-        )
+    check_example_id(row.example_id)
     if not isinstance(row.candidate, str) or not 0 < len(row.candidate) <= 64:
         raise ConfigurationError(
             f"Example {row.example_id!r}: the candidate must be a snapshot hash (a str of at "
