@@ -331,7 +331,7 @@ class ExampleStore:
             wanted[example_id] = example
         order = [example_id for example_id, _ in examples]
         found = self.get(candidate, split, order)
-        me = _Holder(secrets.token_hex(8), trial_number, worker_name())
+        me = _Holder(secrets.token_hex(8), trial_number, worker_name()[:255])
         ran: list[str] = []
         held_by_others: set[str] = set()
         delay = _POLL_S[0]
@@ -343,7 +343,11 @@ class ExampleStore:
             holders: dict[str, _Holder] = self._backend.call(
                 "claim", "claim examples", self.study_id, candidate, split, missing, me
             )
-            mine = [example_id for example_id in missing if holders.get(example_id) == me]
+            mine = [
+                example_id
+                for example_id in missing
+                if (holder := holders.get(example_id)) is not None and holder.token == me.token
+            ]
             if mine:
                 # A row written between the read above and the claim (its writer released
                 # the claim after writing it) must not be run again.
