@@ -330,6 +330,55 @@ def test_a_live_holder_is_waited_for_only_up_to_wait_timeout(study: Study) -> No
     assert {row.trial_number for row in study.store.rows()} == {study.trial.number}
 
 
+def test_pairs_a_holder_gives_up_are_run_by_the_waiter(
+    study: Study, caplog: pytest.LogCaptureFixture
+) -> None:
+    holding, give_up = threading.Event(), threading.Event()
+    holder_trial = study.study.ask()
+    failures: list[BaseException] = []
+
+    def hold_then_fail(pairs: Sequence[tuple[str, Any]]) -> list[ExampleResult]:
+        holding.set()
+        assert give_up.wait(60), "the test never let the holder fail"
+        raise ConnectionError("the LLM endpoint went away")
+
+    def holder() -> None:
+        try:
+            study.store.evaluate(
+                CANDIDATE,
+                SPLIT,
+                examples(range(3)),
+                hold_then_fail,
+                trial_number=holder_trial.number,
+            )
+        except ConnectionError as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(60), "the holder never ran"
+
+        def run_missing(pairs: Sequence[tuple[str, Any]]) -> list[ExampleResult]:
+            give_up.set()  # its own pair is claimed: the holder's three must now be waited for
+            return runner(pairs)
+
+        runner = Runner(study.trial.number)
+        waiter = ExampleStore(study.storage, study.study._study_id, wait_timeout=30)
+        lookup = waiter.evaluate(
+            CANDIDATE, SPLIT, examples(range(4)), run_missing, trial_number=study.trial.number
+        )
+    finally:
+        give_up.set()
+        thread.join()
+    assert len(failures) == 1  # the holder's call failed, and cached nothing
+    assert runner.runs == Counter({str(number): 1 for number in range(4)})
+    assert lookup.waited == [] and sorted(lookup.ran) == ["0", "1", "2", "3"]
+    assert study.store.count() == 4 and study.store.claimed(CANDIDATE, SPLIT) == {}
+    # Run because the holder released them, not because the wait ran out.
+    assert not [record for record in caplog.records if "taking them over" in record.message]
+
+
 @pytest.mark.parametrize(
     ("change", "rule"),
     [
