@@ -12,6 +12,8 @@ import trace_optuna as to
 
 EXPORTED = [
     "App",
+    "Budget",
+    "BudgetExhausted",
     "Config",
     "ConfigurationError",
     "Evaluation",

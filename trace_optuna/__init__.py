@@ -26,8 +26,10 @@ from trace_optuna import samplers
 from trace_optuna import sandbox
 from trace_optuna import strategies
 from trace_optuna._version import __version__
+from trace_optuna.budget import Budget
 from trace_optuna.config import Config
 from trace_optuna.evaluation import Evaluation
+from trace_optuna.exceptions import BudgetExhausted
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import EvaluationTimeout
 from trace_optuna.exceptions import HumanFeedbackTimeout
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "App",
+    "Budget",
+    "BudgetExhausted",
     "Config",
     "ConfigurationError",
     "Evaluation",

@@ -20,6 +20,8 @@ The tree::
     ├── TrialFailed              one trial failed; the study records the reason and goes on
     ├── EvaluationTimeout        one run of evaluate took longer than evaluate_timeout
     ├── HumanFeedbackTimeout     nobody answered HumanFeedback's form in time
+    ├── BudgetExhausted          the study's Budget (USD, evaluations, LLM calls; every
+    │                            worker's spend) is spent: workers stop cleanly
     ├── ImproverFailed           a STOP improver broke a sandbox rule or raised
     └── Rejected                 an improver's LLM or utility request refused by the worker;
                                  the improver sees it (also a ValueError)
@@ -94,6 +96,20 @@ class HumanFeedbackTimeout(TraceOptunaError):
 
     The trial fails; its candidate stays in its record.
     """
+
+
+class BudgetExhausted(TraceOptunaError):
+    """The study's :class:`~trace_optuna.Budget` is spent, counting every worker's spend.
+
+    Workers stop before the next trial (or validation chunk) and say why.
+
+    Attributes:
+        reason: Which limit was reached, with the numbers (:meth:`Budget.exhausted`).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The study's budget is spent ({reason}).")
+        self.reason = reason
 
 
 class ImproverFailed(TraceOptunaError):

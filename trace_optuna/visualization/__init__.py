@@ -19,14 +19,18 @@ small data object is gathered first and then rendered:
 :func:`plot_registry_history`      shared parameters: which study changed each parameter, at
                                    which registry version (the lineage marks each trial that
                                    published)
+:func:`plot_example_scores`        dataset studies: the candidates x examples score matrix of a
+                                   split, and the per-example Pareto front
 =================================  ===============================================================
 
-:func:`write_report` writes all of them into one HTML page with plotly.js embedded, so it opens
-offline (``trace-optuna report``).
+:func:`write_report` writes the figures of :data:`FIGURES` (all but the per-study-kind
+``plot_registry_history`` and ``plot_example_scores``) into one HTML page with plotly.js
+embedded, so it opens offline (``trace-optuna report``).
 
 Each figure has its own private module (``_history``, ``_strategy``, ``_lineage``, ``_cost``,
-``_sensitivity``, ``_stop``, ``_registry``), built from the data ``_data`` gathers with the
-helpers of ``_common``; ``_report`` holds :data:`FIGURES` and the report.
+``_sensitivity``, ``_stop``, ``_registry``, ``_examples``), built from the data ``_data`` (or,
+for ``_examples``, the per-example store) gathers with the helpers of ``_common``; ``_report``
+holds :data:`FIGURES` and the report.
 
 A multi-objective study's figures show its **first objective** only (scores, best so far,
 improvements), and every label naming the metric says so (``score[0] (objective 1 of 2)``);
@@ -46,6 +50,7 @@ Example:
 from __future__ import annotations
 
 from trace_optuna.visualization._cost import plot_cost
+from trace_optuna.visualization._examples import plot_example_scores
 from trace_optuna.visualization._history import plot_score_history
 from trace_optuna.visualization._lineage import plot_lineage
 from trace_optuna.visualization._registry import plot_registry_history
@@ -61,6 +66,7 @@ __all__ = [
     "FIGURES",
     "figures",
     "plot_cost",
+    "plot_example_scores",
     "plot_lineage",
     "plot_parameter_sensitivity",
     "plot_registry_history",
