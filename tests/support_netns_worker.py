@@ -6,7 +6,10 @@ storage with short bounds (:data:`TIMEOUTS`, heartbeat every :data:`HEARTBEAT_S`
 :data:`GRACE_S` s), and appends one JSON line to EVENTS when the study is open, after every trial
 and when it is done, with the time (``time.time()``): the test reads how long the worker went
 without progress. ``--die-after-ask`` creates one trial with Optuna's ``ask()`` and then kills
-the process with SIGKILL before anything else happens.
+the process with SIGKILL before anything else happens. ``--hang-in-creation`` stops the first
+trial creation for good right after Optuna locked the study's row (``SELECT ... FROM studies
+... FOR UPDATE``, inside the transaction that creates a trial), and says so with a ``locked``
+event: the moment at which the issue's lost host stopped every other worker.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ TIMEOUTS = {"connect": 2, "lock": 3, "statement": 10, "idle_in_transaction": 4, 
 def main(argv: list[str]) -> int:
     url, study_name, events_path, seconds = argv[:4]
     die_after_ask = "--die-after-ask" in argv[4:]
+    hang_in_creation = "--hang-in-creation" in argv[4:]
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s pid {os.getpid()} %(levelname)s %(name)s: %(message)s",
@@ -60,6 +64,15 @@ def main(argv: list[str]) -> int:
             grace_period=GRACE_S,
             timeouts=DatabaseTimeouts(**TIMEOUTS),
         )
+        if hang_in_creation:
+            import sqlalchemy
+
+            def hang(conn: object, cursor: object, statement: str, *rest: object) -> None:
+                if "FROM studies" in statement and "FOR UPDATE" in statement:
+                    event("locked")
+                    time.sleep(3600)  # the host is lost here, the transaction open
+
+            sqlalchemy.event.listen(storage.engine, "after_cursor_execute", hang)
         if die_after_ask:
             study = app.study(study_name=study_name, storage=storage)
             event("open")

@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from support_netns import Host
 from support_netns import Network
 from support_netns import wait_until
 import support_netns_worker
+from support_netns_worker import GRACE_S
 import support_workers
 
 from trace_optuna import records
@@ -58,14 +60,16 @@ pytestmark = [
 _BOUNDS = support_netns_worker.TIMEOUTS
 # A worker that was never cut waits at most for a cut-off session's locks: until the server
 # ends that session (idle in transaction, or its unacknowledged data: network), then its own
-# lock wait and the retry's backoff (up to 7.5 s between attempts). Margins are generous: a
-# cut lasts CUT_S, well beyond.
-HEALTHY_STALL_S = _BOUNDS["idle_in_transaction"] + _BOUNDS["network"] + _BOUNDS["lock"] + 8
-# A cut-off worker goes on after the heal within its socket's bound (network) and the next
-# retry (backoff up to 7.5 s), plus a trial.
-RESUME_S = _BOUNDS["network"] + 8 + 5
-CUT_S = 30.0
+# lock wait and the retry's backoff. Margins are generous; every cut lasts CUT_S, longer.
+HEALTHY_STALL_S = _BOUNDS["idle_in_transaction"] + _BOUNDS["lock"] + 8.0
+# A cut-off worker notices within its socket's bound (network, connect) of its next storage
+# call and logs it; after the heal it goes on within the retry's backoff (up to 7.5 s between
+# attempts) plus one trial.
+NOTICED_S = _BOUNDS["network"] + _BOUNDS["connect"] + 4.0
+RESUME_S = 7.5 + 5.0
+CUT_S = 20.0
 LATENCY_S = 0.3  # per simulated LLM call
+RUN_LIMIT_S = 240  # a worker's --timeout: the tests stop the workers long before
 
 
 # -- workers ------------------------------------------------------------------------------
@@ -174,34 +178,26 @@ def trials_of(network: Network, database: str, study_name: str) -> list[FrozenTr
     return optuna.load_study(study_name=study_name, storage=storage).get_trials()
 
 
-def running_step_of(network: Network, database: str, study_name: str, pid: int) -> int | None:
-    """The number of a trial of worker ``pid`` that is inside its optimizer step."""
-    try:
-        trials = trials_of(network, database, study_name)
-    except KeyError:  # not created yet
-        return None
-    for trial in trials:
-        worker = trial.user_attrs.get(records.WORKER)
-        if (
-            trial.state == TrialState.RUNNING
-            and worker
-            and int(worker["pid"]) == pid
-            and "strategy" in trial.params
-        ):
-            return trial.number
-    return None
-
-
-def check_nothing_lost(network: Network, database: str, study_name: str) -> list[FrozenTrial]:
-    """Nothing RUNNING or WAITING, every FAIL retried, no candidate evaluated twice, every
-    COMPLETE record readable. Returns the trials."""
+def check_nothing_lost(
+    network: Network, database: str, study_name: str
+) -> tuple[list[FrozenTrial], dict[int, FrozenTrial]]:
+    """Nothing RUNNING or WAITING, every FAIL trial retried by a COMPLETE one, no candidate
+    evaluated twice, every COMPLETE record readable. Returns the trials and, for each FAIL
+    trial, its retry."""
     trials = trials_of(network, database, study_name)
     states = Counter(trial.state for trial in trials)
     assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0, states
-    retried = {trial.system_attrs.get("failed_trial") for trial in trials}
+    retries: dict[int, FrozenTrial] = {}
+    for trial in trials:
+        history = trial.system_attrs.get("retry_history", [])
+        if trial.state == TrialState.COMPLETE and history:
+            retries[history[-1]] = trial
     for trial in trials:
         if trial.state == TrialState.FAIL:
-            assert trial.number in retried, f"Trial#{trial.number} FAIL and never retried"
+            assert trial.number in retries, (
+                f"Trial#{trial.number} is FAIL and no COMPLETE trial retried it "
+                f"({trial.user_attrs.get(records.ERROR)})"
+            )
     evaluated = Counter(
         trial.user_attrs[records.SNAPSHOT_HASH]
         for trial in trials
@@ -215,11 +211,25 @@ def check_nothing_lost(network: Network, database: str, study_name: str) -> list
             record = study.record(trial.number)
             assert record.value == trial.value
             assert isinstance(record.snapshot["x"], int)
-    return trials
+    return trials, retries
+
+
+def first_retry_logged(worker: Worker, since: float) -> float | None:
+    """When the worker first logged a storage call failing and being retried, at or after
+    ``since`` (None: never)."""
+    for line in worker.log().splitlines():
+        found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) pid \d+ WARNING", line)
+        if not found or "Storage unreachable or busy during" not in line:
+            continue
+        moment = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+        moment += int(found.group(2)) / 1000
+        if moment >= since - 0.01:
+            return moment
+    return None
 
 
 def report(name: str, **numbers: float) -> None:
-    """Write a scenario's measured numbers to the terminal (``pytest -s``) and the log."""
+    """Write a scenario's measured numbers to the terminal (``pytest -s``)."""
     shown = ", ".join(
         f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
         for key, value in numbers.items()
@@ -227,52 +237,268 @@ def report(name: str, **numbers: float) -> None:
     sys.stderr.write(f"\n[across-network] {name}: {shown}\n")
 
 
+class Run:
+    """Workers on the hosts of ``network`` running one study in ``database``."""
+
+    def __init__(self, network: Network, database: str, directory: Path, name: str) -> None:
+        self.network, self.database, self.directory = network, database, directory
+        self.study_name = name
+        self.workers: list[Worker] = []
+        self.started = time.time()
+
+    def start(self, host: Host, *flags: str) -> Worker:
+        url = url_from(self.network, host, self.database)
+        worker = Worker(host, url, self.study_name, self.directory, RUN_LIMIT_S, *flags)
+        self.workers.append(worker)
+        return worker
+
+    def trials(self) -> list[FrozenTrial]:
+        try:
+            return trials_of(self.network, self.database, self.study_name)
+        except KeyError:  # not created yet
+            return []
+
+    def in_step(self, worker: Worker) -> int | None:
+        """The number of a RUNNING trial of ``worker`` inside its optimizer step."""
+        for trial in self.trials():
+            owner = trial.user_attrs.get(records.WORKER)
+            if (
+                trial.state == TrialState.RUNNING
+                and owner
+                and int(owner["pid"]) == worker.pid
+                and "strategy" in trial.params
+            ):
+                return trial.number
+        return None
+
+    def trial_finished_by(self, worker: Worker, after: float) -> bool:
+        return any(e["event"] == "trial" and e["t"] > after for e in worker.events())
+
+    def stop(self, *workers: Worker) -> None:
+        """SIGTERM: each finishes its trial and exits; all must exit with status 0."""
+        for worker in workers:
+            worker.process.send_signal(signal.SIGTERM)
+        for worker in workers:
+            assert worker.wait(timeout=60) == 0, worker.log()
+
+    def kill_all(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+    def check(self) -> tuple[list[FrozenTrial], dict[int, FrozenTrial]]:
+        return check_nothing_lost(self.network, self.database, self.study_name)
+
+
+@pytest.fixture
+def run(
+    network: Network, database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Run]:
+    made = Run(network, database, tmp_path, request.node.name.removeprefix("test_")[:60])
+    try:
+        yield made
+    finally:
+        made.kill_all()
+
+
+def finished_trials(worker: Worker, after: float = 0.0) -> int:
+    return sum(e["event"] == "trial" and e["t"] > after for e in worker.events())
+
+
 # -- scenarios ----------------------------------------------------------------------------
 
 
-def test_a_cut_mid_trial_then_healed(
-    network: Network, hosts: list[Host], database: str, tmp_path: Path
-) -> None:
-    study_name = "cut-mid-trial"
+def test_a_cut_mid_trial_then_healed(run: Run, hosts: list[Host]) -> None:
     cut_host, other_host = hosts
-    run_s = CUT_S + 30
-    cut_worker = Worker(
-        cut_host, url_from(network, cut_host, database), study_name, tmp_path, run_s
-    )
-    other = Worker(
-        other_host, url_from(network, other_host, database), study_name, tmp_path, run_s
-    )
-    try:
-        trial = wait_until(
-            lambda: running_step_of(network, database, study_name, cut_worker.pid),
-            "a trial of the worker to cut inside its step",
-            timeout=60,
-        )
-        cut_host.cut()
-        cut_at = time.time()
-        time.sleep(CUT_S)  # the outage
-        cut_host.heal()
-        healed_at = time.time()
-        assert cut_worker.wait(timeout=run_s + 60) == 0, cut_worker.log()
-        assert other.wait(timeout=run_s + 60) == 0, other.log()
-    finally:
-        cut_worker.kill()
-        other.kill()
-    trials = check_nothing_lost(network, database, study_name)
-    by_number = {t.number: t for t in trials}
-    assert by_number[trial].state == TrialState.FAIL  # stale after the grace period: retried
-    healthy_stall = stalls(other.events())
+    cut_worker, other = run.start(cut_host), run.start(other_host)
+    trial = wait_until(lambda: run.in_step(cut_worker), "a trial of the worker to cut in its step")
+    cut_host.cut()
+    cut_at = time.time()
+    time.sleep(CUT_S)  # the outage
+    cut_host.heal()
+    healed_at = time.time()
+    wait_until(lambda: finished_trials(cut_worker, healed_at) >= 2, "trials after the heal", 60)
+    run.stop(cut_worker, other)
+
+    trials, retries = run.check()
+    states = Counter(t.state for t in trials)
+    # Cut for longer than the grace period: the other worker failed the trial and retried it.
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [trial]
+    noticed = first_retry_logged(cut_worker, cut_at)
+    healthy_stall = stalls(other.events(), since=cut_at)
     resumed = stalls(cut_worker.events(), since=healed_at)
-    after_heal = [e for e in cut_worker.events() if e["event"] == "trial" and e["t"] > healed_at]
     report(
         "cut mid-trial",
         healthy_longest_stall_s=healthy_stall,
-        cut_worker_resumed_after_s=resumed,
-        cut_worker_trials_after_heal=len(after_heal),
-        fail=sum(t.state == TrialState.FAIL for t in trials),
-        complete=sum(t.state == TrialState.COMPLETE for t in trials),
-        cut_s=healed_at - cut_at,
+        cut_worker_retry_logged_after_s=(noticed or float("nan")) - cut_at,
+        cut_worker_resumed_after_heal_s=resumed,
+        fail=states[TrialState.FAIL],
+        complete=states[TrialState.COMPLETE],
+        runtime_s=time.time() - run.started,
     )
     assert healthy_stall < HEALTHY_STALL_S, other.log()
-    assert after_heal, cut_worker.log()
+    assert noticed is not None and noticed - cut_at < NOTICED_S, cut_worker.log()
     assert resumed < RESUME_S, cut_worker.log()
+    assert retries[trial].params == trials[trial].params
+
+
+def test_a_cut_between_trials_then_healed(run: Run, hosts: list[Host]) -> None:
+    cut_host, other_host = hosts
+    cut_worker, other = run.start(cut_host), run.start(other_host)
+    wait_until(lambda: finished_trials(cut_worker) >= 3, "three trials of the worker to cut")
+    # Right after a trial: the worker is failing stale trials, asking for the next one and
+    # creating it (Optuna's trial creation locks the study's row).
+    done = finished_trials(cut_worker)
+    wait_until(lambda: finished_trials(cut_worker) > done, "the next trial", every=0.005)
+    cut_host.cut()
+    cut_at = time.time()
+    time.sleep(CUT_S)
+    cut_host.heal()
+    healed_at = time.time()
+    wait_until(lambda: finished_trials(cut_worker, healed_at) >= 2, "trials after the heal", 60)
+    run.stop(cut_worker, other)
+
+    trials, retries = run.check()
+    states = Counter(t.state for t in trials)
+    healthy_stall = stalls(other.events(), since=cut_at)
+    resumed = stalls(cut_worker.events(), since=healed_at)
+    report(
+        "cut between trials",
+        healthy_longest_stall_s=healthy_stall,
+        cut_worker_resumed_after_heal_s=resumed,
+        fail=states[TrialState.FAIL],
+        retried=len(retries),
+        complete=states[TrialState.COMPLETE],
+        runtime_s=time.time() - run.started,
+    )
+    assert healthy_stall < HEALTHY_STALL_S, other.log()
+    assert resumed < RESUME_S, cut_worker.log()
+    assert finished_trials(other, cut_at + HEALTHY_STALL_S) > 0, other.log()
+
+
+def test_both_workers_cut_then_healed(run: Run, hosts: list[Host]) -> None:
+    workers = [run.start(host) for host in hosts]
+    for worker in workers:
+        wait_until(lambda w=worker: run.in_step(w), "a trial of each worker in its step")
+    cut_at = time.time()
+    for host in hosts:
+        host.cut()
+    time.sleep(CUT_S)
+    for host in hosts:
+        host.heal()
+    healed_at = time.time()
+    for worker in workers:
+        wait_until(lambda w=worker: finished_trials(w, healed_at) >= 2, "trials after the heal")
+    run.stop(*workers)
+
+    trials, retries = run.check()
+    states = Counter(t.state for t in trials)
+    noticed = [first_retry_logged(worker, cut_at) for worker in workers]
+    resumed = [stalls(worker.events(), since=healed_at) for worker in workers]
+    report(
+        "both cut",
+        retry_logged_after_s=max((n or float("nan")) - cut_at for n in noticed),
+        resumed_after_heal_s=max(resumed),
+        fail=states[TrialState.FAIL],
+        retried=len(retries),
+        complete=states[TrialState.COMPLETE],
+        runtime_s=time.time() - run.started,
+    )
+    for worker, moment, took in zip(workers, noticed, resumed, strict=True):
+        assert moment is not None and moment - cut_at < NOTICED_S, worker.log()
+        assert took < RESUME_S, worker.log()
+
+
+def test_a_host_lost_for_good_during_a_trial(run: Run, hosts: list[Host]) -> None:
+    lost_host, other_host = hosts
+    lost, other = run.start(lost_host), run.start(other_host)
+    trial = wait_until(lambda: run.in_step(lost), "a trial of the worker to lose in its step")
+    lost_host.cut()  # never healed: the host is gone
+    cut_at = time.time()
+
+    def retried() -> bool:
+        return any(
+            t.state == TrialState.COMPLETE and t.system_attrs.get("failed_trial") == trial
+            for t in run.trials()
+        )
+
+    wait_until(retried, f"Trial#{trial} failed and retried by the other worker", 60)
+    wait_until(lambda: time.time() - cut_at > CUT_S, "the end of the outage")
+    run.stop(other)
+    lost.kill()  # its host is gone; its process with it
+
+    trials, retries = run.check()
+    states = Counter(t.state for t in trials)
+    healthy_stall = stalls(other.events(), since=cut_at)
+    report(
+        "host lost",
+        healthy_longest_stall_s=healthy_stall,
+        retried_after_s=retries[trial].datetime_start.timestamp() - cut_at,
+        fail=states[TrialState.FAIL],
+        complete=states[TrialState.COMPLETE],
+        runtime_s=time.time() - run.started,
+    )
+    assert trials[trial].state == TrialState.FAIL
+    assert healthy_stall < HEALTHY_STALL_S, other.log()
+    # Found stale after the grace period, at the other worker's next trial.
+    assert retries[trial].datetime_start.timestamp() - cut_at < GRACE_S + HEALTHY_STALL_S
+
+
+def test_a_host_lost_inside_trial_creation_holding_the_study_row(
+    run: Run, hosts: list[Host]
+) -> None:
+    lost_host, other_host = hosts
+    other = run.start(other_host)
+    wait_until(lambda: finished_trials(other) >= 2, "two trials of the other worker")
+    # Its first trial creation stops right after Optuna locked the study's row; the host is
+    # lost there. Every trial creation, and every note written to the study, needs that row.
+    lost = run.start(lost_host, "--hang-in-creation")
+    wait_until(lambda: any(e["event"] == "locked" for e in lost.events()), "the lock", 60)
+    lost_host.cut()
+    cut_at = time.time()
+    wait_until(lambda: time.time() - cut_at > CUT_S, "the end of the outage")
+    run.stop(other)
+    lost.kill()
+
+    trials, retries = run.check()
+    healthy_stall = stalls(other.events(), since=cut_at)
+    report(
+        "host lost inside trial creation",
+        healthy_longest_stall_s=healthy_stall,
+        healthy_trials_during_outage=finished_trials(other, cut_at),
+        fail=sum(t.state == TrialState.FAIL for t in trials),
+        complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        runtime_s=time.time() - run.started,
+    )
+    assert healthy_stall < HEALTHY_STALL_S, other.log()
+    # The lost worker's trial never existed: its creation was never committed.
+    assert all(t.user_attrs.get(records.WORKER, {}).get("pid") != lost.pid for t in trials)
+
+
+def test_a_worker_killed_right_after_creating_its_trial(run: Run, hosts: list[Host]) -> None:
+    dying_host, other_host = hosts
+    dying = run.start(dying_host, "--die-after-ask")
+    assert dying.process.wait(timeout=120) == -signal.SIGKILL, dying.log()
+    asked = [e for e in dying.events() if e["event"] == "asked"]
+    assert len(asked) == 1, dying.log()
+    trial, killed_at = asked[0]["number"], asked[0]["t"]
+    assert run.trials()[trial].state == TrialState.RUNNING  # nothing else happened to it
+    other = run.start(other_host)
+
+    def retried() -> bool:
+        return any(
+            t.state == TrialState.COMPLETE and t.system_attrs.get("failed_trial") == trial
+            for t in run.trials()
+        )
+
+    wait_until(retried, f"Trial#{trial} failed and retried by the other worker", 60)
+    run.stop(other)
+
+    trials, retries = run.check()
+    report(
+        "killed after ask",
+        retried_after_s=retries[trial].datetime_start.timestamp() - killed_at,
+        fail=sum(t.state == TrialState.FAIL for t in trials),
+        complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        runtime_s=time.time() - run.started,
+    )
+    assert trials[trial].state == TrialState.FAIL
