@@ -1,22 +1,25 @@
 """Workers on other hosts: packets dropped, hosts lost, and the study goes on.
 
-Each worker process runs in its own network namespace (tests/support_netns.py) and reaches a
-throwaway PostgreSQL cluster through a veth pair; a cut drops every packet of that pair both
-ways, as a failed link or a vanished host does (nothing is refused: the kernel retransmits into
-the void). Workers run with short bounds (tests/support_netns_worker.py: heartbeat 2 s, grace
-6 s, lock 3 s, idle in transaction 4 s, network 4 s), and every cut lasts far longer than any of
-them, so a wait the library did not bound shows as a worker that made no progress for the
-length of the cut. Each scenario checks:
+Each worker process runs in its own network namespace behind a "switch" namespace
+(tests/support_netns.py) and reaches a throwaway PostgreSQL cluster over veth pairs; a cut
+drops every packet in the switch, both ways, as a failed link or a vanished host does (nothing
+is refused: the kernels retransmit into the void). Workers run with short bounds
+(tests/support_netns_worker.py: heartbeat 2 s, grace 6 s, connect 2 s, lock 3 s, idle in
+transaction 4 s, network 4 s), and every cut (CUT_S) lasts longer than any of them, so a wait
+the library did not bound shows as a worker that made no progress for the length of the cut.
+The scenarios check:
 
-* no worker went without progress (a trial finished, or the study opened) for longer than
-  the bounds allow: :data:`HEALTHY_STALL_S` for a worker that was never cut, and for a cut one
-  :data:`RESUME_S` after the heal;
-* nothing lost: nothing RUNNING or WAITING at the end, every FAIL trial retried, every
-  COMPLETE trial's record readable through trace_optuna's record reader;
-* no candidate evaluated twice by COMPLETE trials (a retry replaces a FAIL trial).
+* a worker that was never cut never went longer than :data:`HEALTHY_STALL_S` without
+  finishing a trial;
+* a cut-off worker's calls ended in the retry path, logged, within :data:`NOTICED_S` of the
+  cut, and it finished trials again within :data:`RESUME_S` of the heal;
+* nothing lost: nothing RUNNING or WAITING at the end, every FAIL trial retried by a COMPLETE
+  one, every COMPLETE trial's record readable through trace_optuna's record reader;
+* no candidate evaluated by two COMPLETE trials (a retry replaces a FAIL trial).
 
-Namespaces need root and ``ip``; elsewhere the tests are skipped saying so (CI runs as root
-and fails on a skipped ``network`` test).
+``pytest -s`` shows each scenario's measured numbers. Namespaces need root and ``ip``;
+elsewhere the tests are skipped saying so (CI runs as root and fails on a skipped ``network``
+test).
 """
 
 from __future__ import annotations
@@ -61,13 +64,13 @@ _BOUNDS = support_netns_worker.TIMEOUTS
 # A worker that was never cut waits at most for a cut-off session's locks: until the server
 # ends that session (idle in transaction, or its unacknowledged data: network), then its own
 # lock wait and the retry's backoff. Margins are generous; every cut lasts CUT_S, longer.
-HEALTHY_STALL_S = _BOUNDS["idle_in_transaction"] + _BOUNDS["lock"] + 8.0
+HEALTHY_STALL_S = _BOUNDS["idle_in_transaction"] + _BOUNDS["lock"] + 5.0
 # A cut-off worker notices within its socket's bound (network, connect) of its next storage
 # call and logs it; after the heal it goes on within the retry's backoff (up to 7.5 s between
 # attempts) plus one trial.
 NOTICED_S = _BOUNDS["network"] + _BOUNDS["connect"] + 4.0
 RESUME_S = 7.5 + 5.0
-CUT_S = 20.0
+CUT_S = 18.0
 LATENCY_S = 0.3  # per simulated LLM call
 RUN_LIMIT_S = 240  # a worker's --timeout: the tests stop the workers long before
 
@@ -110,7 +113,9 @@ class Worker:
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
-        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line]
+        # Complete lines only: the worker may be writing the last one.
+        lines = self.events_path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in lines if line]
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -312,7 +317,7 @@ def test_a_cut_mid_trial_then_healed(run: Run, hosts: list[Host]) -> None:
     cut_worker, other = run.start(cut_host), run.start(other_host)
     wait_until(lambda: finished_trials(cut_worker) and finished_trials(other), "first trials")
     assert run.network.cluster is not None
-    connections = run.network.cluster.peak_sessions(run.database, 5.0)
+    connections = run.network.cluster.peak_sessions(run.database, 3.0)
     trial = wait_until(lambda: run.in_step(cut_worker), "a trial of the worker to cut in its step")
     cut_host.cut()
     cut_at = time.time()
