@@ -12,7 +12,9 @@ a worker on another machine would see:
   removes the routes.
 * :meth:`Host.close` removes the namespaces (their veth pairs go with them).
 
-This kernel has no ``netem``, so there is no delay or random loss here: partitions only.
+* :meth:`Host.delay` holds every forwarded packet for a while and drops a share at random
+  (tests/support_delayer.py, a netlink NFQUEUE program behind an iptables rule in the switch:
+  this kernel has no ``netem``). Needs ``iptables``.
 
 Needs root (namespaces, routes) and ``ip``; :func:`unavailable` says why not when it cannot
 work. The cluster is made with ``initdb`` in a temporary directory (run as the ``postgres`` user
@@ -29,6 +31,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -164,6 +167,24 @@ class Host:
         self._switch("route", "del", "blackhole", f"{self.address}/32")
         self.is_cut = False
 
+    def delay(self, milliseconds: float, jitter: float = 0.0, loss: float = 0.0) -> None:
+        """Hold every packet the switch forwards for ``milliseconds`` +- ``jitter`` (each way,
+        so the round trip takes twice that), and drop the share ``loss`` of them at random:
+        tests/support_delayer.py behind iptables' NFQUEUE, as this kernel has no netem.
+        Needs ``iptables``; :meth:`close` ends it."""
+        delayer = Path(__file__).with_name("support_delayer.py")
+        command = ["ip", "netns", "exec", self.switch, sys.executable, str(delayer), "0"]
+        self._delayer = subprocess.Popen(
+            [*command, str(milliseconds), str(jitter), str(loss)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._delayer.stdout is not None
+        if self._delayer.stdout.readline().strip() != "ready":
+            raise CommandFailed(f"the delayer in {self.switch} did not start")
+        _run("ip", "netns", "exec", self.switch, "iptables", "-A", "FORWARD", "-j", "NFQUEUE",
+             "--queue-num", "0")  # fmt: skip
+
     def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start ``command`` inside this host (``ip netns exec`` execs it: the pid is its own)."""
         return subprocess.Popen(["ip", "netns", "exec", self.name, *command], **kwargs)
@@ -171,6 +192,10 @@ class Host:
     def close(self) -> None:
         """Remove the host: both namespaces and their veth pairs (the root's route goes with
         its link)."""
+        delayer = getattr(self, "_delayer", None)
+        if delayer is not None and delayer.poll() is None:
+            delayer.kill()
+            delayer.wait(timeout=30)
         for namespace in (self.name, self.switch):
             with contextlib.suppress(CommandFailed):
                 _run("ip", "netns", "delete", namespace)

@@ -17,6 +17,9 @@ The scenarios check:
   one, every COMPLETE trial's record readable through trace_optuna's record reader;
 * no candidate evaluated by two COMPLETE trials (a retry replaces a FAIL trial).
 
+One more scenario delays every packet (50 +- 10 ms each way) and drops 1% of them
+(tests/support_delayer.py, as this kernel has no netem): trials slow down, none fails.
+
 ``pytest -s`` shows each scenario's measured numbers. Namespaces need root and ``ip``;
 elsewhere the tests are skipped saying so (CI runs as root and fails on a skipped ``network``
 test).
@@ -31,6 +34,7 @@ import json
 import os
 from pathlib import Path
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -517,3 +521,35 @@ def test_a_worker_killed_right_after_creating_its_trial(run: Run, hosts: list[Ho
         runtime_s=time.time() - run.started,
     )
     assert trials[trial].state == TrialState.FAIL
+
+
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="the delayer needs iptables")
+def test_latency_and_loss_slow_trials_down_but_fail_none(run: Run, hosts: list[Host]) -> None:
+    """100 ms +- 20 ms round trips and 1% of packets lost on both workers' links: trials take
+    longer, and none is failed (heartbeats stay within the grace period), nothing is lost."""
+    workers = [run.start(host) for host in hosts]
+    for worker in workers:
+        wait_until(lambda w=worker: finished_trials(w) >= 2, "two trials of each worker")
+    fast_from = time.time()
+    time.sleep(6.0)  # a baseline
+    fast = sum(finished_trials(w, fast_from) for w in workers) / (time.time() - fast_from)
+    for host in hosts:
+        host.delay(50, 10, loss=0.01)  # each way
+    slow_from = time.time()
+    for worker in workers:
+        wait_until(lambda w=worker: finished_trials(w, slow_from) >= 1, "a trial at 100 ms", 120)
+    slow = sum(finished_trials(w, slow_from) for w in workers) / (time.time() - slow_from)
+    run.stop(*workers)
+
+    trials, _ = run.check()
+    states = Counter(t.state for t in trials)
+    slowest = max(stalls(w.events(), since=slow_from) for w in workers)
+    report(
+        "latency 100 ms + 1% loss",
+        trials_per_min_before=60 * fast,
+        trials_per_min_at_100ms=60 * slow,
+        longest_stall_at_100ms_s=slowest,
+        complete=states[TrialState.COMPLETE],
+        runtime_s=time.time() - run.started,
+    )
+    assert states[TrialState.FAIL] == 0, [t.user_attrs.get(records.ERROR) for t in trials]
