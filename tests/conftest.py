@@ -9,6 +9,7 @@ out ``slow``, ``browser`` and ``destructive``):
 * ``browser``: drives headless Chromium (selenium, or kaleido's rendering).
 * ``destructive``: stops a database server that other tests and people use.
 * ``slow``: takes over ~10 s on the project's 2-core machine.
+* ``network``: runs workers in network namespaces (tests/support_netns.py); needs root.
 
 Each test's markers are written to the JUnit XML report as the property ``markers``, so CI
 (``.ci/run``) can tell which skipped tests needed a server or a browser.
@@ -30,7 +31,7 @@ _SERVERS: dict[str, testing.ServerDatabase | str] = {}
 
 
 SERVER_KINDS = tuple(kind for kind in testing.STORAGE_KINDS if kind != "sqlite")
-REPORTED_MARKERS = ("storage", "browser", "destructive", "slow")
+REPORTED_MARKERS = ("storage", "browser", "destructive", "slow", "network")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by marker

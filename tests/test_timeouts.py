@@ -189,6 +189,48 @@ def test_a_held_row_lock_makes_a_write_time_out_and_retry_not_hang(
 
 
 @pytest.mark.parametrize("storage_url", RDB_SERVERS, indirect=True)
+def test_a_trial_creation_that_times_out_is_retried_by_the_retry_layer_at_once(
+    storage_url: str, study_name: str
+) -> None:
+    """Optuna retries a failed trial creation five times itself, silently: the first lock
+    wait (or lost connection) that runs out must reach the retry layer and be logged."""
+    storage = resolve_storage(
+        storage_url, heartbeat_interval=None, timeouts=DatabaseTimeouts(lock=1)
+    )
+    assert isinstance(storage, ResilientRDBStorage)
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    failures: list[BaseException] = []
+    sqlalchemy.event.listen(
+        storage.engine, "handle_error", lambda context: failures.append(context.original_exception)
+    )
+    seen_when_logged: list[int] = []
+    with watching("Storage unreachable or busy during _create_new_trial") as log:
+
+        def hold_then_release() -> None:
+            with other_session(storage_url) as holder:
+                holder.exec_driver_sql(
+                    f"SELECT * FROM studies WHERE study_id = {study._study_id} FOR UPDATE"
+                ).all()
+                held.set()
+                log.event.wait(timeout=30)  # released once the creation said it waits
+                seen_when_logged.append(len(failures))
+                holder.rollback()
+
+        held = threading.Event()
+        holder = threading.Thread(target=hold_then_release)
+        holder.start()
+        assert held.wait(timeout=10)
+        trial = study.ask()  # waits on the study's row
+        holder.join()
+    assert log.event.is_set(), log.messages
+    # One lock wait ran out, and the retry layer logged it: none retried out of sight.
+    assert seen_when_logged == [1], f"{seen_when_logged} lock waits ran out before the log"
+    assert "lock" in str(failures[0]).lower()
+    assert any("Storage reachable again" in message for message in log.messages)
+    assert trial.number == 0 and len(study.trials) == 1
+
+
+@pytest.mark.parametrize("storage_url", RDB_SERVERS, indirect=True)
 def test_a_dead_workers_open_transaction_is_ended_by_the_server(
     storage_url: str, study_name: str
 ) -> None:

@@ -812,6 +812,47 @@ class ResilientRDBStorage(RDBStorage):
                 self.heartbeat_interval,
             )
 
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        """Optuna's trial creation, tried once: retries are :func:`call_with_retry`'s.
+
+        Optuna's own ``_create_new_trial`` tries five times (for deadlocks), silently, up to
+        2 s apart, before it raises: a connection lost under a worker then waited five times
+        the network bound (about 20 s across a cut, in the tests between namespaces) before
+        the retry layer saw anything or logged it, and a lock wait that ran out was waited
+        five times over. Here the first failure goes to the retry layer, which retries it with
+        backoff and logs it, like any other call (a deadlock included: it is transient).
+        """
+        with _create_scoped_session(self.scoped_session) as session:
+            # Optuna's lock: the next trial number is computed from the study's trials.
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            trial = self._get_prepared_new_trial(study_id, template_trial, session)
+            number, trial_id, started, state = (
+                trial.number,
+                trial.trial_id,
+                trial.datetime_start,
+                trial.state,
+            )
+        if template_trial is not None:
+            created = copy.deepcopy(template_trial)
+            created.number, created.datetime_start = number, started
+            created._trial_id = trial_id
+            return created
+        return optuna.trial.FrozenTrial(
+            number=number,
+            state=state,
+            value=None,
+            datetime_start=started,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+
     def _get_prepared_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None, session: Any
     ) -> Any:
