@@ -27,6 +27,7 @@ from trace_optuna import sandbox
 from trace_optuna import strategies
 from trace_optuna._version import __version__
 from trace_optuna.config import Config
+from trace_optuna.dataset import Dataset
 from trace_optuna.evaluation import Evaluation
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import EvaluationTimeout
@@ -63,6 +64,7 @@ __all__ = [
     "App",
     "Config",
     "ConfigurationError",
+    "Dataset",
     "Evaluation",
     "EvaluationTimeout",
     "HumanFeedback",

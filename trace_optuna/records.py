@@ -67,6 +67,20 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
 ``trace:artifacts``            {attribute key: {artifact_id, filename, chars}}: long LLM
                                texts uploaded to the study's artifact store; the attribute
                                keeps their start (see :mod:`trace_optuna.dashboard`)
+``trace:minibatch``            list[str], the ids of the training examples the step ran on
+                               (dataset studies, ``trainset=``; see trace_optuna.dataset)
+``trace:minibatch_scores``     {parent: [float], candidate: [float]}: per-example scores on
+                               the minibatch, in ``trace:minibatch``'s order
+``trace:minibatch_score``      float, the candidate's mean on the minibatch
+``trace:parent_minibatch_score``  float | None, the parent's mean on the same minibatch
+``trace:accepted``             bool | None, whether the candidate was not worse than its
+                               parent on the minibatch (None: a root candidate, no parent)
+``trace:validated``            bool, whether it was scored on the validation set; False: the
+                               trial's value is the minibatch mean and it is never a parent
+``trace:validation``           {mean, scored, total, ran, pruned}: the validation mean over
+                               ``scored`` of ``total`` examples (``ran`` of them run now, the
+                               rest read from the study's per-example rows); ``pruned``: the
+                               study's pruner stopped it (its rows stay)
 ``trace:human``                {status: waiting | answered | timed out, asked_at, timeout_s}
                                while :class:`~trace_optuna.dashboard.HumanFeedback` waits
 ``trace:human_output``         str, the candidate's output shown to the person
@@ -84,7 +98,9 @@ freeze a sample of each):
   (:func:`llm_call_key`, the name ``trace:artifacts`` uses) reads either layout.
 * 1: the first layout.
 
-Study user attributes: ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
+Study user attributes: ``trace:test`` (the test set's score of the best candidate:
+{trial, snapshot_hash, mean, examples, ran, at}; written by ``TraceStudy.evaluate_test``, read
+by nothing that chooses), ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
 optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
 ``trace:parameters`` (the agent's parameter paths; the selected ones for a study over shared
 parameters, with ``trace:registry``: {name, on_conflict}), ``trace:strategies`` (fixed for the
@@ -152,6 +168,14 @@ PARENT_KNOBS = "trace:parent_knobs"
 REGISTRY = "trace:registry"
 PUBLISH = "trace:publish"
 INTERRUPTED = "trace:interrupted"  # the trial was interrupted (Ctrl-C) and is re-run on resume
+# Dataset studies (trainset=): the step on a minibatch, acceptance, validation.
+MINIBATCH = "trace:minibatch"
+MINIBATCH_SCORES = "trace:minibatch_scores"
+MINIBATCH_SCORE = "trace:minibatch_score"
+PARENT_MINIBATCH_SCORE = "trace:parent_minibatch_score"
+ACCEPTED = "trace:accepted"
+VALIDATED = "trace:validated"
+VALIDATION = "trace:validation"
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -161,6 +185,7 @@ STUDY_STRATEGIES = "trace:strategies"
 STUDY_STOP_ISOLATION = "trace:stop_isolation"
 STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
+STUDY_TEST = "trace:test"  # the test set's score of the best candidate (evaluate_test)
 
 # Browsing in optuna-dashboard (trace_optuna.dashboard): long texts in artifacts, the study's
 # description, and the human judgement HumanFeedback waits for.
@@ -216,6 +241,13 @@ RESERVED = frozenset(
         REGISTRY,
         PUBLISH,
         INTERRUPTED,
+        MINIBATCH,
+        MINIBATCH_SCORES,
+        MINIBATCH_SCORE,
+        PARENT_MINIBATCH_SCORE,
+        ACCEPTED,
+        VALIDATED,
+        VALIDATION,
     }
 )
 
