@@ -14,6 +14,7 @@ EXPORTED = [
     "App",
     "Config",
     "ConfigurationError",
+    "Dataset",
     "Evaluation",
     "EvaluationTimeout",
     "HumanFeedback",

@@ -348,6 +348,7 @@ class DatasetFlow:
         self.minibatch: list[tuple[str, Any]] = []
         self.trial_number = -1
         self.last: list[ExampleResult] = []  # the rows of the last call, in order
+        self.ran: list[str] = []  # the example ids the last call ran (the rest were rows)
         self._split = "train"
         self._examples: list[tuple[str, Any]] | None = None  # None: the minibatch
         self._live = False
@@ -414,11 +415,12 @@ class DatasetFlow:
             # The live rows, whatever is stored: their feedback must match this graph.
             rows = run_missing(examples)
             self._store.put(rows)
+            self.ran = [example_id for example_id, _ in examples]
         else:
             lookup = self._store.evaluate(
                 candidate, split, examples, run_missing, trial_number=self.trial_number
             )
-            rows = lookup.results
+            rows, self.ran = lookup.results, lookup.ran
         self.last = rows
         live = [outputs.get(row.example_id) for row in rows]
         output = None
@@ -518,8 +520,9 @@ class DatasetFlow:
 
     def pareto_parent(self, population: Population, rng: random.Random) -> FrozenTrial | None:
         """A parent from GEPA's instance front: the candidates best on at least one validation
-        example, drawn with weights = how many examples each leads (ties lead together).
-        None when no validated candidate has rows."""
+        example (ties lead together), less those leading only on a strict subset of another's
+        examples, drawn with weights = how many examples each leads. None when no validated
+        candidate has rows."""
         assert self._store is not None
         by_hash: dict[str, FrozenTrial] = {}
         for trial in population.candidates():
@@ -533,15 +536,58 @@ class DatasetFlow:
                 leaders[row.example_id] = (row.score, [row.candidate])
             elif row.score == best[0]:
                 best[1].append(row.candidate)
-        counts: dict[str, int] = {}
-        for _, candidates in leaders.values():
+        led: dict[str, set[str]] = {}
+        for example_id, (_, candidates) in leaders.items():
             for candidate in candidates:
-                counts[candidate] = counts.get(candidate, 0) + 1
+                led.setdefault(candidate, set()).add(example_id)
+        # GEPA drops dominated members: one that leads only where another leads too.
+        counts = {
+            candidate: len(examples)
+            for candidate, examples in led.items()
+            if not any(examples < other for other in led.values())
+        }
         if not counts:
             return None
         front = sorted(counts, key=lambda candidate: by_hash[candidate].number)
         chosen = rng.choices(front, weights=[counts[c] for c in front])[0]
         return by_hash[chosen]
+
+
+def score_test(
+    flow: DatasetFlow,
+    run_examples: Callable[[], None],
+    study: optuna.Study,
+    number: int,
+    candidate: str,
+) -> dict[str, Any]:
+    """Score trial ``number``'s candidate (which the agent must hold) on the test set and
+    store it as the study's ``trace:test``; return that record.
+
+    Args:
+        flow: The study's dataset flow.
+        run_examples: Scores the current examples (through :meth:`DatasetFlow.using`).
+        study: The study.
+        number: The trial whose candidate is scored.
+        candidate: Its snapshot hash.
+    """
+    from trace_optuna import records
+
+    assert flow.testset is not None
+    flow.store(study)
+    flow.trial_number = number
+    with flow.using("test", flow.testset.items()):
+        run_examples()
+    rows = flow.last
+    record = {
+        "trial": number,
+        "snapshot_hash": candidate,
+        "mean": sum(row.score for row in rows) / len(rows),
+        "examples": len(rows),
+        "ran": len(flow.ran),
+        "at": time.time(),
+    }
+    study.set_user_attr(records.STUDY_TEST, record)
+    return record
 
 
 def mean(scores: Sequence[float] | None) -> float | None:
@@ -592,7 +638,7 @@ def validate(
         before_chunk()
         run_chunk(chunk)
         scores += [row.score for row in flow.last]
-        ran += sum(1 for row in flow.last if row.trial_number == trial.number)
+        ran += len(flow.ran)
         mean = sum(scores) / len(scores)
         trial.report(mean, len(scores))
         if may_prune and len(scores) < len(flow.valset) and trial.should_prune():

@@ -319,6 +319,33 @@ class TraceObjective:
             self.coordinator = coordinator_for(study._storage)
         return self.coordinator
 
+    def evaluate_test(self, study: optuna.Study, number: int) -> dict[str, Any]:
+        """Score trial ``number``'s candidate on the test set, once, outside any trial, and
+        store it as the study's ``trace:test`` (see :func:`trace_optuna.dataset.score_test`).
+
+        Raises:
+            ConfigurationError: If the study has no test set.
+            TrialFailed: If the candidate fails on it.
+        """
+        flow = self.dataset
+        if flow is None or flow.testset is None:
+            raise ConfigurationError(
+                f"Study {study.study_name!r} has no test set: give testset= (with trainset=)."
+            )
+        values = self.population(study).snapshot(number)
+        context = RunContext(list(study.directions), study.study_name, self.strategy_names)
+
+        def run_examples() -> None:
+            result = self.runner.run(values, context, None)
+            if result.failed:
+                raise TrialFailed(
+                    f"Trial#{number}'s candidate failed on the test set: {result.error}"
+                )
+
+        with _STEP_LOCK:
+            candidate = snapshots.snapshot_hash(values)
+            return dataset.score_test(flow, run_examples, study, number, candidate)
+
     # -- one trial ------------------------------------------------------------------------
 
     def __call__(self, trial: optuna.Trial) -> Score:

@@ -157,6 +157,8 @@ class TraceStudy:
                 gc_after_trial=gc_after_trial,
                 show_progress_bar=show_progress_bar,
             )
+            if self.config.testset is not None and self._population().best() is not None:
+                self.evaluate_test()  # the test set, once, now that the search is over
         except KeyError as error:  # Optuna's storages say a missing record this way
             if _study_exists(self._study):
                 raise
@@ -186,6 +188,31 @@ class TraceStudy:
                 "Study %r reached its target %s; stopping.", self.study_name, self.config.target
             )
             study.stop()
+
+    def evaluate_test(self) -> dict[str, Any]:
+        """Score the best candidate on the test set and store it as the study's
+        ``trace:test`` (``optimize`` does this when it returns). Rows already stored for that
+        candidate are read, not run again. No trial, sampler, strategy or parent selection
+        reads the test set or this record.
+
+        Returns:
+            ``{trial, snapshot_hash, mean, examples, ran, at}``.
+
+        Raises:
+            ConfigurationError: For a study without ``testset``, or opened for reading only.
+        """
+        objective = self.objective
+        number = self.best_trial.number
+        put_back_module_functions = keep_module_functions(objective.agent)
+        try:
+            return objective.evaluate_test(self._study, number)
+        finally:
+            put_back_module_functions()
+
+    @property
+    def test_result(self) -> dict[str, Any] | None:
+        """The stored ``trace:test`` record (see :meth:`evaluate_test`), or None."""
+        return self._study.user_attrs.get(records.STUDY_TEST)
 
     @property
     def trials(self) -> list[FrozenTrial]:
