@@ -337,3 +337,22 @@ def test_the_evaluate_agent_form_is_unchanged(sqlite_url: str) -> None:
             trial.user_attrs
         )
     assert study.record(1).parent_feedback == 'The reply should mention "order number".'
+
+
+@pytest.mark.slow
+def test_the_dataset_example_fixes_the_code_and_the_number_offline(tmp_path: Any) -> None:
+    import os
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    example = Path(__file__).parent.parent / "examples" / "dataset.py"
+    env = {**os.environ, "PYTHONPATH": str(example.parent.parent)}
+    printed = subprocess.run(
+        [sys.executable, str(example), "--trials", "10"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=True, env=env,
+    ).stdout  # fmt: skip
+    # The simulated model deletes the raising line and moves the factor; the prompt stays.
+    assert "best validation mean 0.500" in printed and "test mean 0.500 on 12 orders" in printed
+    assert "raise ValueError" not in printed
+    assert "Write the order's total." in printed
