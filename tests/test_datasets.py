@@ -356,3 +356,35 @@ def test_the_dataset_example_fixes_the_code_and_the_number_offline(tmp_path: Any
     assert "best validation mean 0.500" in printed and "test mean 0.500 on 12 orders" in printed
     assert "raise ValueError" not in printed
     assert "Write the order's total." in printed
+
+
+def _app() -> to.App:
+    train, val, test = splits()
+    return to.App(
+        agent=Replier, evaluate=CountingRun(), llm=LLM, trainset=train, valset=val,
+        testset=test, minibatch_size=4, seed=0, figure_interval=None,
+    )  # fmt: skip
+
+
+APP = _app()
+
+
+def test_cli_test_scores_the_best_candidate_or_prints_the_stored_score(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from trace_optuna import cli
+
+    assert cli.main(["test", "--storage", sqlite_url, "--study", "cli"]) == 2  # no such study
+    capsys.readouterr()
+    study = APP.study(study_name="cli", storage=sqlite_url)
+    study.optimize(n_trials=2)
+    assert study.test_result is not None and study.test_result["ran"] == 4
+    assert cli.main(["test", "--storage", sqlite_url, "--study", "cli", "--app",
+                     "test_datasets:APP"]) == 0  # fmt: skip
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["trial"] == study.best_trial.number and scored["examples"] == 4
+    assert scored["mean"] == study.test_result["mean"]
+    assert cli.main(["test", "--storage", sqlite_url, "--study", "cli"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean"] == scored["mean"]
