@@ -210,23 +210,26 @@ def test_minibatch_is_seeded_recorded_and_its_feedback_is_one_backward_pass(
 
 def test_a_worse_candidate_is_not_validated_and_never_a_parent(sqlite_url: str) -> None:
     run = CountingRun()
-    # Trial 1 fixes one phrase; trial 2 proposes a greeting worse on every minibatch.
-    strategy = Scripted(["Hello. order number tracking link", "Bye."])
+    # The minibatch is the whole training set (6 "order number", 4 "tracking link" examples).
+    # Trial 1 fixes the first phrase (minibatch 0.6, validation 2 of 6); trial 2 swaps it for
+    # the second: worse on the minibatch (0.4), though 0.4 is above trial 1's validation mean.
+    strategy = Scripted(["Hello. order number", "Hello. tracking link"])
     study = dataset_study(sqlite_url, run, strategies=strategy, minibatch_size=10)
     study.optimize(n_trials=4)
     first, worse = study.trials[1], study.trials[2]
-    assert first.user_attrs[records.VALIDATED] is True and first.value == 1.0
+    assert first.user_attrs[records.VALIDATED] is True and first.value == pytest.approx(1 / 3)
+    assert worse.user_attrs[records.PARENT_MINIBATCH_SCORE] == 0.6
     assert worse.user_attrs[records.ACCEPTED] is False
     assert worse.user_attrs[records.VALIDATED] is False
     assert records.VALIDATION not in worse.user_attrs
-    assert worse.value == worse.user_attrs[records.MINIBATCH_SCORE] == 0.0
+    assert worse.value == worse.user_attrs[records.MINIBATCH_SCORE] == 0.4
     store = study.objective.dataset.store(study.optuna)  # type: ignore[union-attr]
     worse_hash = worse.user_attrs[records.SNAPSHOT_HASH]
     assert store.rows(split="val", candidates=[worse_hash]) == []
     assert len(store.rows(split="train", candidates=[worse_hash])) == 10
-    # Trial 3 starts from trial 1, never from the unvalidated one.
+    # Trial 3 starts from trial 1, never from the unvalidated one, whatever its value.
     assert study.trials[3].user_attrs["trace:scripted_parent"] == 1
-    assert study.best_trial.number in (1, 3)
+    assert study.best_trial.number == 1
 
 
 def test_cache_hits_still_give_feedback_and_rows_are_not_run_again(sqlite_url: str) -> None:
