@@ -198,6 +198,8 @@ def test_minibatch_is_seeded_recorded_and_its_feedback_is_one_backward_pass(
     assert "ID [3]:" in step.llm_calls[0]["user"]
     attrs = trials[1].user_attrs
     assert attrs[records.ACCEPTED] is True and attrs[records.VALIDATED] is True
+    assert step.dataset["minibatch"] == attrs[records.MINIBATCH]
+    assert step.dataset["validation"]["total"] == len(val)
     assert attrs[records.MINIBATCH_SCORES]["parent"] == [0.0] * 4
     assert trials[1].value == attrs[records.VALIDATION]["mean"] == 1.0
     # The same seed draws the same minibatches in another study.

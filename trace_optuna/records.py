@@ -176,6 +176,15 @@ PARENT_MINIBATCH_SCORE = "trace:parent_minibatch_score"
 ACCEPTED = "trace:accepted"
 VALIDATED = "trace:validated"
 VALIDATION = "trace:validation"
+DATASET_KEYS = (
+    MINIBATCH,
+    MINIBATCH_SCORES,
+    MINIBATCH_SCORE,
+    PARENT_MINIBATCH_SCORE,
+    ACCEPTED,
+    VALIDATED,
+    VALIDATION,
+)
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -502,6 +511,9 @@ class TrialRecord:
         knobs: The params ``evaluate(agent, trial)`` suggested (the agent's own knobs).
         parent_knobs: ``{parent number: {param: value}}``, the knob values each parent
             re-run for its feedback used (the parent's own).
+        dataset: A dataset study's step (``trainset=``): ``{minibatch, minibatch_scores,
+            minibatch_score, parent_minibatch_score, accepted, validated, validation}`` as
+            stored under their ``trace:`` keys; empty for other studies.
         schema: The record's layout version.
     """
 
@@ -535,6 +547,7 @@ class TrialRecord:
     knobs: dict[str, Any]
     parent_knobs: dict[int, dict[str, Any]]
     schema: int
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def check_schema(attrs: Mapping[str, Any], owner: str) -> int:
@@ -630,6 +643,9 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         parent_knobs={
             int(number): dict(knobs)
             for number, knobs in (decode(attrs, PARENT_KNOBS) or {}).items()
+        },
+        dataset={
+            key.removeprefix(PREFIX): decode(attrs, key) for key in DATASET_KEYS if key in attrs
         },
         schema=schema,
     )
