@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 from typing import Any
 
 from opto import trace
@@ -393,3 +394,75 @@ def test_cli_test_scores_the_best_candidate_or_prints_the_stored_score(
     assert scored["mean"] == study.test_result["mean"]
     assert cli.main(["test", "--storage", sqlite_url, "--study", "cli"]) == 0
     assert json.loads(capsys.readouterr().out)["mean"] == scored["mean"]
+
+
+@trace.model
+class Raiser:
+    """A trainable function that raises on topics it does not know."""
+
+    def __init__(self) -> None:
+        self.greeting = trace.node("Hello.", trainable=True, description="the reply's text")
+
+    @trace.bundle(trainable=True)
+    def answer(self, greeting, topic):
+        """Reply about a topic."""
+        if topic.endswith("3"):
+            message = f"unknown topic {topic}"
+            raise ValueError(message)
+        return greeting + " About " + topic
+
+    def reply(self, topic: str) -> Any:
+        return self.answer(self.greeting, topic)
+
+
+def test_an_example_that_raises_scores_error_score_and_its_error_is_feedback(
+    sqlite_url: str,
+) -> None:
+    data = to.Dataset(examples(20), id=lambda example: example["topic"])
+    train, val = data.split(0.5, 0.5, seed=0)
+    study = to.create_study(
+        storage=sqlite_url, agent=Raiser, evaluate=CountingRun(), llm=LLM, trainset=train,
+        valset=val, minibatch_size=len(train), error_score=0.0, seed=0, figure_interval=None,
+    )  # fmt: skip
+    study.optimize(n_trials=2)
+    baseline, step = study.record(0), study.record(1)
+    raising = [topic for topic in train.ids if topic.endswith("3")]
+    assert raising and step.state == "COMPLETE"
+    lines = step.parent_feedback.splitlines()
+    minibatch = step.dataset["minibatch"]
+    for topic in raising:
+        assert "(ValueError) unknown topic" in lines[minibatch.index(topic)]
+        assert baseline.dataset["minibatch_scores"]["candidate"][
+            baseline.dataset["minibatch"].index(topic)
+        ] == 0.0  # fmt: skip
+    # The simulated model deletes the raising line the batched feedback names.
+    assert "raise ValueError" not in study.record(1).snapshot["answer"]
+
+
+def test_without_error_score_an_example_that_raises_fails_the_candidate(tmp_path: Any) -> None:
+    data = to.Dataset(examples(20), id=lambda example: example["topic"])
+    options: dict[str, Any] = {
+        "agent": Raiser, "evaluate": CountingRun(), "llm": LLM, "trainset": data,
+        "minibatch_size": 20, "figure_interval": None,
+    }  # fmt: skip
+    # As in the evaluate(agent) form: the candidate's code raised, so a repair step runs ...
+    repaired = to.create_study(storage=f"sqlite:///{tmp_path / 'a.db'}", **options)
+    repaired.optimize(n_trials=1)
+    record = repaired.record(0)
+    assert record.repairs == 1 and "unknown topic" in record.evaluated[0]["code_error"]
+    assert record.dataset["validated"] is True
+    # ... and without repairs, starting values that raise stop optimize.
+    study = to.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", repairs=0, **options)
+    with pytest.raises(to.ConfigurationError, match="starting values cannot be evaluated"):
+        study.optimize(n_trials=1)
+    assert re.search(r"unknown topic t1?3\b", study.trials[0].user_attrs[records.ERROR])
+
+
+def test_dataset_steps_on_every_storage(storage_url: str) -> None:
+    study = dataset_study(storage_url, CountingRun(), study_name="datasets-storages")
+    study.optimize(n_trials=2)
+    records_ = [study.record(trial.number) for trial in study.trials]
+    assert [record.state for record in records_] == ["COMPLETE", "COMPLETE"]
+    assert records_[1].dataset["validated"] is True
+    assert records_[1].dataset["minibatch"] == study.trials[1].user_attrs[records.MINIBATCH]
+    assert study.best_value == records_[1].dataset["validation"]["mean"] == 1.0
