@@ -595,23 +595,44 @@ def mean(scores: Sequence[float] | None) -> float | None:
     return None if scores is None else sum(scores) / len(scores)
 
 
-def accepted(
+def acceptance(
     parent: Sequence[float] | None,
     candidate: Sequence[float],
     better: Callable[[float, float], bool],
-) -> bool | None:
-    """GEPA's acceptance: the candidate is not worse than its parent on the minibatch
-    (None: a root candidate, no parent to compare with)."""
-    if parent is None:
-        return None
+) -> dict[str, Any]:
+    """GEPA's acceptance, as record attributes: the candidate is validated unless it is worse
+    than its parent on the minibatch (a root candidate, without a parent, always is). A
+    rejected candidate's ``trace:improvement`` is on the minibatch.
+
+    Args:
+        parent: The parent's scores on the minibatch; None for a root candidate.
+        candidate: The candidate's, in the same order.
+        better: ``better(a, b)``: score ``a`` is better than ``b`` in the study's direction.
+    """
+    from trace_optuna import records
+
     parent_mean, candidate_mean = mean(parent), mean(candidate)
-    assert parent_mean is not None and candidate_mean is not None
-    return not better(parent_mean, candidate_mean)
+    assert candidate_mean is not None
+    accepted = None if parent_mean is None else not better(parent_mean, candidate_mean)
+    attrs: dict[str, Any] = {
+        records.MINIBATCH_SCORES: {
+            "parent": None if parent is None else list(parent),
+            "candidate": list(candidate),
+        },
+        records.MINIBATCH_SCORE: candidate_mean,
+        records.PARENT_MINIBATCH_SCORE: parent_mean,
+        records.ACCEPTED: accepted,
+        records.VALIDATED: accepted is not False,
+    }
+    if accepted is False:
+        assert parent_mean is not None
+        attrs[records.IMPROVEMENT] = candidate_mean - parent_mean
+    return attrs
 
 
 def validate(
     flow: DatasetFlow,
-    run_chunk: Callable[[list[tuple[str, Any]]], None],
+    run_chunk: Callable[[list[tuple[str, Any]]], list[float]],
     trial: optuna.Trial,
     *,
     may_prune: bool,
@@ -625,8 +646,8 @@ def validate(
 
     Args:
         flow: The study's dataset flow.
-        run_chunk: Scores a chunk (through :meth:`DatasetFlow.using`); ``flow.last`` then
-            holds its rows.
+        run_chunk: Scores a chunk (through :meth:`DatasetFlow.using`) and returns its scores
+            (``flow.ran`` then names the examples it ran).
         trial: The running trial.
         may_prune: False for a root candidate (nothing to compare it with).
         before_chunk: Called before each chunk (the study-wide budget check).
@@ -636,8 +657,7 @@ def validate(
     chunks = flow.chunks()
     for chunk in chunks:
         before_chunk()
-        run_chunk(chunk)
-        scores += [row.score for row in flow.last]
+        scores += run_chunk(chunk)
         ran += len(flow.ran)
         mean = sum(scores) / len(scores)
         trial.report(mean, len(scores))

@@ -726,22 +726,13 @@ class TraceObjective:
         ``trace:validated`` False."""
         flow, record = self.dataset, run.record
         assert flow is not None and isinstance(minibatch_score, float)
-        minibatch = flow.minibatch
-        record[records.MINIBATCH_SCORE] = minibatch_score
-        candidate_scores = [score for _, score in record[records.DETAILS]["examples"]]
         parent_scores = None
-        if proposal.parents:
-            parent_values = run.population.snapshot(proposal.parents[0])
-            self._run_split(run, parent_values, "train", minibatch)
-            parent_scores = [row.score for row in flow.last]
-        accepted = dataset.accepted(parent_scores, candidate_scores, run.view.better)
-        record[records.MINIBATCH_SCORES] = {"parent": parent_scores, "candidate": candidate_scores}
-        record[records.PARENT_MINIBATCH_SCORE] = dataset.mean(parent_scores)
-        record[records.ACCEPTED] = accepted
-        record[records.VALIDATED] = accepted is not False
-        if accepted is False:
-            parent_mean = record[records.PARENT_MINIBATCH_SCORE]
-            record[records.IMPROVEMENT] = minibatch_score - parent_mean  # on the minibatch
+        if proposal.parents:  # rows its live re-run wrote: read, not run again
+            parent = run.population.snapshot(proposal.parents[0])
+            parent_scores = self._run_split(run, parent, "train", flow.minibatch, own=False)
+        candidate_scores = [score for _, score in record[records.DETAILS]["examples"]]
+        record.update(dataset.acceptance(parent_scores, candidate_scores, run.view.better))
+        if record[records.VALIDATED] is False:
             return minibatch_score
         earlier = run.population.trial_with_snapshot(candidate_hash)
         if earlier is not None:  # e.g. no change proposed: its validation rows are all there
@@ -769,17 +760,25 @@ class TraceObjective:
         return validation.mean
 
     def _run_split(
-        self, run: _TrialRun, values: dict[str, Any], split: str, examples: Sequence[Any]
-    ) -> None:
+        self,
+        run: _TrialRun,
+        values: dict[str, Any],
+        split: str,
+        examples: Sequence[Any],
+        own: bool = True,
+    ) -> list[float]:
         """Score ``values`` on ``examples`` of ``split`` through the study's rows (the dataset
-        flow's ``last`` holds them); a failure fails the trial as the candidate's would."""
+        flow's ``last`` holds them); return the scores. A failure fails the trial, remembered
+        as the candidate's when the values are its ``own`` (not its parent's)."""
         assert self.dataset is not None
         with self.dataset.using(split, examples):
             result = self.runner.run(values, run.context, run.trial)
         if result.failed:
             assert result.error is not None
-            _record_failure(run.record, result)
+            if own:
+                _record_failure(run.record, result)
             raise _CandidateFailed(f"{result.error} (scoring the {split} split)")
+        return [row.score for row in self.dataset.last]
 
     def _publish(
         self,
