@@ -466,3 +466,17 @@ def test_dataset_steps_on_every_storage(storage_url: str) -> None:
     assert records_[1].dataset["validated"] is True
     assert records_[1].dataset["minibatch"] == study.trials[1].user_attrs[records.MINIBATCH]
     assert study.best_value == records_[1].dataset["validation"]["mean"] == 1.0
+
+
+def test_a_minibatch_where_every_example_raises_still_reaches_the_code(sqlite_url: str) -> None:
+    raising = [{"topic": f"t{i}3", "need": "order number"} for i in range(6)]
+    data = to.Dataset(raising, id=lambda example: example["topic"])
+    study = to.create_study(
+        storage=sqlite_url, agent=Raiser, evaluate=CountingRun(), llm=LLM, trainset=data,
+        minibatch_size=3, error_score=0.0, repairs=0, seed=0, figure_interval=None,
+    )  # fmt: skip
+    study.optimize(n_trials=2)
+    step = study.record(1)
+    assert step.state == "COMPLETE" and step.parent_feedback.count("ValueError") == 3
+    # Each example's exception node joined the batch: the backward pass reached the code.
+    assert "raise ValueError" not in step.snapshot["answer"]

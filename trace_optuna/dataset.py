@@ -455,8 +455,11 @@ class DatasetFlow:
                 raise
             if self.error_score is None:
                 raise  # the candidate's code raised: the runner makes it a repairable failure
-            error = f"The candidate's code raised: {str(raised.exception_node.data).strip()}"
-            score, feedback, text = self.error_score, error, ""
+            # Its exception node joins the batch, as Trace's loops backpropagate an error.
+            output = raised.exception_node
+            text = str(output.data).strip()
+            error = f"The candidate's code raised: {text}"
+            score, feedback = self.error_score, error
         except ConfigurationError as broken:
             raise ConfigurationError(
                 f"run(agent, example) on example {example_id!r}: {broken}"
