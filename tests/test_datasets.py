@@ -355,7 +355,7 @@ def test_the_dataset_example_fixes_the_code_and_the_number_offline(tmp_path: Any
     example = Path(__file__).parent.parent / "examples" / "dataset.py"
     env = {**os.environ, "PYTHONPATH": str(example.parent.parent)}
     printed = subprocess.run(
-        [sys.executable, str(example), "--trials", "10"],
+        [sys.executable, str(example), "--trials", "15"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=True, env=env,
     ).stdout  # fmt: skip
     # The simulated model deletes the raising line and moves the factor; the prompt stays.
