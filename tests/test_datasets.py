@@ -161,6 +161,52 @@ def test_options_are_checked_in_config() -> None:
     assert isinstance(config.trainset, to.Dataset) and config.minibatch_size is None
 
 
+def test_the_splits_are_recorded_and_a_reopening_with_other_splits_is_refused(
+    sqlite_url: str,
+) -> None:
+    train, val, test = splits()
+    run = CountingRun()
+    options: dict[str, Any] = {
+        "storage": sqlite_url, "study_name": "orders", "agent": Replier, "evaluate": run,
+        "llm": LLM, "figure_interval": None,
+    }  # fmt: skip
+    study = to.create_study(trainset=train, valset=val, testset=test, **options)
+    recorded = study.optuna.user_attrs[records.STUDY_SPLITS]
+    assert recorded["trainset"]["examples"] == 10 and recorded["valset"]["examples"] == 6
+    assert recorded["testset"]["examples"] == 4
+    assert len({recorded[name]["ids_sha256"] for name in recorded}) == 3
+    # The same splits, another order of the same examples: reopened (a worker does this).
+    shuffled = to.Dataset(list(reversed(val.examples)), id=lambda example: example["topic"])
+    to.load_study(trainset=train, valset=shuffled, testset=test, **options)
+    to.create_study(load_if_exists=True, trainset=train, valset=val, testset=test, **options)
+
+    swapped = to.Dataset(val.examples[:5] + test.examples[:1], id=lambda e: e["topic"])
+    others = {"valset": swapped, "testset": test.examples[1:] + val.examples[5:]}
+    refusals = {
+        "with a valset of 6 examples .*; this objective has a valset of as many examples, "
+        "other ids": others,
+        "with a testset of 4 examples .*; this objective has a testset of 3 examples": {
+            "valset": val,
+            "testset": test.examples[1:],
+        },
+        "with a testset of 4 examples; this objective has no testset": {"valset": val},
+        "with a valset of 6 examples; this objective has no valset \\(validation on the "
+        "training set\\)": {"testset": test},
+    }
+    for message, given in refusals.items():
+        with pytest.raises(to.ConfigurationError, match=f"Study 'orders' was created {message}"):
+            to.load_study(trainset=train, **given, **options)
+    with pytest.raises(to.ConfigurationError, match="with a trainset of 10 .* has none"):
+        to.load_study(**{**options, "evaluate": lambda agent: to.Evaluation(score=1.0)})
+    with pytest.raises(to.ConfigurationError, match="splits are fixed"):
+        to.create_study(load_if_exists=True, trainset=val, valset=train, testset=test, **options)
+
+    plain = {**options, "study_name": "plain", "evaluate": lambda agent: to.Evaluation(1.0)}
+    assert to.create_study(**plain).optuna.user_attrs[records.STUDY_SPLITS] is None
+    with pytest.raises(to.ConfigurationError, match="created without trainset=.*a trainset of 10"):
+        to.load_study(trainset=train, **{**plain, "evaluate": run})
+
+
 def test_a_non_finite_score_stops_optimize_naming_the_example(sqlite_url: str) -> None:
     def run(agent: Replier, example: dict[str, str]) -> to.Evaluation:
         out = agent.reply(example["topic"])

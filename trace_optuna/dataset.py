@@ -254,6 +254,83 @@ def check_splits(splits: dict[str, Dataset | None]) -> None:
             seen[example_id] = name
 
 
+#: The options a dataset study's splits are given by, in the order ``trace:splits`` lists them.
+SPLIT_OPTIONS = ("trainset", "valset", "testset")
+
+
+def split_fingerprints(splits: dict[str, Dataset | None]) -> dict[str, Any] | None:
+    """What ``trace:splits`` records of a study's splits: per option, the example count and a
+    hash of the sorted ids (None for a split not given); None for a study without
+    ``trainset``.
+
+    Example:
+        >>> split_fingerprints({"trainset": Dataset(["a", "b"], id=str), "valset": None})
+        {'trainset': {'examples': 2, 'ids_sha256': '0473ef2dc0d324ab'}, 'valset': None}
+    """
+    if splits.get("trainset") is None:
+        return None
+    return {
+        name: None if dataset is None else _fingerprint(dataset)
+        for name, dataset in splits.items()
+    }
+
+
+def _fingerprint(dataset: Dataset) -> dict[str, Any]:
+    text = json.dumps(sorted(dataset.ids), separators=(",", ":"), ensure_ascii=False)
+    return {"examples": len(dataset), "ids_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def check_same_splits(
+    stored: dict[str, Any] | None, current: dict[str, Any] | None, study_name: str
+) -> None:
+    """Refuse reopening a study with other splits than it recorded (:func:`split_fingerprints`).
+
+    Raises:
+        ConfigurationError: Naming the first split that differs and how (a study made with
+            or without ``trainset``, a split given or not, its count, or its ids).
+    """
+    rule = (
+        "A study's splits are fixed for its life (its validation means, per-example rows and "
+        "test score are about those examples): pass the same examples, ids and split seed, or "
+        "use a new study."
+    )
+    if stored is None and current is None:
+        return
+    if stored is None or current is None:
+        made = "without trainset= (evaluate(agent) scores a whole agent)"
+        now = "none"
+        if stored is not None:
+            made = f"with a trainset of {stored['trainset']['examples']} examples"
+        else:
+            assert current is not None
+            now = f"a trainset of {current['trainset']['examples']} examples"
+        raise ConfigurationError(
+            f"Study {study_name!r} was created {made}; this objective has {now}. {rule}"
+        )
+    for name in SPLIT_OPTIONS:
+        before, after = stored.get(name), current.get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            default = " (validation on the training set)" if name == "valset" else ""
+            made = f"with a {name} of {before['examples']} examples" if before else "without"
+            now = f"a {name} of {after['examples']} examples" if after else f"no {name}"
+            if before is None:
+                made += f" {name}{default}"
+            else:
+                now += default
+        else:
+            made = f"with a {name} of {before['examples']} examples (ids {before['ids_sha256']})"
+            if before["examples"] != after["examples"]:
+                change = f"{after['examples']} examples (ids {after['ids_sha256']})"
+            else:
+                change = f"as many examples, other ids ({after['ids_sha256']})"
+            now = f"a {name} of {change}"
+        raise ConfigurationError(
+            f"Study {study_name!r} was created {made}; this objective has {now}. {rule}"
+        )
+
+
 def check_run_signature(run: Any) -> None:
     """Refuse an ``evaluate`` that cannot be called as ``run(agent, example)``.
 

@@ -100,8 +100,10 @@ freeze a sample of each):
 
 Study user attributes: ``trace:test`` (the test set's score of the best candidate:
 {trial, snapshot_hash, mean, examples, ran, at}; written by ``TraceStudy.evaluate_test``, read
-by nothing that chooses), ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
-optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
+by nothing that chooses), ``trace:splits`` (a dataset study's splits, written on first use and
+checked on every reopening: {trainset|valset|testset: {examples, ids_sha256} or None}; None for
+a study without ``trainset``), ``trace:schema``, ``trace:versions`` (python, trace-optuna,
+trace-opt, optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
 ``trace:parameters`` (the agent's parameter paths; the selected ones for a study over shared
 parameters, with ``trace:registry``: {name, on_conflict}), ``trace:strategies`` (fixed for the
 life of the study), ``trace:seed``, ``trace:error_score``, ``trace:agent`` and ``trace:evaluation``
@@ -195,6 +197,7 @@ STUDY_STOP_ISOLATION = "trace:stop_isolation"
 STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
 STUDY_TEST = "trace:test"  # the test set's score of the best candidate (evaluate_test)
+STUDY_SPLITS = "trace:splits"  # a dataset study's splits (fixed; checked on reopening)
 
 # Browsing in optuna-dashboard (trace_optuna.dashboard): long texts in artifacts, the study's
 # description, and the human judgement HumanFeedback waits for.
