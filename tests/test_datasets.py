@@ -249,6 +249,16 @@ def test_minibatch_is_seeded_recorded_and_its_feedback_is_one_backward_pass(
     assert step.dataset["validation"]["total"] == len(val)
     assert attrs[records.MINIBATCH_SCORES]["parent"] == [0.0] * 4
     assert trials[1].value == attrs[records.VALIDATION]["mean"] == 1.0
+    # Its note shows each minibatch example before (the parent) and after (the candidate).
+    feedback = attrs[records.MINIBATCH_FEEDBACK]
+    assert len(feedback["parent"]) == 4 and feedback["parent"][0].startswith("The reply should")
+    assert feedback["candidate"] == ["Good."] * 4
+    from optuna_dashboard import get_note  # the dashboard extra (the tests' environment has it)
+
+    note = get_note(optuna.Trial(study.optuna, trials[1]._trial_id))
+    first = attrs[records.MINIBATCH][0]
+    assert f"| `{first}` | 0 | 1 | +1 | {feedback['parent'][0]} | Good. |" in note
+    assert "- **Validation mean:** 1 over 6 of 6 examples" in note
     # The same seed draws the same minibatches in another study.
     again = dataset_study(f"sqlite:///{tmp_path / 'again.db'}", CountingRun())
     again.optimize(n_trials=3)

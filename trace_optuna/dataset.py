@@ -451,6 +451,15 @@ class DatasetFlow:
         self.minibatch = rng.sample(self.trainset.items(), self.minibatch_size)
         return [example_id for example_id, _ in self.minibatch]
 
+    def stored(
+        self, candidate: str, split: str, examples: Sequence[tuple[str, Any]]
+    ) -> list[ExampleResult]:
+        """The stored rows of ``candidate`` on ``examples`` of ``split``, in their order
+        (scored earlier in this trial, so every one exists)."""
+        assert self._store is not None, "DatasetFlow.begin() was not called"
+        found = self._store.get(candidate, split, [example_id for example_id, _ in examples])
+        return [found[example_id] for example_id, _ in examples]
+
     @contextlib.contextmanager
     def using(self, split: str, examples: Sequence[tuple[str, Any]]) -> Iterator[None]:
         """Calls in this block score ``examples`` of ``split`` instead of the minibatch."""
@@ -676,28 +685,32 @@ def mean(scores: Sequence[float] | None) -> float | None:
 
 
 def acceptance(
-    parent: Sequence[float] | None,
-    candidate: Sequence[float],
+    parent: Sequence[ExampleResult] | None,
+    candidate: Sequence[ExampleResult],
     better: Callable[[float, float], bool],
 ) -> dict[str, Any]:
     """GEPA's acceptance, as record attributes: the candidate is validated unless it is worse
     than its parent on the minibatch (a root candidate, without a parent, always is). A
-    rejected candidate's ``trace:improvement`` is on the minibatch.
+    rejected candidate's ``trace:improvement`` is on the minibatch. The examples' scores and
+    feedback, before and after, are kept for the trial's note.
 
     Args:
-        parent: The parent's scores on the minibatch; None for a root candidate.
+        parent: The parent's rows on the minibatch; None for a root candidate.
         candidate: The candidate's, in the same order.
         better: ``better(a, b)``: score ``a`` is better than ``b`` in the study's direction.
     """
     from trace_optuna import records
 
-    parent_mean, candidate_mean = mean(parent), mean(candidate)
+    parent_scores = None if parent is None else [row.score for row in parent]
+    candidate_scores = [row.score for row in candidate]
+    parent_mean, candidate_mean = mean(parent_scores), mean(candidate_scores)
     assert candidate_mean is not None
     accepted = None if parent_mean is None else not better(parent_mean, candidate_mean)
     attrs: dict[str, Any] = {
-        records.MINIBATCH_SCORES: {
-            "parent": None if parent is None else list(parent),
-            "candidate": list(candidate),
+        records.MINIBATCH_SCORES: {"parent": parent_scores, "candidate": candidate_scores},
+        records.MINIBATCH_FEEDBACK: {
+            "parent": None if parent is None else [row.feedback for row in parent],
+            "candidate": [row.feedback for row in candidate],
         },
         records.MINIBATCH_SCORE: candidate_mean,
         records.PARENT_MINIBATCH_SCORE: parent_mean,

@@ -71,6 +71,9 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
                                (dataset studies, ``trainset=``; see trace_optuna.dataset)
 ``trace:minibatch_scores``     {parent: [float], candidate: [float]}: per-example scores on
                                the minibatch, in ``trace:minibatch``'s order
+``trace:minibatch_feedback``   {parent: [str] | None, candidate: [str]}: each minibatch
+                               example's feedback, in the same order (the trial's note shows
+                               them before/after)
 ``trace:minibatch_score``      float, the candidate's mean on the minibatch
 ``trace:parent_minibatch_score``  float | None, the parent's mean on the same minibatch
 ``trace:accepted``             bool | None, whether the candidate was not worse than its
@@ -173,6 +176,7 @@ INTERRUPTED = "trace:interrupted"  # the trial was interrupted (Ctrl-C) and is r
 # Dataset studies (trainset=): the step on a minibatch, acceptance, validation.
 MINIBATCH = "trace:minibatch"
 MINIBATCH_SCORES = "trace:minibatch_scores"
+MINIBATCH_FEEDBACK = "trace:minibatch_feedback"
 MINIBATCH_SCORE = "trace:minibatch_score"
 PARENT_MINIBATCH_SCORE = "trace:parent_minibatch_score"
 ACCEPTED = "trace:accepted"
@@ -181,6 +185,7 @@ VALIDATION = "trace:validation"
 DATASET_KEYS = (
     MINIBATCH,
     MINIBATCH_SCORES,
+    MINIBATCH_FEEDBACK,
     MINIBATCH_SCORE,
     PARENT_MINIBATCH_SCORE,
     ACCEPTED,
@@ -255,6 +260,7 @@ RESERVED = frozenset(
         INTERRUPTED,
         MINIBATCH,
         MINIBATCH_SCORES,
+        MINIBATCH_FEEDBACK,
         MINIBATCH_SCORE,
         PARENT_MINIBATCH_SCORE,
         ACCEPTED,
@@ -515,8 +521,8 @@ class TrialRecord:
         parent_knobs: ``{parent number: {param: value}}``, the knob values each parent
             re-run for its feedback used (the parent's own).
         dataset: A dataset study's step (``trainset=``): ``{minibatch, minibatch_scores,
-            minibatch_score, parent_minibatch_score, accepted, validated, validation}`` as
-            stored under their ``trace:`` keys; empty for other studies.
+            minibatch_feedback, minibatch_score, parent_minibatch_score, accepted, validated,
+            validation}`` as stored under their ``trace:`` keys; empty for other studies.
         schema: The record's layout version.
     """
 

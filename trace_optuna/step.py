@@ -726,12 +726,13 @@ class TraceObjective:
         ``trace:validated`` False."""
         flow, record = self.dataset, run.record
         assert flow is not None and isinstance(minibatch_score, float)
-        parent_scores = None
+        parent_rows = None
         if proposal.parents:  # rows its live re-run wrote: read, not run again
             parent = run.population.snapshot(proposal.parents[0])
-            parent_scores = self._run_split(run, parent, "train", flow.minibatch, own=False)
-        candidate_scores = [score for _, score in record[records.DETAILS]["examples"]]
-        record.update(dataset.acceptance(parent_scores, candidate_scores, run.view.better))
+            self._run_split(run, parent, "train", flow.minibatch, own=False)
+            parent_rows = flow.last
+        candidate_rows = flow.stored(candidate_hash, "train", flow.minibatch)
+        record.update(dataset.acceptance(parent_rows, candidate_rows, run.view.better))
         if record[records.VALIDATED] is False:
             return minibatch_score
         earlier = run.population.trial_with_snapshot(candidate_hash)
