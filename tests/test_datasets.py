@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import math
 import re
+import sys
 from typing import Any
 
 from opto import trace
@@ -289,6 +290,54 @@ def test_a_worse_candidate_is_not_validated_and_never_a_parent(sqlite_url: str) 
     # Trial 3 starts from trial 1, never from the unvalidated one, whatever its value.
     assert study.trials[3].user_attrs["trace:scripted_parent"] == 1
     assert study.best_trial.number == 1
+
+
+def test_examples_are_the_rows_with_the_trials_that_scored_each_candidate(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above: trial 1 is validated, trial 2 rejected on the minibatch, and trial 3 proposes
+    # trial 1's candidate again (its rows are read, not run).
+    _, _, test = splits()
+    strategy = Scripted(["Hello. order number", "Hello. tracking link"])
+    study = dataset_study(
+        sqlite_url, CountingRun(), strategies=strategy, minibatch_size=10, testset=test
+    )
+    study.optimize(n_trials=4)
+    hashes = [trial.user_attrs[records.SNAPSHOT_HASH] for trial in study.trials]
+    assert hashes[3] == hashes[1] and len(set(hashes)) == 3
+    rows = study.examples()
+    assert all(isinstance(row, to.ExampleRow) for row in rows)
+    assert {row.candidate: row.trials for row in rows} == {
+        hashes[0]: (0,), hashes[1]: (1, 3), hashes[2]: (2,)
+    }  # fmt: skip
+    assert [row.trials[0] for row in rows] == sorted(row.trials[0] for row in rows)
+    splits_of = collections.Counter((row.trials, row.split) for row in rows)
+    # The baseline and trial 1's candidate: the minibatch (all 10 training examples) and the
+    # 6 validation examples; the rejected one only its minibatch; the best one the test set.
+    assert splits_of == {
+        ((0,), "train"): 10, ((0,), "val"): 6, ((1, 3), "train"): 10, ((1, 3), "val"): 6,
+        ((1, 3), "test"): 4, ((2,), "train"): 10,
+    }  # fmt: skip
+    third = study.examples(trial=3)
+    assert third == study.examples(trial=1) and {row.candidate for row in third} == {hashes[1]}
+    assert {row.trial_number for row in third if row.split != "test"} == {1}  # who ran them
+    validation = study.examples(split="val")
+    assert len(validation) == 12 and {row.split for row in validation} == {"val"}
+    assert study.examples(trial=2, split="val") == []
+
+    frame = study.examples(as_dataframe=True)
+    assert list(frame.columns) == list(to.example_rows.COLUMNS) and len(frame) == len(rows)
+    scores = frame[frame.split == "val"].pivot_table("score", "candidate", "example_id")
+    assert scores.shape == (2, 6) and scores.loc[hashes[1]].mean() == pytest.approx(1 / 3)
+
+    with pytest.raises(ValueError, match=r"split must be one of \['train', 'val', 'test'\]"):
+        study.examples(split="validation")
+    with pytest.raises(ValueError, match="has no Trial#9 "):
+        study.examples(trial=9)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
+    with pytest.raises(ImportError, match="as_dataframe=True needs pandas"):
+        study.examples(as_dataframe=True)
+    assert study.examples() == rows
 
 
 def test_cache_hits_still_give_feedback_and_rows_are_not_run_again(sqlite_url: str) -> None:

@@ -17,6 +17,7 @@ EXPORTED = [
     "Dataset",
     "Evaluation",
     "EvaluationTimeout",
+    "ExampleRow",
     "HumanFeedback",
     "HumanFeedbackTimeout",
     "ImproverFailed",

@@ -29,6 +29,7 @@ from trace_optuna._version import __version__
 from trace_optuna.config import Config
 from trace_optuna.dataset import Dataset
 from trace_optuna.evaluation import Evaluation
+from trace_optuna.example_rows import ExampleRow
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import EvaluationTimeout
 from trace_optuna.exceptions import HumanFeedbackTimeout
@@ -67,6 +68,7 @@ __all__ = [
     "Dataset",
     "Evaluation",
     "EvaluationTimeout",
+    "ExampleRow",
     "HumanFeedback",
     "HumanFeedbackTimeout",
     "ImproverFailed",
