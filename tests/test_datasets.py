@@ -208,6 +208,26 @@ def test_the_splits_are_recorded_and_a_reopening_with_other_splits_is_refused(
         to.load_study(trainset=train, **{**plain, "evaluate": run})
 
 
+def test_a_study_bound_before_splits_were_recorded_takes_them_at_its_next_use(
+    sqlite_url: str,
+) -> None:
+    train, val, _ = splits()
+    options: dict[str, Any] = {
+        "storage": sqlite_url, "agent": Replier, "evaluate": CountingRun(), "llm": LLM,
+        "figure_interval": None, "trainset": train,
+    }  # fmt: skip
+    bound = to.create_study(study_name="now", valset=val, **options).optuna.user_attrs
+    # A study bound by a version that did not record its splits: every attribute but those.
+    older = optuna.create_study(study_name="older", storage=sqlite_url, direction="maximize")
+    for key, value in bound.items():
+        if key != records.STUDY_SPLITS:
+            older.set_user_attr(key, value)
+    to.load_study(study_name="older", valset=val, **options)
+    assert older.user_attrs[records.STUDY_SPLITS] == bound[records.STUDY_SPLITS]
+    with pytest.raises(to.ConfigurationError, match="with a valset of 6 examples; .* no valset"):
+        to.load_study(study_name="older", **options)
+
+
 def test_a_non_finite_score_stops_optimize_naming_the_example(sqlite_url: str) -> None:
     def run(agent: Replier, example: dict[str, str]) -> to.Evaluation:
         out = agent.reply(example["topic"])
