@@ -499,6 +499,8 @@ def test_a_dataset_trials_note_shows_its_minibatch_before_and_after() -> None:
     assert "6 of 18 examples (6 run now, the rest read from stored rows); **stopped by" in root
     assert "| example | score | feedback |" in root and "| `order-7` | 1 | Correct. |" in root
     assert "### Minibatch" not in trial_note(1, {records.STRATEGY: "optoprime"}, {})
+    failed = {records.STRATEGY: "optoprime", records.ERROR: "boom", records.MINIBATCH: ["a"]}
+    assert "Examples: `a` (not scored)" in trial_note(2, failed, {})
 
 
 def test_split_diff_keeps_lines_that_look_like_headers() -> None:

@@ -226,6 +226,9 @@ def _dataset_lines(attrs: Mapping[str, Any]) -> list[str]:
     lines.append("")
     before = scores.get("parent") or []
     after = scores.get("candidate") or []
+    if not after:  # the step ended before the candidate was scored
+        examples = ", ".join(f"`{_cell(str(example_id))}`" for example_id in minibatch)
+        return [*lines, f"Examples: {examples} (not scored)", ""]
     before_text = feedback.get("parent") or []
     after_text = feedback.get("candidate") or []
     if before:
