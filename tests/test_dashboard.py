@@ -450,6 +450,59 @@ def test_a_failed_trials_note_says_why() -> None:
     assert "`genetic.mutation_rate` = 0.25" in note and "optoprime.temperature" not in note
 
 
+def dataset_step(accepted: bool | None, validation: dict[str, Any] | None) -> dict[str, Any]:
+    """A dataset trial's record: two minibatch examples, before (parent) and after."""
+    parent = None if accepted is None else [0.0, 1.0]
+    candidate = [1.0, 0.5] if accepted is not False else [0.0, 0.5]
+    return {
+        records.STRATEGY: "optoprime" if parent else records.BASELINE,
+        records.PARENTS: [2] if parent else [],
+        records.SCORE: validation["mean"] if validation else sum(candidate) / 2,
+        records.MINIBATCH: ["order-7", "order|9"],
+        records.MINIBATCH_SCORES: {"parent": parent, "candidate": candidate},
+        records.MINIBATCH_FEEDBACK: {
+            "parent": None if parent is None else ['expected "9.00 EUR", got\n"12"', "Correct."],
+            "candidate": ["Correct." if candidate[0] else "expected 9", "x | y " * 60],
+        },
+        records.MINIBATCH_SCORE: sum(candidate) / 2,
+        records.PARENT_MINIBATCH_SCORE: None if parent is None else 0.5,
+        records.ACCEPTED: accepted,
+        records.VALIDATED: accepted is not False,
+        records.VALIDATION: validation,
+    }
+
+
+def test_a_dataset_trials_note_shows_its_minibatch_before_and_after() -> None:
+    validation = {"mean": 0.8, "scored": 18, "total": 18, "ran": 4, "pruned": False}
+    note = trial_note(5, dataset_step(True, validation), {"strategy": "optoprime"})
+    assert note.startswith("## Trial 5: `optoprime`, score 0.8\n")
+    assert "- **Score:** 0.8 (validation mean)" in note
+    assert "- **Minibatch mean:** 0.5 → 0.75; **accepted**" in note
+    assert "- **Validation mean:** 0.8 over 18 of 18 examples (4 run now" in note
+    table = note[note.index("| example | parent | candidate |") :].splitlines()
+    # Each row: the example, its scores before and after, the change, both feedback texts,
+    # on one line (newlines folded, pipes escaped, long text cut).
+    assert table[2] == '| `order-7` | 0 | 1 | +1 | expected "9.00 EUR", got "12" | Correct. |'
+    assert table[3].startswith("| `order\\|9` | 1 | 0.5 | -0.5 | Correct. | x \\| y x \\| y")
+    assert table[3].endswith("… |") and len(table[3]) < 300
+
+    rejected = trial_note(6, dataset_step(False, None), {"strategy": "optoprime"})
+    assert rejected.startswith("## Trial 6: `optoprime`, score 0.25, not validated\n")
+    assert "- **Score:** 0.25 (minibatch mean, not validated)" in rejected
+    assert "0.5 → 0.25; **rejected**: worse than its parent there" in rejected
+    assert "- **Validation:** none; the trial's value is its minibatch mean" in rejected
+    assert "| `order-7` | 0 | 0 | = | expected" in rejected
+
+    pruned = {"mean": 0.1, "scored": 6, "total": 18, "ran": 6, "pruned": True}
+    root = trial_note(0, dataset_step(None, pruned), {})
+    assert "- **Minibatch mean:** 0.75; a root candidate" in root
+    assert "6 of 18 examples (6 run now, the rest read from stored rows); **stopped by" in root
+    assert "| example | score | feedback |" in root and "| `order-7` | 1 | Correct. |" in root
+    assert "### Minibatch" not in trial_note(1, {records.STRATEGY: "optoprime"}, {})
+    failed = {records.STRATEGY: "optoprime", records.ERROR: "boom", records.MINIBATCH: ["a"]}
+    assert "Examples: `a` (not scored)" in trial_note(2, failed, {})
+
+
 def test_split_diff_keeps_lines_that_look_like_headers() -> None:
     diff = "\n".join(
         [

@@ -28,7 +28,9 @@ from trace_optuna import strategies
 from trace_optuna._version import __version__
 from trace_optuna.budget import Budget
 from trace_optuna.config import Config
+from trace_optuna.dataset import Dataset
 from trace_optuna.evaluation import Evaluation
+from trace_optuna.example_rows import ExampleRow
 from trace_optuna.exceptions import BudgetExhausted
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import EvaluationTimeout
@@ -67,8 +69,10 @@ __all__ = [
     "BudgetExhausted",
     "Config",
     "ConfigurationError",
+    "Dataset",
     "Evaluation",
     "EvaluationTimeout",
+    "ExampleRow",
     "HumanFeedback",
     "HumanFeedbackTimeout",
     "ImproverFailed",

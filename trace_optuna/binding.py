@@ -2,10 +2,10 @@
 on every reopening.
 
 What is fixed for the life of a study (its agent's parameter paths or its shared selection, its
-strategy list, its ``error_score``, its directions) is written once, by the first process that
-binds it, and every later process is refused when it differs. The LLM may change between runs
-(a user may resume with another model): that is logged and warned, and each trial records the
-model it used.
+strategy list, its ``error_score``, its directions, a dataset study's splits) is written once,
+by the first process that binds it, and every later process is refused when it differs. The
+LLM may change between runs (a user may resume with another model): that is logged and
+warned, and each trial records the model it used.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import warnings
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from trace_optuna import dataset
 from trace_optuna import records
 from trace_optuna._warnings import warn_user
 from trace_optuna.evaluation import score_for_study
@@ -98,12 +99,14 @@ def bind(objective: TraceObjective, study: optuna.Study) -> None:
     Raises:
         ConfigurationError: If the directions do not suit the objective, the study holds
             trials that trace_optuna did not make, or it was created with another agent,
-            selection of shared parameters, strategy list or ``error_score``.
+            selection of shared parameters, strategy list, ``error_score`` or splits
+            (``trainset``, ``valset``, ``testset``).
     """
     check_directions(objective, study.directions, study.study_name)
     attrs = study.user_attrs
     paths = sorted(objective.parameters)
     registry = registry_attr(objective)
+    splits = splits_attr(objective)
     if records.SCHEMA not in attrs:
         _refuse_plain_trials(study)
         if study.metric_names is None:  # names the user gave their own study are kept
@@ -119,6 +122,7 @@ def bind(objective: TraceObjective, study: optuna.Study) -> None:
             records.STUDY_STRATEGIES: objective.strategy_names,
             records.STUDY_SEED: objective.seed,
             records.STUDY_ERROR_SCORE: objective.error_score,
+            records.STUDY_SPLITS: splits,
             records.REGISTRY: registry,
             # Last: another worker opening the study at this moment reads a study with a
             # schema as complete, or binds it too (with the same values).
@@ -170,6 +174,10 @@ def bind(objective: TraceObjective, study: optuna.Study) -> None:
             "stored scores of failing candidates would mean two things): reopen it without "
             "error_score (it takes the study's), or use a new study."
         )
+    if records.STUDY_SPLITS in attrs:
+        dataset.check_same_splits(attrs[records.STUDY_SPLITS], splits, name)
+    else:  # bound by a version that did not record them: these are the study's from now on
+        study.set_user_attr(records.STUDY_SPLITS, splits)
     if objective.config.edited_start == "refuse" and objective.shared is None:
         _refuse_edited_start(objective, study)
     stored_llm = attrs.get(records.STUDY_LLM_SETTINGS)
@@ -222,6 +230,14 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def splits_attr(objective: TraceObjective) -> dict[str, Any] | None:
+    """What a study records of its splits (:func:`trace_optuna.dataset.split_fingerprints`)."""
+    config = objective.config
+    return dataset.split_fingerprints(
+        {name: getattr(config, name) for name in dataset.SPLIT_OPTIONS}
+    )
 
 
 def registry_attr(objective: TraceObjective) -> dict[str, Any] | None:

@@ -282,6 +282,30 @@ def _workers(args: argparse.Namespace) -> int:
     )
 
 
+def _test(args: argparse.Namespace) -> int:
+    """Score a dataset study's best candidate on its test set (with --app), or print the
+    stored score (without)."""
+    from trace_optuna import records
+
+    storage = require_storage(args)
+    if args.app is None:
+        stored = load_for_reading(storage, args.study).user_attrs.get(records.STUDY_TEST)
+        if stored is None:
+            print(
+                f"error: study {args.study!r} has no test score yet; give --app to score its "
+                "best candidate on the app's testset",
+                file=sys.stderr,
+            )
+            return 1
+        print(json.dumps(stored, indent=2))
+        return 0
+    from trace_optuna.workers import load_app
+
+    study = load_app(args.app).study(study_name=args.study, storage=storage)
+    print(json.dumps(study.evaluate_test(), indent=2))
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     """Print which isolation layers of the STOP sandbox this machine supports."""
     from trace_optuna.strategies.sandbox import HOW_TO_ENABLE
@@ -348,6 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _worker_arguments(workers)
     workers.set_defaults(run=_workers)
+
+    test = commands.add_parser(
+        "test",
+        help="score a dataset study's best candidate on its test set, or print the stored score",
+    )
+    _storage_argument(test)
+    test.add_argument("--study", required=True, help="study name")
+    test.add_argument(
+        "--app",
+        default=None,
+        help="the trace_optuna.workers.App with the study's testset, as package.module:name; "
+        "without it, the stored test score is printed",
+    )
+    test.set_defaults(run=_test)
 
     doctor = commands.add_parser(
         "doctor", help="print which sandbox isolation layers this machine supports"

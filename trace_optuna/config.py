@@ -35,6 +35,7 @@ from trace_optuna.strategies.optimizer_settings import OptimizerSettings
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
+    from trace_optuna.dataset import Dataset
     from trace_optuna.evaluation import Evaluation
     from trace_optuna.llm import LLM
     from trace_optuna.registry import Selection
@@ -46,6 +47,7 @@ OnConflict = Literal["reevaluate", "skip"]
 SelectorKind = Literal["score", "llm"]
 EditedStart = Literal["evaluate", "refuse"]
 StopIsolation = Literal["required", "none"]
+ParentSelection = Literal["best", "pareto"]
 DirectionLike = str | StudyDirection
 
 
@@ -60,7 +62,8 @@ class Config:
             to open a study for reading only.
         evaluate: ``evaluate(agent) -> Evaluation``, or ``evaluate(agent, trial)`` to sample the
             agent's own knobs (``trial.suggest_*``) and prune in the same trial (see
-            :class:`~trace_optuna.TraceObjective`). None opens a study for reading only.
+            :class:`~trace_optuna.TraceObjective`); with ``trainset``, ``run(agent, example)
+            -> Evaluation`` scoring one example. None opens a study for reading only.
         llm: The optimizer's model: a litellm model string (``"openai/gpt-4o-mini"``;
             ``"simulated/feedback-follower"`` offline) or a :class:`~trace_optuna.LLM`.
         agent_llm: The agent's own model, as ``llm``: while ``evaluate`` runs, every call to a
@@ -138,6 +141,23 @@ class Config:
             it; ``"none"`` opts out: the layers the machine supports are still used, and the
             opt-out is recorded in the study (``trace:stop_isolation``) and in each STOP
             trial. ``trace-optuna doctor`` shows what a machine supports.
+        trainset: A :class:`~trace_optuna.Dataset` (or a list of examples) to optimize over.
+            Given, ``evaluate`` is ``run(agent, example) -> Evaluation`` for one example and
+            each trial is a step on a minibatch of it (see :mod:`trace_optuna.dataset`): the
+            parent runs on the minibatch, its per-example feedback reaches the strategy as one
+            backward pass, and the candidate is validated only if it is not worse there.
+            Single-objective studies only; ``evaluate`` takes no trial.
+        valset: The examples a candidate is validated on (the trial's value is their mean);
+            None: the training set. Needs ``trainset``.
+        testset: Examples scored once, for the best candidate, when ``optimize`` returns and
+            by ``study.evaluate_test()``; never read by a trial. Needs ``trainset``.
+        minibatch_size: Training examples per step, an int from 1 to ``len(trainset)``; None:
+            8, or the whole training set when smaller. Validation runs in chunks of this size.
+        budget: A study-wide budget (``trace_optuna.Budget``), checked before each trial and
+            each validation chunk; None: no budget.
+        parent_selection: Where a dataset study's greedy steps start: ``"best"``, the best
+            validation mean; ``"pareto"``, a candidate best on at least one validation example
+            (GEPA's instance front), drawn with weights = how many examples it leads.
         dashboard_notes: Write each trial's Markdown note for optuna-dashboard (study system
             attributes, in the record's one write). False writes none, so a trial writes
             nothing to its study's rows (each such write waits on, and holds, a lock on the
@@ -186,6 +206,12 @@ class Config:
     figure_interval: float | None = DEFAULT_FIGURE_INTERVAL
     stop_isolation: StopIsolation = "required"
     dashboard_notes: bool = True
+    trainset: Dataset | Sequence[Any] | None = None
+    valset: Dataset | Sequence[Any] | None = None
+    testset: Dataset | Sequence[Any] | None = None
+    minibatch_size: int | None = None
+    budget: Any = None  # trace_optuna.Budget; checked at the merge of issue 14's budgets
+    parent_selection: ParentSelection = "best"
 
     def __post_init__(self) -> None:
         _one_of("evaluate_form", self.evaluate_form, ("agent", "agent_trial"), none=True)
@@ -240,6 +266,7 @@ class Config:
             raise ConfigurationError(
                 f"dashboard_notes must be True or False, got {self.dashboard_notes!r}."
             )
+        self._check_datasets()
 
     @classmethod
     def from_options(
@@ -366,6 +393,52 @@ class Config:
                 "sampler must be an Optuna sampler instance or a function returning one (e.g. "
                 f"optuna.samplers.TPESampler(), not the class), got {sampler!r}."
             )
+
+    def _check_datasets(self) -> None:
+        from trace_optuna import dataset
+
+        _one_of("parent_selection", self.parent_selection, dataset.PARENT_SELECTIONS)
+        for name in ("trainset", "valset", "testset"):
+            object.__setattr__(self, name, dataset.coerce(name, getattr(self, name)))
+        train = self.trainset
+        if train is None:
+            given = [
+                name
+                for name in ("valset", "testset", "minibatch_size")
+                if getattr(self, name) is not None
+            ]
+            if self.parent_selection != "best":
+                given.append("parent_selection")
+            if given:
+                raise ConfigurationError(
+                    f"{', '.join(given)} need(s) trainset=: the dataset form of a study "
+                    "(evaluate as run(agent, example)) is chosen by passing trainset."
+                )
+            return
+        assert isinstance(train, dataset.Dataset)
+        if self.minibatch_size is not None:
+            size = _integer("minibatch_size", self.minibatch_size, minimum=1)
+            if size > len(train):
+                raise ConfigurationError(
+                    f"minibatch_size must be from 1 to the training set's size {len(train)}, "
+                    f"got {size}."
+                )
+            object.__setattr__(self, "minibatch_size", size)
+        dataset.check_splits(
+            {"trainset": train, "valset": self.valset, "testset": self.testset}  # type: ignore[dict-item]
+        )
+        if len(self.study_directions()) > 1:
+            raise ConfigurationError(
+                "trainset needs a single-objective study: a candidate's score is the mean of "
+                f"its examples' scores; this study has directions {self.directions!r}."
+            )
+        if self.evaluate_form == "agent_trial":
+            raise ConfigurationError(
+                "evaluate_form='agent_trial' cannot be used with trainset: evaluate is then "
+                "run(agent, example), called once per example."
+            )
+        if self.evaluate is not None:
+            dataset.check_run_signature(self.evaluate)
 
     def _check_artifacts(self) -> None:
         if self.artifact_dir is not None and self.artifact_store is not None:

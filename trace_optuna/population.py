@@ -25,6 +25,7 @@ scores (:meth:`Population.best` and the ranked queries put working candidates fi
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from collections.abc import Collection
 import dataclasses
 import numbers
@@ -96,6 +97,9 @@ class Population:
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._by_hash: dict[str, int] = {}
         self._children: dict[int, list[int]] = {}
+        #: Where greedy steps start instead of the best, when set: ``rule(population)``
+        #: (a dataset study's ``parent_selection="pareto"``); None from it means the best.
+        self.parent_rule: Callable[[Population], FrozenTrial | None] | None = None
 
     def refresh(self) -> None:
         """Index the trials that finished since the last refresh."""
@@ -118,13 +122,15 @@ class Population:
         failed = self._index_failures(trial, snapshot_hash)
         if trial.state != TrialState.COMPLETE or records.SNAPSHOT not in trial.user_attrs:
             return
-        if snapshot_hash is not None:
+        if snapshot_hash is not None and trial.user_attrs.get(records.VALIDATED) is not False:
             self._by_hash.setdefault(snapshot_hash, trial.number)
         self._completed.append(trial.number)
         for parent in trial.user_attrs.get(records.PARENTS) or []:
             self._children.setdefault(int(parent), []).append(trial.number)
         if records.DUPLICATE_OF in trial.user_attrs:
             return  # a reused score of an earlier candidate is not a new candidate
+        if trial.user_attrs.get(records.VALIDATED) is False:
+            return  # worse than its parent on its minibatch: its value is no validation mean
         if failed:  # completed with error_score: ranked after every working candidate
             self._failed.add(trial.number)
             best_failed = self._best_failed
@@ -247,6 +253,10 @@ class Population:
         Trials that reused an earlier candidate's score do not count as new candidates, and a
         failed candidate (completed with ``error_score``) is chosen only when none works.
         """
+        if self.parent_rule is not None:
+            chosen = self.parent_rule(self)
+            if chosen is not None:
+                return chosen
         if len(self._signs) == 1:
             return self._best or self._best_failed
         if not self._front:
@@ -271,9 +281,13 @@ class Population:
         return sorted(self._front, key=lambda trial: trial.number)
 
     def candidates(self) -> list[FrozenTrial]:
-        """Completed trials that evaluated a new candidate (reused duplicates left out)."""
+        """Completed trials that evaluated a new candidate (reused duplicates left out, and a
+        dataset study's candidates that were not validated)."""
         return [
-            trial for trial in self.completed() if records.DUPLICATE_OF not in trial.user_attrs
+            trial
+            for trial in self.completed()
+            if records.DUPLICATE_OF not in trial.user_attrs
+            and trial.user_attrs.get(records.VALIDATED) is not False
         ]
 
     def top_k(self, k: int) -> list[FrozenTrial]:

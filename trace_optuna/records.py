@@ -67,6 +67,23 @@ Trial user attributes (schema 2; ``<path>`` is a parameter path such as ``instru
 ``trace:artifacts``            {attribute key: {artifact_id, filename, chars}}: long LLM
                                texts uploaded to the study's artifact store; the attribute
                                keeps their start (see :mod:`trace_optuna.dashboard`)
+``trace:minibatch``            list[str], the ids of the training examples the step ran on
+                               (dataset studies, ``trainset=``; see trace_optuna.dataset)
+``trace:minibatch_scores``     {parent: [float], candidate: [float]}: per-example scores on
+                               the minibatch, in ``trace:minibatch``'s order
+``trace:minibatch_feedback``   {parent: [str] | None, candidate: [str]}: each minibatch
+                               example's feedback, in the same order (the trial's note shows
+                               them before/after)
+``trace:minibatch_score``      float, the candidate's mean on the minibatch
+``trace:parent_minibatch_score``  float | None, the parent's mean on the same minibatch
+``trace:accepted``             bool | None, whether the candidate was not worse than its
+                               parent on the minibatch (None: a root candidate, no parent)
+``trace:validated``            bool, whether it was scored on the validation set; False: the
+                               trial's value is the minibatch mean and it is never a parent
+``trace:validation``           {mean, scored, total, ran, pruned}: the validation mean over
+                               ``scored`` of ``total`` examples (``ran`` of them run now, the
+                               rest read from the study's per-example rows); ``pruned``: the
+                               study's pruner stopped it (its rows stay)
 ``trace:human``                {status: waiting | answered | timed out, asked_at, timeout_s}
                                while :class:`~trace_optuna.dashboard.HumanFeedback` waits
 ``trace:human_output``         str, the candidate's output shown to the person
@@ -84,8 +101,12 @@ freeze a sample of each):
   (:func:`llm_call_key`, the name ``trace:artifacts`` uses) reads either layout.
 * 1: the first layout.
 
-Study user attributes: ``trace:schema``, ``trace:versions`` (python, trace-optuna, trace-opt,
-optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
+Study user attributes: ``trace:test`` (the test set's score of the best candidate:
+{trial, snapshot_hash, mean, examples, ran, at}; written by ``TraceStudy.evaluate_test``, read
+by nothing that chooses), ``trace:splits`` (a dataset study's splits, written on first use and
+checked on every reopening: {trainset|valset|testset: {examples, ids_sha256} or None}; None for
+a study without ``trainset``), ``trace:schema``, ``trace:versions`` (python, trace-optuna,
+trace-opt, optuna, litellm, sqlalchemy), ``trace:llm_settings`` (model and settings, never keys),
 ``trace:parameters`` (the agent's parameter paths; the selected ones for a study over shared
 parameters, with ``trace:registry``: {name, on_conflict}), ``trace:strategies`` (fixed for the
 life of the study), ``trace:seed``, ``trace:error_score``, ``trace:agent`` and ``trace:evaluation``
@@ -152,6 +173,25 @@ PARENT_KNOBS = "trace:parent_knobs"
 REGISTRY = "trace:registry"
 PUBLISH = "trace:publish"
 INTERRUPTED = "trace:interrupted"  # the trial was interrupted (Ctrl-C) and is re-run on resume
+# Dataset studies (trainset=): the step on a minibatch, acceptance, validation.
+MINIBATCH = "trace:minibatch"
+MINIBATCH_SCORES = "trace:minibatch_scores"
+MINIBATCH_FEEDBACK = "trace:minibatch_feedback"
+MINIBATCH_SCORE = "trace:minibatch_score"
+PARENT_MINIBATCH_SCORE = "trace:parent_minibatch_score"
+ACCEPTED = "trace:accepted"
+VALIDATED = "trace:validated"
+VALIDATION = "trace:validation"
+DATASET_KEYS = (
+    MINIBATCH,
+    MINIBATCH_SCORES,
+    MINIBATCH_FEEDBACK,
+    MINIBATCH_SCORE,
+    PARENT_MINIBATCH_SCORE,
+    ACCEPTED,
+    VALIDATED,
+    VALIDATION,
+)
 
 STUDY_VERSIONS = "trace:versions"
 STUDY_LLM_SETTINGS = "trace:llm_settings"
@@ -161,6 +201,8 @@ STUDY_STRATEGIES = "trace:strategies"
 STUDY_STOP_ISOLATION = "trace:stop_isolation"
 STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
+STUDY_TEST = "trace:test"  # the test set's score of the best candidate (evaluate_test)
+STUDY_SPLITS = "trace:splits"  # a dataset study's splits (fixed; checked on reopening)
 
 # Browsing in optuna-dashboard (trace_optuna.dashboard): long texts in artifacts, the study's
 # description, and the human judgement HumanFeedback waits for.
@@ -216,6 +258,14 @@ RESERVED = frozenset(
         REGISTRY,
         PUBLISH,
         INTERRUPTED,
+        MINIBATCH,
+        MINIBATCH_SCORES,
+        MINIBATCH_FEEDBACK,
+        MINIBATCH_SCORE,
+        PARENT_MINIBATCH_SCORE,
+        ACCEPTED,
+        VALIDATED,
+        VALIDATION,
     }
 )
 
@@ -470,6 +520,9 @@ class TrialRecord:
         knobs: The params ``evaluate(agent, trial)`` suggested (the agent's own knobs).
         parent_knobs: ``{parent number: {param: value}}``, the knob values each parent
             re-run for its feedback used (the parent's own).
+        dataset: A dataset study's step (``trainset=``): ``{minibatch, minibatch_scores,
+            minibatch_feedback, minibatch_score, parent_minibatch_score, accepted, validated,
+            validation}`` as stored under their ``trace:`` keys; empty for other studies.
         schema: The record's layout version.
     """
 
@@ -503,6 +556,7 @@ class TrialRecord:
     knobs: dict[str, Any]
     parent_knobs: dict[int, dict[str, Any]]
     schema: int
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def check_schema(attrs: Mapping[str, Any], owner: str) -> int:
@@ -598,6 +652,9 @@ def build_record(trial: FrozenTrial, snapshot: dict[str, Any]) -> TrialRecord:
         parent_knobs={
             int(number): dict(knobs)
             for number, knobs in (decode(attrs, PARENT_KNOBS) or {}).items()
+        },
+        dataset={
+            key.removeprefix(PREFIX): decode(attrs, key) for key in DATASET_KEYS if key in attrs
         },
         schema=schema,
     )

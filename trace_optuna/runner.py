@@ -30,6 +30,8 @@ from optuna.trial import TrialState
 
 from trace_optuna import records
 from trace_optuna import snapshots
+from trace_optuna.dataset import Dataset
+from trace_optuna.dataset import DatasetFlow
 from trace_optuna.evaluation import Evaluation
 from trace_optuna.evaluation import score_for_study
 from trace_optuna.exceptions import ConfigurationError
@@ -99,8 +101,14 @@ class AgentRunner:
     def __init__(self, config: Config, shared: Share | None) -> None:
         self.shared = shared
         self.make_agent = agent_factory(config)
-        self.evaluate_takes_trial = takes_trial(config.evaluate, config.evaluate_form)
-        self.evaluate: Callable[..., Evaluation] = config.evaluate  # type: ignore[assignment]
+        self.dataset: DatasetFlow | None = None
+        if config.trainset is None:
+            self.evaluate_takes_trial = takes_trial(config.evaluate, config.evaluate_form)
+            self.evaluate: Callable[..., Evaluation] = config.evaluate  # type: ignore[assignment]
+        else:  # the dataset form: evaluate(agent) scores the trial's examples, batched
+            self.dataset = dataset_flow(config, self._candidate_hash)
+            self.evaluate_takes_trial = False
+            self.evaluate = self.dataset
         self.timeout = config.evaluate_timeout
         self.max_feedback_chars = config.max_feedback_chars
         self.agent = self.make_agent()
@@ -120,6 +128,9 @@ class AgentRunner:
         shared_values = {} if self.shared is None else self.shared.context_values()
         snapshots.restore(self.agent, {**shared_values, **values})
 
+    def _candidate_hash(self) -> str:
+        return snapshots.snapshot_hash(self.owned_snapshot())
+
     def owned_snapshot(self) -> dict[str, Any]:
         """The agent's current values of the parameters this study optimizes."""
         return {path: node._data for path, node in self.parameters.items()}
@@ -128,9 +139,10 @@ class AgentRunner:
         self,
         values: dict[str, Any],
         context: RunContext,
-        trial: optuna.Trial | ParentTrial,
+        trial: optuna.Trial | ParentTrial | None,
     ) -> RunResult:
-        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one).
+        """Restore ``values`` into the agent and evaluate it (with ``trial``, if it takes one;
+        None outside a trial, for a dataset study's test set).
 
         In a study over shared parameters, ``values`` are the study's own; the others come from
         the registry version the trial runs with.
@@ -147,7 +159,7 @@ class AgentRunner:
             node.zero_feedback()
         self.live = None
         started = time.perf_counter()
-        suggested_before = set(trial.params)
+        suggested_before = set() if trial is None else set(trial.params)
         try:
             with _time_limit(self.timeout):
                 if self.evaluate_takes_trial:
@@ -188,7 +200,7 @@ class AgentRunner:
             )
         finally:
             context.evaluate_s += time.perf_counter() - started
-            if not isinstance(trial, ParentTrial):  # what evaluate suggested: the agent's knobs
+            if trial is not None and not isinstance(trial, ParentTrial):  # the agent's knobs
                 suggested = set(trial.params) - suggested_before
                 context.knobs.update(suggested)
                 check_names(suggested, context.strategy_names)
@@ -257,8 +269,11 @@ class AgentRunner:
             knobs = {name: parent.params[name] for name in stored if name in parent.params}
         else:
             parent_trial = ParentTrial(parent, trial)
+            # A dataset study's parent runs every minibatch example: the graph is the point.
+            live_runs = contextlib.nullcontext() if self.dataset is None else self.dataset.live()
             try:
-                run = self.run(parent_snapshot, context, parent_trial)
+                with live_runs:
+                    run = self.run(parent_snapshot, context, parent_trial)
             except TrialPruned as error:
                 # Pruning judges the running trial's candidate, never a parent's re-run.
                 raise TraceOptunaError(
@@ -328,6 +343,22 @@ def depends_on(output: Node, parameters: Iterable[Node]) -> bool:
             seen.add(id(node))
             stack.extend(node.parents)
     return False
+
+
+def dataset_flow(config: Config, candidate_hash: Callable[[], str]) -> DatasetFlow:
+    """The dataset form's ``evaluate(agent)`` for a study given ``trainset``."""
+    assert config.evaluate is not None and isinstance(config.trainset, Dataset)
+    error_score = config.error_score
+    return DatasetFlow(
+        config.evaluate,
+        trainset=config.trainset,
+        valset=config.valset,  # type: ignore[arg-type]
+        testset=config.testset,  # type: ignore[arg-type]
+        minibatch_size=config.minibatch_size,
+        error_score=error_score if isinstance(error_score, float) else None,
+        parent_selection=config.parent_selection,
+        candidate_hash=candidate_hash,
+    )
 
 
 def agent_factory(config: Config) -> Callable[[], Any]:

@@ -66,6 +66,7 @@ from typing import Any
 from optuna.exceptions import TrialPruned
 
 from trace_optuna import binding
+from trace_optuna import dataset
 from trace_optuna import graph
 from trace_optuna import records
 from trace_optuna import snapshots
@@ -108,6 +109,7 @@ if TYPE_CHECKING:
     from optuna.study import StudyDirection
     from optuna.trial import FrozenTrial
 
+    from trace_optuna.dataset import DatasetFlow
     from trace_optuna.registry import State
 
 _logger = logging.getLogger(__name__)
@@ -220,6 +222,11 @@ class TraceObjective:
         return self.runner.evaluate
 
     @property
+    def dataset(self) -> DatasetFlow | None:
+        """A dataset study's flow (``trainset=``): minibatches, validation, the test set."""
+        return self.runner.dataset
+
+    @property
     def evaluate_takes_trial(self) -> bool:
         """Whether ``evaluate`` is called as ``evaluate(agent, trial)``."""
         return self.runner.evaluate_takes_trial
@@ -312,6 +319,33 @@ class TraceObjective:
             self.coordinator = coordinator_for(study._storage)
         return self.coordinator
 
+    def evaluate_test(self, study: optuna.Study, number: int) -> dict[str, Any]:
+        """Score trial ``number``'s candidate on the test set, once, outside any trial, and
+        store it as the study's ``trace:test`` (see :func:`trace_optuna.dataset.score_test`).
+
+        Raises:
+            ConfigurationError: If the study has no test set.
+            TrialFailed: If the candidate fails on it.
+        """
+        flow = self.dataset
+        if flow is None or flow.testset is None:
+            raise ConfigurationError(
+                f"Study {study.study_name!r} has no test set: give testset= (with trainset=)."
+            )
+        values = self.population(study).snapshot(number)
+        context = RunContext(list(study.directions), study.study_name, self.strategy_names)
+
+        def run_examples() -> None:
+            result = self.runner.run(values, context, None)
+            if result.failed:
+                raise TrialFailed(
+                    f"Trial#{number}'s candidate failed on the test set: {result.error}"
+                )
+
+        with _STEP_LOCK:
+            candidate = snapshots.snapshot_hash(values)
+            return dataset.score_test(flow, run_examples, study, number, candidate)
+
     # -- one trial ------------------------------------------------------------------------
 
     def __call__(self, trial: optuna.Trial) -> Score:
@@ -373,6 +407,8 @@ class TraceObjective:
     def _step(self, run: _TrialRun) -> Score:
         """The step: a candidate proposed, evaluated (once in the study), scored, published."""
         self._read_population(run)
+        _check_budget(self.config, run.trial.study)
+        self._draw_minibatch(run)
         shared_state = self._read_registry(run)
         best_before = run.view.best()
         proposal = self._propose(run, best_before)
@@ -397,7 +433,9 @@ class TraceObjective:
                     f"Trial#{run.trial.number}'s record holds the traceback."
                 )
         score = self._score(run, proposal, result)
-        if not result.failed and result.output is not None:
+        if self.dataset is not None and not result.failed:  # accepted on the minibatch?
+            score = self._validate(run, proposal, candidate_hash, score)
+        if not result.failed and result.output is not None and self.dataset is None:
             version = None if shared_state is None else shared_state.version
             self.runner.live = Live(run.trial.number, candidate_hash, result, version)
         publishable = result.reused_from is None and not result.failed
@@ -420,6 +458,25 @@ class TraceObjective:
             started = run.population.trial(run.retry_of).datetime_start
             run.view = Population(run.trial.study, finished_before=started)
             run.view.refresh()
+
+    def _draw_minibatch(self, run: _TrialRun) -> None:
+        """A dataset study: the trial's seeded minibatch of the training set (a retry draws
+        the dead trial's), and with ``parent_selection="pareto"`` its parent rule."""
+        flow = self.dataset
+        if flow is None:
+            return
+        seed = f"{self.seed}:{run.trial.number if run.retry_of is None else run.retry_of}"
+        run.record[records.MINIBATCH] = flow.begin(run.trial.study, run.trial.number, seed)
+        if flow.parent_selection == "pareto":
+            rng = random.Random(f"{seed}:parent")
+            chosen: list[FrozenTrial | None] = []  # drawn once: every best() of the trial agrees
+
+            def pareto_parent(view: Population) -> FrozenTrial | None:
+                if not chosen:
+                    chosen.append(flow.pareto_parent(view, rng))
+                return chosen[0]
+
+            run.view.parent_rule = pareto_parent
 
     def _read_registry(self, run: _TrialRun) -> State | None:
         """Run this trial with the registry's newest values of the paths the study does not
@@ -540,6 +597,9 @@ class TraceObjective:
             # Its score may depend on this trial's knobs, sampled only as evaluate runs: another
             # trial's score of the same snapshot came from other knob values. Nothing to reuse.
             return evaluate(values)
+        if self.dataset is not None:
+            # Scored on this trial's minibatch: the study's per-example rows are the cache.
+            return evaluate(values)
         return run.claims.evaluate_once(run.population, values, evaluate)
 
     def _record_candidate(
@@ -657,6 +717,70 @@ class TraceObjective:
             run.record[records.IMPROVEMENT] = _improvement(score, proposal.parent_score)
         return score
 
+    def _validate(
+        self, run: _TrialRun, proposal: Proposal, candidate_hash: str, minibatch_score: Score
+    ) -> Score:
+        """A dataset study's candidate, scored on the minibatch: compared with its parent
+        there, and only if not worse scored on the validation set (GEPA's rule), in chunks a
+        pruner may stop. The trial's value: the validation mean, or the minibatch mean with
+        ``trace:validated`` False."""
+        flow, record = self.dataset, run.record
+        assert flow is not None and isinstance(minibatch_score, float)
+        parent_rows = None
+        if proposal.parents:  # rows its live re-run wrote: read, not run again
+            parent = run.population.snapshot(proposal.parents[0])
+            self._run_split(run, parent, "train", flow.minibatch, own=False)
+            parent_rows = flow.last
+        candidate_rows = flow.stored(candidate_hash, "train", flow.minibatch)
+        record.update(dataset.acceptance(parent_rows, candidate_rows, run.view.better))
+        if record[records.VALIDATED] is False:
+            return minibatch_score
+        earlier = run.population.trial_with_snapshot(candidate_hash)
+        if earlier is not None:  # e.g. no change proposed: its validation rows are all there
+            record[records.DUPLICATE_OF] = earlier
+        values = proposal.snapshot
+        try:
+            validation = dataset.validate(
+                flow,
+                lambda chunk: self._run_split(run, values, "val", chunk),
+                run.trial,
+                may_prune=bool(proposal.parents),
+                before_chunk=lambda: _check_budget(self.config, run.trial.study),
+            )
+        finally:
+            self.runner.hold(values)
+        record[records.VALIDATION] = dataclasses.asdict(validation)
+        record[records.SCORE] = validation.mean
+        if proposal.parent_score is not None:
+            record[records.IMPROVEMENT] = _improvement(validation.mean, proposal.parent_score)
+        if validation.pruned:
+            raise TrialPruned(
+                f"Trial#{run.trial.number}: validation stopped by the study's pruner after "
+                f"{validation.scored} of {validation.total} examples (mean {validation.mean:g})."
+            )
+        return validation.mean
+
+    def _run_split(
+        self,
+        run: _TrialRun,
+        values: dict[str, Any],
+        split: str,
+        examples: Sequence[Any],
+        own: bool = True,
+    ) -> list[float]:
+        """Score ``values`` on ``examples`` of ``split`` through the study's rows (the dataset
+        flow's ``last`` holds them); return the scores. A failure fails the trial, remembered
+        as the candidate's when the values are its ``own`` (not its parent's)."""
+        assert self.dataset is not None
+        with self.dataset.using(split, examples):
+            result = self.runner.run(values, run.context, run.trial)
+        if result.failed:
+            assert result.error is not None
+            if own:
+                _record_failure(run.record, result)
+            raise _CandidateFailed(f"{result.error} (scoring the {split} split)")
+        return [row.score for row in self.dataset.last]
+
     def _publish(
         self,
         run: _TrialRun,
@@ -723,6 +847,15 @@ class TraceObjective:
             calls = self.agent_llm.take_calls()
             record.update(records.llm_usage(self.agent_llm.model, calls, agent=True))
         return record
+
+
+def _check_budget(config: Config, study: optuna.Study) -> None:
+    """THE call site of the study-wide budget (issue 14), before each trial and each
+    validation chunk: nothing while ``config.budget`` is None."""
+    if config.budget is None:
+        return
+    # Wired at the merge with trace_optuna.budget: raise BudgetExhausted when
+    # config.budget.exhausted(budget.spent(study)) names a reason.
 
 
 class _CandidateFailed(Exception):

@@ -25,6 +25,9 @@ from trace_optuna.binding import check_requested_directions
 from trace_optuna.config import Config
 from trace_optuna.config import check_optimize_arguments
 from trace_optuna.coordination import coordinator_for
+from trace_optuna.example_rows import ExampleRow
+from trace_optuna.example_rows import as_dataframe as to_dataframe
+from trace_optuna.example_rows import example_rows
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import NoCompletedTrialError
 from trace_optuna.exceptions import RecordError
@@ -46,6 +49,7 @@ from trace_optuna.storage import resolve_storage
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
+    import pandas as pd
 
     from trace_optuna.records import TrialRecord
 
@@ -157,6 +161,8 @@ class TraceStudy:
                 gc_after_trial=gc_after_trial,
                 show_progress_bar=show_progress_bar,
             )
+            if self.config.testset is not None and self._population().best() is not None:
+                self.evaluate_test()  # the test set, once, now that the search is over
         except KeyError as error:  # Optuna's storages say a missing record this way
             if _study_exists(self._study):
                 raise
@@ -186,6 +192,62 @@ class TraceStudy:
                 "Study %r reached its target %s; stopping.", self.study_name, self.config.target
             )
             study.stop()
+
+    def evaluate_test(self) -> dict[str, Any]:
+        """Score the best candidate on the test set and store it as the study's
+        ``trace:test`` (``optimize`` does this when it returns). Rows already stored for that
+        candidate are read, not run again. No trial, sampler, strategy or parent selection
+        reads the test set or this record.
+
+        Returns:
+            ``{trial, snapshot_hash, mean, examples, ran, at}``.
+
+        Raises:
+            ConfigurationError: For a study without ``testset``, or opened for reading only.
+        """
+        objective = self.objective
+        number = self.best_trial.number
+        put_back_module_functions = keep_module_functions(objective.agent)
+        try:
+            return objective.evaluate_test(self._study, number)
+        finally:
+            put_back_module_functions()
+
+    @property
+    def test_result(self) -> dict[str, Any] | None:
+        """The stored ``trace:test`` record (see :meth:`evaluate_test`), or None."""
+        return self._study.user_attrs.get(records.STUDY_TEST)
+
+    def examples(
+        self, trial: int | None = None, split: str | None = None, *, as_dataframe: bool = False
+    ) -> list[ExampleRow] | pd.DataFrame:
+        """A dataset study's per-example rows, for analysis: every (candidate, split, example)
+        result stored, each with the trials that scored its candidate.
+
+        Args:
+            trial: Only the rows of this trial's candidate (its minibatch, validation and test
+                rows, whichever trial ran them); None: every candidate's.
+            split: Only ``"train"``, ``"val"`` or ``"test"`` rows; None: all.
+            as_dataframe: Return a pandas DataFrame (one row per result, the columns of
+                :data:`trace_optuna.example_rows.COLUMNS`), as ``optuna.Study.
+                trials_dataframe`` does; needs pandas.
+
+        Returns:
+            :class:`~trace_optuna.ExampleRow` objects (a stored result plus ``trials``),
+            ordered by their candidate's first trial, split and example id; or the DataFrame.
+
+        Raises:
+            ValueError: For an unknown split or trial number.
+            ImportError: With ``as_dataframe=True`` when pandas is not installed.
+
+        Example::
+
+            wrong = [row for row in study.examples(split="val") if row.score < 1]
+            frame = study.examples(split="val", as_dataframe=True)
+            frame.pivot_table("score", "candidate", "example_id")  # candidates x examples
+        """
+        rows = example_rows(self._study, trial, split)
+        return to_dataframe(rows) if as_dataframe else rows
 
     @property
     def trials(self) -> list[FrozenTrial]:

@@ -18,6 +18,8 @@ NOTE_DIFF_CHARS = 6_000
 """The longest diff block a note shows per parameter; ``trace:diff`` keeps all of it."""
 NOTE_TEXT_CHARS = 3_000
 """The longest feedback or output a note shows; the attributes keep all of it."""
+NOTE_CELL_CHARS = 200
+"""The longest feedback a minibatch table cell shows (``trace:minibatch_feedback`` keeps it)."""
 
 
 _note_versions: dict[int, tuple[int, int]] = {}  # trial id -> (version, chunks) written here
@@ -77,6 +79,8 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
         improvement = attrs.get(records.IMPROVEMENT)
         if improvement is not None:
             headline += f" ({_signed(improvement)})"
+        if attrs.get(records.VALIDATED) is False:
+            headline += ", not validated"
     lines = [f"## Trial {number}: `{strategy}`, {headline}", ""]
 
     settings = {
@@ -99,6 +103,9 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
     if score is not None:
         improvement = attrs.get(records.IMPROVEMENT)
         text = _number(score)
+        validated = attrs.get(records.VALIDATED)
+        if validated is not None:  # a dataset study: which mean the score is
+            text += " (validation mean)" if validated else " (minibatch mean, not validated)"
         if improvement is not None:
             text += f", improvement {_signed(improvement)} over the parent"
         lines.append(f"- **Score:** {text}")
@@ -122,6 +129,7 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
 
     if error:
         lines += ["### Error", "", _fenced(str(error), "text"), ""]
+    lines += _dataset_lines(attrs)
     parent_feedback = attrs.get(records.PARENT_FEEDBACK)
     if parent_feedback:
         lines += ["### Feedback that drove this step", "", _fenced(parent_feedback, "text"), ""]
@@ -175,6 +183,89 @@ def trial_note(number: int, attrs: Mapping[str, Any], params: Mapping[str, Any])
             f"{timing.get('llm_s', 0):.3g} s, total {timing.get('total_s', 0):.3g} s.*"
         )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _dataset_lines(attrs: Mapping[str, Any]) -> list[str]:
+    """A dataset study's step: the minibatch examples' scores and feedback before (the parent)
+    and after (the candidate), whether it was accepted and validated, the validation mean."""
+    minibatch = attrs.get(records.MINIBATCH)
+    if not minibatch:
+        return []
+    scores = attrs.get(records.MINIBATCH_SCORES) or {}
+    feedback = attrs.get(records.MINIBATCH_FEEDBACK) or {}
+    parent_mean = attrs.get(records.PARENT_MINIBATCH_SCORE)
+    candidate_mean = attrs.get(records.MINIBATCH_SCORE)
+    accepted = attrs.get(records.ACCEPTED)
+    validated = attrs.get(records.VALIDATED)
+    validation = attrs.get(records.VALIDATION)
+    lines = [f"### Minibatch: {len(minibatch)} training examples", ""]
+    if candidate_mean is not None:
+        if accepted is None:
+            verdict = "a root candidate (no parent to compare with)"
+        elif accepted:
+            verdict = "**accepted**: not worse than its parent there"
+        else:
+            verdict = "**rejected**: worse than its parent there, so it was not validated"
+        means = _number(candidate_mean)
+        if parent_mean is not None:
+            means = f"{_number(parent_mean)} → {means}"
+        lines.append(f"- **Minibatch mean:** {means}; {verdict}")
+    if isinstance(validation, dict):
+        text = (
+            f"{_number(validation.get('mean'))} over {validation.get('scored')} of "
+            f"{validation.get('total')} examples ({validation.get('ran')} run now, the rest "
+            "read from stored rows)"
+        )
+        if validation.get("pruned"):
+            text += "; **stopped by the study's pruner**"
+        lines.append(f"- **Validation mean:** {text}")
+    elif validated is False:
+        lines.append("- **Validation:** none; the trial's value is its minibatch mean")
+    elif validated and candidate_mean is not None:
+        lines.append("- **Validation:** not finished")
+    lines.append("")
+    before = scores.get("parent") or []
+    after = scores.get("candidate") or []
+    if not after:  # the step ended before the candidate was scored
+        examples = ", ".join(f"`{_cell(str(example_id))}`" for example_id in minibatch)
+        return [*lines, f"Examples: {examples} (not scored)", ""]
+    before_text = feedback.get("parent") or []
+    after_text = feedback.get("candidate") or []
+    if before:
+        lines += [
+            "| example | parent | candidate | change | parent's feedback | candidate's feedback |",
+            "|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += ["| example | score | feedback |", "|---|---|---|"]
+    for index, example_id in enumerate(minibatch):
+        after_score = _item(after, index)
+        row = [f"`{_cell(str(example_id))}`"]
+        if before:
+            before_score = _item(before, index)
+            change = ""
+            if isinstance(before_score, (int, float)) and isinstance(after_score, (int, float)):
+                difference = after_score - before_score
+                change = "=" if difference == 0 else _signed(difference)
+            row += [_number(before_score), _number(after_score), change]
+            row += [_cell(_item(before_text, index)), _cell(_item(after_text, index))]
+        else:
+            row += [_number(after_score), _cell(_item(after_text, index))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return lines
+
+
+def _item(values: list[Any], index: int) -> Any:
+    return values[index] if index < len(values) else ""
+
+
+def _cell(value: Any) -> str:
+    """Text for a Markdown table cell: one line, pipes escaped, at most NOTE_CELL_CHARS."""
+    text = " ".join(str(value).split())
+    if len(text) > NOTE_CELL_CHARS:
+        text = text[: NOTE_CELL_CHARS - 1] + "…"
+    return text.replace("|", "\\|")
 
 
 def _usage_table(llm: dict[str, Any]) -> list[str]:
