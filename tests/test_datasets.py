@@ -355,7 +355,7 @@ def test_examples_are_the_rows_with_the_trials_that_scored_each_candidate(
     with pytest.raises(ValueError, match="has no Trial#9 "):
         study.examples(trial=9)
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
-    with pytest.raises(ImportError, match="as_dataframe=True needs pandas"):
+    with pytest.raises(ImportError, match="as_dataframe needs pandas"):
         study.examples(as_dataframe=True)
     assert study.examples() == rows
 

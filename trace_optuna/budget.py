@@ -22,6 +22,7 @@ BudgetExhausted` with it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 from typing import Any
 
@@ -182,3 +183,16 @@ def spent(study: Any) -> Spend:
         elif usage["calls"]:
             unpriced += 1
     return Spend(usd=usd, evaluations=evaluations, llm_calls=calls, unpriced_trials=unpriced)
+
+
+def record_exhausted(study: optuna.Study, reason: str) -> None:
+    """Say in the study why its workers stopped: the study user attribute
+    ``trace:budget_exhausted`` (``{"reason": ..., "at": ISO time}``), read by
+    :func:`exhausted_record` and shown by ``trace-optuna status``-like readers."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    study.set_user_attr(records.STUDY_BUDGET_EXHAUSTED, {"reason": reason, "at": stamp})
+
+
+def exhausted_record(study: optuna.Study) -> dict[str, Any] | None:
+    """Why the study's workers stopped on its budget (:func:`record_exhausted`), or None."""
+    return study.user_attrs.get(records.STUDY_BUDGET_EXHAUSTED)

@@ -35,6 +35,7 @@ from trace_optuna.strategies.optimizer_settings import OptimizerSettings
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
+    from trace_optuna.budget import Budget
     from trace_optuna.dataset import Dataset
     from trace_optuna.evaluation import Evaluation
     from trace_optuna.llm import LLM
@@ -153,8 +154,12 @@ class Config:
             by ``study.evaluate_test()``; never read by a trial. Needs ``trainset``.
         minibatch_size: Training examples per step, an int from 1 to ``len(trainset)``; None:
             8, or the whole training set when smaller. Validation runs in chunks of this size.
-        budget: A study-wide budget (``trace_optuna.Budget``), checked before each trial and
-            each validation chunk; None: no budget.
+        budget: A study-wide budget (:class:`trace_optuna.Budget`: dollars, evaluations of
+            examples, LLM calls), counting every worker's spend as the database holds it,
+            checked before each trial and each validation chunk. When it is spent, the trial
+            under way ends PRUNED with the reason in its record, ``optimize`` returns, the
+            study's ``trace:budget_exhausted`` says why, and later ``optimize`` calls start no
+            trial. ``evaluations`` needs ``trainset``. None: no budget.
         parent_selection: Where a dataset study's greedy steps start: ``"best"``, the best
             validation mean; ``"pareto"``, a candidate best on at least one validation example
             (GEPA's instance front), drawn with weights = how many examples it leads.
@@ -210,7 +215,7 @@ class Config:
     valset: Dataset | Sequence[Any] | None = None
     testset: Dataset | Sequence[Any] | None = None
     minibatch_size: int | None = None
-    budget: Any = None  # trace_optuna.Budget; checked at the merge of issue 14's budgets
+    budget: Budget | None = None
     parent_selection: ParentSelection = "best"
 
     def __post_init__(self) -> None:
@@ -267,6 +272,7 @@ class Config:
                 f"dashboard_notes must be True or False, got {self.dashboard_notes!r}."
             )
         self._check_datasets()
+        self._check_budget()
 
     @classmethod
     def from_options(
@@ -439,6 +445,22 @@ class Config:
             )
         if self.evaluate is not None:
             dataset.check_run_signature(self.evaluate)
+
+    def _check_budget(self) -> None:
+        from trace_optuna.budget import Budget
+
+        if self.budget is None:
+            return
+        if not isinstance(self.budget, Budget):
+            raise ConfigurationError(
+                "budget must be a trace_optuna.Budget(usd=..., evaluations=..., llm_calls=...) "
+                f"or None, got {type(self.budget).__name__}: {self.budget!r}."
+            )
+        if self.budget.evaluations is not None and self.trainset is None:
+            raise ConfigurationError(
+                f"budget evaluations={self.budget.evaluations} counts runs of examples, which "
+                "only a dataset study makes: give trainset=, or a budget in usd or llm_calls."
+            )
 
     def _check_artifacts(self) -> None:
         if self.artifact_dir is not None and self.artifact_store is not None:

@@ -509,9 +509,10 @@ def pareto_front(rows: Sequence[ExampleResult], *, maximize: bool = True) -> dic
     return {candidate: sorted(example_ids) for candidate, example_ids in ordered}
 
 
-def as_dataframe(rows: Sequence[ExampleResult]) -> Any:
+def as_dataframe(rows: Sequence[ExampleResult], columns: Sequence[str] | None = None) -> Any:
     """``rows`` as a ``pandas.DataFrame`` for analysis, one row per result and one column per
-    :class:`ExampleResult` field (as ``optuna.Study.trials_dataframe``, it needs pandas).
+    :class:`ExampleResult` field, or per name in ``columns`` (as
+    ``optuna.Study.trials_dataframe``, it needs pandas).
 
     Raises:
         ImportError: If pandas is not installed (the message says how to install it).
@@ -523,8 +524,11 @@ def as_dataframe(rows: Sequence[ExampleResult]) -> Any:
             f"as_dataframe needs pandas, as optuna's trials_dataframe does: pip install pandas "
             f"({error})."
         ) from error
-    columns = [field.name for field in dataclasses.fields(ExampleResult)]
-    return pandas.DataFrame([dataclasses.astuple(row) for row in rows], columns=columns)
+    if columns is None:
+        columns = [field.name for field in dataclasses.fields(ExampleResult)]
+    return pandas.DataFrame(
+        [[getattr(row, column) for column in columns] for row in rows], columns=list(columns)
+    )
 
 
 def _check_split(split: object) -> None:

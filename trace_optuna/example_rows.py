@@ -9,10 +9,12 @@ of one split) is returned with the trials that scored its candidate, as a list o
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Sequence
 import dataclasses
 from typing import TYPE_CHECKING
 from typing import Any
 
+from trace_optuna import example_results
 from trace_optuna import records
 from trace_optuna.example_results import SPLITS
 from trace_optuna.example_results import ExampleResult
@@ -115,20 +117,10 @@ def _trials_by_candidate(trials: Iterable[FrozenTrial]) -> dict[str, set[int]]:
     return found
 
 
-def as_dataframe(rows: Iterable[ExampleRow]) -> Any:
+def as_dataframe(rows: Sequence[ExampleRow]) -> Any:
     """The rows as a pandas DataFrame, one row each, columns :data:`COLUMNS`.
 
     Raises:
         ImportError: If pandas is not installed (naming how to install it).
     """
-    try:
-        import pandas as pd
-    except ImportError as error:
-        raise ImportError(
-            f"as_dataframe=True needs pandas: pip install pandas ({error}). Without it, "
-            "study.examples() returns a list of ExampleRow."
-        ) from error
-    return pd.DataFrame(
-        [{column: getattr(row, column) for column in COLUMNS} for row in rows],
-        columns=list(COLUMNS),
-    )
+    return example_results.as_dataframe(rows, COLUMNS)

@@ -203,6 +203,7 @@ STUDY_SEED = "trace:seed"
 STUDY_ERROR_SCORE = "trace:error_score"
 STUDY_TEST = "trace:test"  # the test set's score of the best candidate (evaluate_test)
 STUDY_SPLITS = "trace:splits"  # a dataset study's splits (fixed; checked on reopening)
+STUDY_BUDGET_EXHAUSTED = "trace:budget_exhausted"  # why workers stopped: the budget's reason
 
 # Browsing in optuna-dashboard (trace_optuna.dashboard): long texts in artifacts, the study's
 # description, and the human judgement HumanFeedback waits for.

@@ -66,6 +66,7 @@ from typing import Any
 from optuna.exceptions import TrialPruned
 
 from trace_optuna import binding
+from trace_optuna import budget
 from trace_optuna import dataset
 from trace_optuna import graph
 from trace_optuna import records
@@ -76,6 +77,7 @@ from trace_optuna.coordination import TrialClaims
 from trace_optuna.coordination import coordinator_for
 from trace_optuna.evaluation import Score
 from trace_optuna.evaluation import score_for_study
+from trace_optuna.exceptions import BudgetExhausted
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import LLMError
 from trace_optuna.exceptions import RecordError
@@ -368,6 +370,13 @@ class TraceObjective:
             # Not a failure: Optuna ends the trial PRUNED; keep what it recorded so far.
             self._write_record(run, error=None, ending=True)
             raise
+        except BudgetExhausted as spent:
+            # Every worker's spend reached the study's budget: this trial stops (PRUNED, the
+            # reason in its record), so does optimize(), and the study says why.
+            self._write_record(run, spent, ending=True)
+            budget.record_exhausted(trial.study, spent.reason)
+            trial.study.stop()
+            raise TrialPruned(str(spent)) from None
         except ConfigurationError as broken:
             # A contract broken (evaluate's return, a knob's name, a strategy's record): every
             # trial would fail the same way, so optimize() stops with it after recording it.
@@ -850,12 +859,16 @@ class TraceObjective:
 
 
 def _check_budget(config: Config, study: optuna.Study) -> None:
-    """THE call site of the study-wide budget (issue 14), before each trial and each
-    validation chunk: nothing while ``config.budget`` is None."""
+    """The study-wide budget, checked before each trial and each validation chunk.
+
+    Raises:
+        BudgetExhausted: If every worker's spend, as the database holds it, reached a limit.
+    """
     if config.budget is None:
         return
-    # Wired at the merge with trace_optuna.budget: raise BudgetExhausted when
-    # config.budget.exhausted(budget.spent(study)) names a reason.
+    reason = config.budget.exhausted(budget.spent(study))
+    if reason is not None:
+        raise BudgetExhausted(reason)
 
 
 class _CandidateFailed(Exception):

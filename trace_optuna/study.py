@@ -20,6 +20,7 @@ from optuna.study import Study
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from trace_optuna import budget
 from trace_optuna import records
 from trace_optuna.binding import check_requested_directions
 from trace_optuna.config import Config
@@ -111,7 +112,10 @@ class TraceStudy:
 
         A trial whose step fails (``evaluate`` raising, the LLM failing, no usable suggestion)
         is recorded as FAIL with its reason and the study goes on. Trials that an earlier run
-        left interrupted (Ctrl-C) are queued again first, as a dead worker's are.
+        left interrupted (Ctrl-C) are queued again first, as a dead worker's are. With a
+        ``budget``, no trial starts once every worker's spend reached it, and a trial that
+        finds it spent ends PRUNED and stops this call (the study's ``trace:budget_exhausted``
+        says why).
 
         Args:
             n_trials: How many trials to add (None with a timeout: until the timeout).
@@ -143,6 +147,13 @@ class TraceStudy:
                 self.config.target,
             )
             return
+        if self.config.budget is not None:
+            reason = self.config.budget.exhausted(budget.spent(self._study))
+            if reason is not None:
+                _logger.warning(
+                    "Study %r: its budget is spent (%s); no trial to run.", self.study_name, reason
+                )
+                return
         observed = [callback for o in objective.observers for callback in o.callbacks()]
         if self.config.target is not None:
             observed.append(self._stop_at_target)
