@@ -605,3 +605,24 @@ def test_a_minibatch_where_every_example_raises_still_reaches_the_code(sqlite_ur
     assert step.state == "COMPLETE" and step.parent_feedback.count("ValueError") == 3
     # Each example's exception node joined the batch: the backward pass reached the code.
     assert "raise ValueError" not in step.snapshot["answer"]
+
+
+def test_the_report_of_a_dataset_study_shows_its_candidates_by_examples(sqlite_url: str) -> None:
+    from trace_optuna import demo
+    from trace_optuna import visualization
+
+    study = dataset_study(sqlite_url, CountingRun(), strategies=Scripted(["Hi. order number"]))
+    study.optimize(n_trials=2)
+    built = visualization.figures(study)
+    assert list(built)[-1] == "example-scores"
+    matrix = next(trace for trace in built["example-scores"].data if trace.type == "heatmap")
+    assert len(matrix.x) == len(splits()[1])  # one column per validation example
+    assert 'id="example-scores"' in visualization.report_html(study)
+
+    plain = to.create_study(
+        agent=demo.make_agent,
+        evaluate=demo.evaluate,
+        llm=demo.DEMO_LLM,
+        storage="sqlite:///:memory:",
+    )
+    assert "example-scores" not in visualization.figures(plain)

@@ -24,8 +24,8 @@ small data object is gathered first and then rendered:
 =================================  ===============================================================
 
 :func:`write_report` writes the figures of :data:`FIGURES` (all but the per-study-kind
-``plot_registry_history`` and ``plot_example_scores``) into one HTML page with plotly.js
-embedded, so it opens offline (``trace-optuna report``).
+``plot_registry_history``; ``plot_example_scores`` only for a dataset study) into one HTML
+page with plotly.js embedded, so it opens offline (``trace-optuna report``).
 
 Each figure has its own private module (``_history``, ``_strategy``, ``_lineage``, ``_cost``,
 ``_sensitivity``, ``_stop``, ``_registry``, ``_examples``), built from the data ``_data`` (or,

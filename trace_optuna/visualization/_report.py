@@ -20,6 +20,7 @@ from trace_optuna.visualization._data import _gather
 from trace_optuna.visualization._data import _optuna_study
 from trace_optuna.visualization._data import _StudyData
 from trace_optuna.visualization._data import one_reading
+from trace_optuna.visualization._examples import plot_example_scores
 from trace_optuna.visualization._history import plot_score_history
 from trace_optuna.visualization._lineage import plot_lineage
 from trace_optuna.visualization._sensitivity import plot_parameter_sensitivity
@@ -46,7 +47,9 @@ FIGURES: dict[str, Callable[..., go.Figure]] = {
 def figures(
     study: optuna.Study | TraceStudy, *, trial_url: Callable[[int], str] | None = None
 ) -> dict[str, go.Figure]:
-    """All figures of the study, ``{figure id: Figure}`` in :data:`FIGURES` order.
+    """All figures of the study, ``{figure id: Figure}`` in :data:`FIGURES` order; a dataset
+    study's (``trainset=``) also ``"example-scores"`` (:func:`plot_example_scores` of its
+    validation rows), last.
 
     Args:
         study: A trace_optuna study, or its ``optuna.Study``.
@@ -59,6 +62,9 @@ def figures(
                 built[figure_id] = plot_lineage(study, trial_url=trial_url)
             else:
                 built[figure_id] = plot(study)
+    inner = _optuna_study(study)
+    if (inner.user_attrs.get(records.STUDY_SPLITS) or {}).get("trainset") is not None:
+        built["example-scores"] = plot_example_scores(study)
     return built
 
 
