@@ -609,37 +609,24 @@ class DatasetFlow:
 
     def pareto_parent(self, population: Population, rng: random.Random) -> FrozenTrial | None:
         """A parent from GEPA's instance front: the candidates best on at least one validation
-        example (ties lead together), less those leading only on a strict subset of another's
-        examples, drawn with weights = how many examples each leads. None when no validated
-        candidate has rows."""
-        assert self._store is not None
-        by_hash: dict[str, FrozenTrial] = {}
-        for trial in population.candidates():
-            snapshot_hash = trial.user_attrs.get("trace:snapshot_hash")
-            if snapshot_hash is not None and not population.failed(trial.number):
-                by_hash.setdefault(snapshot_hash, trial)
-        leaders: dict[str, tuple[float, list[str]]] = {}
-        for row in self._store.rows(split="val", candidates=list(by_hash)):
-            best = leaders.get(row.example_id)
-            if best is None or population.better(row.score, best[0]):
-                leaders[row.example_id] = (row.score, [row.candidate])
-            elif row.score == best[0]:
-                best[1].append(row.candidate)
-        led: dict[str, set[str]] = {}
-        for example_id, (_, candidates) in leaders.items():
-            for candidate in candidates:
-                led.setdefault(candidate, set()).add(example_id)
+        example (ties lead together, :meth:`~trace_optuna.population.Population.example_leaders`),
+        less those leading only on a strict subset of another's examples, drawn with weights =
+        how many examples each leads. None when no validated candidate has rows."""
+        led: dict[int, set[str]] = {}
+        for example_id, leaders in population.example_leaders("val").items():
+            for number in leaders:
+                led.setdefault(number, set()).add(example_id)
         # GEPA drops dominated members: one that leads only where another leads too.
         counts = {
-            candidate: len(examples)
-            for candidate, examples in led.items()
+            number: len(examples)
+            for number, examples in led.items()
             if not any(examples < other for other in led.values())
         }
         if not counts:
             return None
-        front = sorted(counts, key=lambda candidate: by_hash[candidate].number)
-        chosen = rng.choices(front, weights=[counts[c] for c in front])[0]
-        return by_hash[chosen]
+        front = sorted(counts)
+        chosen = rng.choices(front, weights=[counts[number] for number in front])[0]
+        return population.trial(chosen)
 
 
 def score_test(

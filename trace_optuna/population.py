@@ -20,6 +20,15 @@ whether its trial failed or completed with the study's ``error_score``. The stud
 every failure (:meth:`Population.failure`), so no worker evaluates that candidate again; and a
 failed candidate completed with ``error_score`` never ranks above a working one, whatever the
 scores (:meth:`Population.best` and the ranked queries put working candidates first).
+
+Per-example scores. In a dataset study (``trainset=``, see :mod:`trace_optuna.dataset`) every
+candidate's score on each example is a row of the study's
+:class:`~trace_optuna.example_results.ExampleStore`. :meth:`Population.example_scores` reads one
+candidate's and :meth:`Population.example_leaders` which candidates lead on each example, so a
+strategy can combine candidates that are good on different examples. The rows are read at most
+once per call and kept until the next :meth:`Population.refresh` (a validated candidate's
+validation rows, which are complete and never change, for the life of the view). In a study
+without a dataset they are empty, and no row is ever read.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from trace_optuna.evaluation import Score
+    from trace_optuna.example_results import ExampleStore
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 _SNAPSHOT_CACHE_SIZE = 256
@@ -97,12 +107,19 @@ class Population:
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._by_hash: dict[str, int] = {}
         self._children: dict[int, list[int]] = {}
+        self._dataset: bool | None = None  # whether the study has a trainset; None: not read
+        self._example_store: ExampleStore | None = None
+        # split -> snapshot hash -> {example id: score}; "final": validated candidates' val rows
+        # (complete and never rewritten), kept for the life of the view; "fresh": this refresh's
+        self._final_scores: dict[str, dict[str, float]] = {}
+        self._fresh_scores: dict[tuple[str, str], dict[str, float]] = {}
         #: Where greedy steps start instead of the best, when set: ``rule(population)``
         #: (a dataset study's ``parent_selection="pareto"``); None from it means the best.
         self.parent_rule: Callable[[Population], FrozenTrial | None] | None = None
 
     def refresh(self) -> None:
         """Index the trials that finished since the last refresh."""
+        self._fresh_scores = {}  # rows may have been added since (a running trial's)
         self._trials = self._study.get_trials(deepcopy=False)
         # Workers finish out of order: index every newly finished trial, and remember where
         # the oldest unfinished one is so the next refresh starts there.
@@ -390,6 +407,120 @@ class Population:
                 self._snapshots.popitem(last=False)
         return dict(values)
 
+    @property
+    def dataset(self) -> bool:
+        """Whether the study optimizes over a dataset (it was given ``trainset=``), so its
+        candidates have per-example rows. Read from the study's recorded splits
+        (``trace:splits``), once the study is bound (they are fixed from then on)."""
+        if self._dataset is not None:
+            return self._dataset
+        attrs = self._study.user_attrs
+        dataset = (attrs.get(records.STUDY_SPLITS) or {}).get("trainset") is not None
+        if dataset or records.SCHEMA in attrs:
+            self._dataset = dataset
+        return dataset
+
+    def example_scores(self, number: int, split: str = "val") -> dict[str, float]:
+        """Trial ``number``'s candidate's per-example scores in a dataset study.
+
+        The scores are the study's stored rows of the candidate (by its
+        ``trace:snapshot_hash``), whichever trial ran them: a candidate pruned during
+        validation has the rows of the chunks it was scored on. At most one read of the
+        store per call (none when cached since the last :meth:`refresh`).
+
+        Args:
+            number: A trial number.
+            split: ``"val"`` (the validation set) or ``"train"`` (the minibatches it ran on).
+                The test set is never read by a strategy.
+
+        Returns:
+            ``{example id: score}``; empty in a study without a dataset, or for a trial with
+            no candidate or whose candidate has no rows of ``split``.
+
+        Raises:
+            ConfigurationError: If ``split`` is not ``"val"`` or ``"train"``.
+            RecordError: If the study holds no trial ``number``.
+
+        Example: the validation examples a strategy's parent gets wrong::
+
+            scores = context.population.example_scores(parent.number)
+            failing = sorted(example for example, score in scores.items() if score < 1.0)
+        """
+        _check_strategy_split(split)
+        snapshot_hash = self.trial(number).user_attrs.get(records.SNAPSHOT_HASH)
+        if snapshot_hash is None or not self.dataset:
+            return {}
+        return dict(self._scores_of([snapshot_hash], split)[snapshot_hash])
+
+    def example_leaders(self, split: str = "val") -> dict[str, list[int]]:
+        """Which candidates lead on each example: GEPA's per-example view of the population.
+
+        For every example of ``split`` some candidate has a row for, the candidates with the
+        best score on it (ties lead together), among the working candidates
+        (:meth:`candidates`, failed ones left out; one trial per candidate, its first). One
+        read of the store for the candidates not cached since the last :meth:`refresh`.
+
+        Args:
+            split: ``"val"`` or ``"train"`` (see :meth:`example_scores`).
+
+        Returns:
+            ``{example id: [trial numbers, in trial order]}``; empty in a study without a
+            dataset.
+
+        Raises:
+            ConfigurationError: If ``split`` is not ``"val"`` or ``"train"``.
+        """
+        _check_strategy_split(split)
+        if not self.dataset:
+            return {}
+        by_hash: dict[str, int] = {}
+        for trial in self.candidates():
+            snapshot_hash = trial.user_attrs.get(records.SNAPSHOT_HASH)
+            if snapshot_hash is not None and trial.number not in self._failed:
+                by_hash.setdefault(snapshot_hash, trial.number)
+        leaders: dict[str, tuple[float, list[int]]] = {}
+        for snapshot_hash, scores in self._scores_of(list(by_hash), split).items():
+            number = by_hash[snapshot_hash]
+            for example_id, score in scores.items():
+                best = leaders.get(example_id)
+                if best is None or self.better(score, best[0]):
+                    leaders[example_id] = (score, [number])
+                elif score == best[0]:
+                    best[1].append(number)
+        return {example_id: sorted(led) for example_id, (_, led) in leaders.items()}
+
+    def _scores_of(self, hashes: list[str], split: str) -> dict[str, dict[str, float]]:
+        """``{hash: {example id: score}}`` for these candidates; reads the missing ones at
+        once."""
+        found: dict[str, dict[str, float]] = {}
+        missing = []
+        for snapshot_hash in hashes:
+            cached = self._fresh_scores.get((split, snapshot_hash))
+            if cached is None and split == "val":
+                cached = self._final_scores.get(snapshot_hash)
+            if cached is None:
+                missing.append(snapshot_hash)
+            else:
+                found[snapshot_hash] = cached
+        if missing:
+            if self._example_store is None:
+                from trace_optuna.example_results import ExampleStore  # imports population
+
+                # Optuna offers no public handle on a study's storage.
+                self._example_store = ExampleStore(self._study._storage, self._study._study_id)
+            read: dict[str, dict[str, float]] = {snapshot_hash: {} for snapshot_hash in missing}
+            for row in self._example_store.rows(split=split, candidates=missing):
+                read[row.candidate][row.example_id] = row.score
+            for snapshot_hash, scores in read.items():
+                # A validated candidate's validation rows are complete: they cannot change.
+                number = self._by_hash.get(snapshot_hash)
+                if split == "val" and number is not None and number not in self._failed:
+                    self._final_scores[snapshot_hash] = scores
+                else:
+                    self._fresh_scores[(split, snapshot_hash)] = scores
+            found.update(read)
+        return found
+
     def lineage(self, number: int) -> list[int]:
         """Trial numbers from the root to ``number``, following each trial's first parent."""
         chain = [number]
@@ -398,6 +529,14 @@ class Population:
             if not parents or parents[0] in chain:
                 return chain[::-1]
             chain.append(int(parents[0]))
+
+
+def _check_strategy_split(split: object) -> None:
+    if split not in ("val", "train"):
+        raise ConfigurationError(
+            f"Per-example scores are read for split 'val' or 'train', got {split!r} (the test "
+            "set is scored once at the end and never read by a strategy)."
+        )
 
 
 def _finished_by(trial: FrozenTrial, moment: datetime) -> bool:

@@ -1,7 +1,12 @@
 """Genetic: tournament selection of two parents, LLM crossover, then OptoPrime mutation.
 
 1. Two parents are drawn from the stored population by tournaments of
-   ``genetic.tournament_size`` candidates each (the best of each draw wins).
+   ``genetic.tournament_size`` candidates each (the best of each draw wins). In a dataset
+   study (``trainset=``) the second parent complements the first instead: of the validation
+   examples where the first is not best, the candidate that leads on the most
+   (:meth:`~trace_optuna.population.Population.example_leaders`; ties go to the better
+   candidate, the newer among equal scores). When no candidate leads where the first does
+   not (the first leads everywhere), the second is drawn by tournament as usual.
 2. An LLM crossover prompt shows both parents' values, scores and feedback (and the study's
    objective, if its optimizer settings give one) and asks for a child, one value per
    parameter (:data:`CROSSOVER_MARKER` opens the prompt).
@@ -9,7 +14,9 @@
    from its feedback mutates it.
 
 Both parents are recorded (``trace:parents``: the better one first); ``trace:genetic`` says
-which trials were drawn and whether the child was mutated. In a multi-objective study the
+which trials were drawn, by which rule (``selection``: ``"tournament"``, or ``"complement"``
+with ``complement_examples``, how many validation examples the second parent leads where the
+first is not best) and whether the child was mutated. In a multi-objective study the
 tournaments rank by Pareto layer (newest first within one), "the better one" is the parent
 that dominates the other (the newer when neither does), and the crossover prompt shows each
 parent's list of scores with the study's directions.
@@ -38,6 +45,8 @@ from trace_optuna.strategies.optoprime import optoprime_update
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+    from trace_optuna.population import Population
 
 CROSSOVER_MARKER = "#Crossover"
 PARENTS_MARKER = "#Parents"
@@ -96,7 +105,14 @@ class GeneticStrategy(Strategy):
         population, rng = context.population, context.rng
         size = int(context.settings["tournament_size"])
         first = population.tournament(size, rng)
-        second = population.tournament(size, rng, exclude={first.number}) if first else None
+        selection: dict[str, Any] = {"selection": "tournament"}
+        second = None
+        if first is not None and population.dataset:
+            second, led = complement(population, first)
+            if second is not None:
+                selection = {"selection": "complement", "complement_examples": led}
+        if first is not None and second is None:
+            second = population.tournament(size, rng, exclude={first.number})
         if first is None or second is None:
             # One candidate is no population: step greedily until there are two.
             context.attrs["trace:genetic"] = {"fallback": "fewer than two candidates"}
@@ -108,6 +124,7 @@ class GeneticStrategy(Strategy):
             child = self._mutate(context, child)
         context.attrs["trace:genetic"] = {
             "parents": [better.number, other.number],
+            **selection,
             "mutated": mutated,
         }
         return Proposal(
@@ -169,6 +186,31 @@ class GeneticStrategy(Strategy):
             live = context.evaluate_parent(result.reused_from)
             feedback, output = live.feedback, live.output
         return {**child, **optoprime_update(context, feedback, output)}
+
+
+def complement(population: Population, first: FrozenTrial) -> tuple[FrozenTrial | None, int]:
+    """The candidate that best complements ``first`` in a dataset study, and on how many
+    validation examples it leads where ``first`` is not best.
+
+    Among the candidates leading on at least one validation example where ``first`` is not
+    best (its score is worse than the leaders', or it has none), the one leading on the most
+    such examples; ties go to the better candidate (:meth:`Population.top_k_of`). ``(None, 0)``
+    when there is none: ``first`` leads on every example, or the study has no rows.
+    """
+    first_scores = population.example_scores(first.number)
+    counts: dict[int, int] = {}
+    for example_id, numbers in population.example_leaders("val").items():
+        mine = first_scores.get(example_id)
+        best = population.example_scores(numbers[0]).get(example_id)
+        if mine is not None and best is not None and not population.better(best, mine):
+            continue  # first leads there (or ties the leaders)
+        for number in numbers:
+            counts[number] = counts.get(number, 0) + 1
+    if not counts:
+        return None, 0
+    most = max(counts.values())
+    tied = [population.trial(number) for number, led in counts.items() if led == most]
+    return population.top_k_of(tied, 1)[0], most
 
 
 def parse_child(text: str, template: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
