@@ -418,6 +418,61 @@ def test_test_set_is_scored_once_at_the_end(sqlite_url: str) -> None:
     assert not test_ids & {row.example_id for row in store.rows(split="val")}
 
 
+def test_workers_finishing_together_score_the_test_set_once(sqlite_url: str) -> None:
+    run = CountingRun()
+    _, _, test = splits()
+    strategy = Scripted(["Hello. order number"])
+    first = dataset_study(sqlite_url, run, testset=test, strategies=strategy)
+    first.optimize(n_trials=2)
+    assert first.test_result is not None
+    calls = len(run.calls)
+    # A second worker whose trial leaves the best where it was: the stored score is its.
+    second = to.load_study(
+        storage=sqlite_url,
+        study_name=first.study_name,
+        agent=Replier,
+        evaluate=run,
+        llm=LLM,
+        trainset=splits()[0],
+        valset=splits()[1],
+        testset=test,
+        minibatch_size=4,
+        seed=0,
+        figure_interval=None,
+        strategies=Scripted([]),
+    )
+    second.optimize(n_trials=1)
+    assert not set(test.ids) & set(run.calls[calls:])
+    # A new best whose test score another worker has claimed (it is still running it) is
+    # left to that worker.
+    third = to.load_study(
+        storage=sqlite_url,
+        study_name=first.study_name,
+        agent=Replier,
+        evaluate=run,
+        llm=LLM,
+        trainset=splits()[0],
+        valset=splits()[1],
+        testset=test,
+        minibatch_size=4,
+        seed=0,
+        figure_interval=None,
+        strategies=Scripted(["", "", "Hello. order number tracking link"]),
+    )
+    third.optimize(n_trials=1, callbacks=[_claim_test])
+    assert first.best_trial.number == 3
+    assert third.test_result["trial"] == 1  # type: ignore[index]
+    assert not set(test.ids) & set(run.calls[calls:])
+
+
+def _claim_test(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Another worker's claim of the test score of the candidate ``trial`` just stored."""
+    from trace_optuna.coordination import coordinator_for
+
+    candidate = trial.user_attrs[records.SNAPSHOT_HASH]
+    assert coordinator_for(study._storage).claim_once(study, f"test:{candidate[:40]}")
+
+
 def test_pareto_parents_come_from_the_instance_front(sqlite_url: str) -> None:
     # From the baseline, trial 1 fixes the "order number" examples (2 of the 6 validation
     # examples), trial 2 the "tracking link" ones (4 of 6): each leads where the other fails,

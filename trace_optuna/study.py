@@ -172,8 +172,8 @@ class TraceStudy:
                 gc_after_trial=gc_after_trial,
                 show_progress_bar=show_progress_bar,
             )
-            if self.config.testset is not None and self._population().best() is not None:
-                self.evaluate_test()  # the test set, once, now that the search is over
+            if self.config.testset is not None:
+                self._score_test_once()  # the test set, now that the search is over
         except KeyError as error:  # Optuna's storages say a missing record this way
             if _study_exists(self._study):
                 raise
@@ -223,6 +223,28 @@ class TraceStudy:
             return objective.evaluate_test(self._study, number)
         finally:
             put_back_module_functions()
+
+    def _score_test_once(self) -> None:
+        """``optimize``'s end: the best candidate on the test set, unless it is stored already
+        or another worker claimed it (workers finishing together would each run it: the
+        per-example claims protect pairs only while their trial runs)."""
+        best = self._population().best()
+        if best is None:
+            return
+        candidate = best.user_attrs.get(records.SNAPSHOT_HASH)
+        stored = self.test_result
+        if candidate is not None:
+            if stored is not None and stored.get("snapshot_hash") == candidate:
+                return
+            coordinator = self.objective.coordinator_for(self._study)
+            if not coordinator.claim_once(self._study, f"test:{candidate[:40]}"):
+                _logger.info(
+                    "Study %r: another worker scores Trial#%d's candidate on the test set.",
+                    self.study_name,
+                    best.number,
+                )
+                return
+        self.evaluate_test()
 
     @property
     def test_result(self) -> dict[str, Any] | None:
