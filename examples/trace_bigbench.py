@@ -9,6 +9,7 @@ prompt (``prompt_template``) and the code of two trainable methods (``create_pro
 
     python examples/trace_bigbench.py --storage sqlite:///bigbench.db --trials 4
     python examples/trace_bigbench.py --storage postgresql://postgres@127.0.0.1:5432/test
+    python examples/trace_bigbench.py --dataset --feedback directive --trials 6   # minibatches
 
 Run it again with the same storage and study name and it continues the study.
 
@@ -284,6 +285,39 @@ def make_evaluate(feedback_style: str = "plain", examples: list[dict[str, str]] 
     return evaluate
 
 
+def make_run(feedback_style: str = "plain"):
+    """The dataset form (``--dataset``): ``run(dp, example)``, Trace's loop body on one example.
+
+    trace_optuna draws each step's minibatch of ``TRAIN``, runs this on every example of it and
+    batches the examples' outputs and feedback into one backward pass, as Trace's minibatch
+    loops do; the candidate is then validated on the validation set (here ``TRAIN`` again, as
+    Trace's ``learn_predict`` judges checkpoints) and the best candidate is scored once on
+    ``TEST``. No ``GRAPH.clear()`` between examples: the batch's backward pass needs every
+    example's graph (trace_optuna releases the graph between trials).
+    """
+
+    def run(dp: Predict, example: dict[str, str]) -> to.Evaluation:
+        try:
+            response = dp.forward(example["question"])
+            correctness = eval_metric(example["answer"], response.data)
+            feedback = (
+                "The answer is correct! No need to change anything."
+                if correctness
+                else "The answer is wrong. We expect the output of your answer to be "
+                f'"{example["answer"]}". Please modify the prompt and relevant parts of the '
+                "program to help LLM produce the right answer."
+            )
+        except ExecutionError as e:
+            response = e.exception_node
+            feedback = response.data
+            correctness = False
+        if not correctness:
+            feedback = _with_directive(feedback, feedback_style, response.data)
+        return to.Evaluation(score=float(correctness), feedback=feedback, output=response)
+
+    return run
+
+
 def _with_directive(feedback: str, feedback_style: str, answer: object) -> str:
     """``feedback`` and, for ``directive``, the edit that fixes it in the simulated grammar."""
     if feedback_style != "directive":
@@ -304,18 +338,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--llm", default="simulated/feedback-follower")
     parser.add_argument("--feedback", choices=("plain", "directive"), default="plain")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dataset",
+        action="store_true",
+        help="the dataset form: a minibatch of TRAIN per step, validation on TRAIN, TEST once",
+    )
     args = parser.parse_args(argv)
 
+    if args.dataset:
+        question = lambda example: example["question"]  # noqa: E731 (the examples' ids)
+        options = {
+            "evaluate": make_run(args.feedback),
+            "trainset": to.Dataset(TRAIN, id=question),
+            "testset": to.Dataset(TEST, id=question),
+            "minibatch_size": 3,
+        }
+    else:
+        options = {"evaluate": make_evaluate(args.feedback)}
     study = to.create_study(
         study_name=args.study_name,
         storage=args.storage,
         agent=Predict,
-        evaluate=make_evaluate(args.feedback),
         llm=args.llm,
         seed=args.seed,
         load_if_exists=True,
+        **options,
     )
     study.optimize(n_trials=args.trials)
+    if args.dataset:
+        result = study.test_result
+        print(f"test set (stored once by the study): {result}")
     best = study.best_trial
     print(f"best score {best.value:.2f} (trial {best.number}) after {len(study.trials)} trials")
     test_acc, responses = evaluate_dp(study.load_best(), TEST)

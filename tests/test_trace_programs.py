@@ -36,11 +36,12 @@ def _run(*args: str) -> str:
     return result.stdout
 
 
-def run_example(script: str, storage: str, study_name: str, trials: int) -> str:
+def run_example(script: str, storage: str, study_name: str, trials: int, *more: str) -> str:
     return _run(
         str(EXAMPLES / script),
         *("--storage", storage, "--study-name", study_name, "--trials", str(trials)),
         *("--feedback", "directive"),
+        *more,
     )
 
 
@@ -144,3 +145,27 @@ def test_trace_bigbench_fixes_the_prompt_then_the_code(storage_url: str, study_n
     assert fresh["train"] == [1.0, ["False", "True", "False", "False", "True", "True"]]
     assert fresh["test"] == [1.0, ["True", "False", "True"]]
     assert fresh["best_value"] == 1.0
+
+
+def test_trace_bigbench_in_the_dataset_form(storage_url: str, study_name: str) -> None:
+    """The same program with ``--dataset``: a minibatch of 3 training questions per step,
+    their outputs and feedback batched into one backward pass, validation on the training
+    set, the test set scored once, every (candidate, question) result a row in the storage."""
+    from trace_optuna import example_results
+
+    stdout = run_example("trace_bigbench.py", storage_url, study_name, 4, "--dataset")
+    assert "test accuracy of the best: 1.00" in stdout
+
+    study = to.load_study(study_name=study_name, storage=storage_url)
+    minibatches = [t.user_attrs["trace:minibatch"] for t in study.trials]
+    assert all(len(ids) == 3 for ids in minibatches)
+    assert study.best_value == 1.0
+    best = study.record(study.best_trial.number)
+    assert best.snapshot["extract_answer"].count("rstrip('.')") == 1
+    assert study.test_result is not None and study.test_result["mean"] == 1.0
+    store = example_results.ExampleStore(study.optuna._storage, study.optuna._study_id)
+    rows = store.rows()
+    assert {row.split for row in rows} == {"train", "val", "test"}
+    pairs = [(row.candidate, row.split, row.example_id) for row in rows]
+    assert len(pairs) == len(set(pairs))
+    assert len([row for row in rows if row.split == "test"]) == 3  # the best candidate, once
