@@ -921,6 +921,11 @@ class ResilientRDBStorage(RDBStorage):
             self.engine, study_id, states, included_trial_ids, trial_id_greater_than
         )
 
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        # Optuna reads a running trial (its cache keeps only finished ones) three times a
+        # trial, each time the trial row and five child tables: one statement here.
+        return rdb_read.read_trial(self.engine, trial_id)
+
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
         return rdb_read.read_study_attrs(self.engine, study_id, system=False)
 
