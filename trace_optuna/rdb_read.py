@@ -131,7 +131,7 @@ def _read(
     ``skipped`` does not, read in one statement (so in one snapshot: a trial's rows are read
     in the state it was read in)."""
     statement = _one_statement(trial_filter, study_id, engine.dialect.name)
-    with _connect(engine) as connection:
+    with one_statement(engine) as connection:
         rows = connection.execute(statement).all()
     trials: dict[int, dict[str, Any]] = {}
     study_found = False
@@ -304,15 +304,20 @@ def _one_statement(
 
 
 @contextlib.contextmanager
-def _connect(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Connection]:
-    """A connection for one read statement: in autocommit on PostgreSQL, where a transaction
-    costs two more round trips (``BEGIN``, ``ROLLBACK``) and one statement is one snapshot
-    anyway. PyMySQL sends no ``BEGIN`` but would send a statement to switch autocommit on and
-    off; SQLite has no round trips."""
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        yield connection
+def one_statement(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Connection]:
+    """A connection for work done in one statement, committed at the end.
+
+    On PostgreSQL in autocommit: a transaction would cost two more round trips (``BEGIN``,
+    ``COMMIT``) and one statement is atomic and one snapshot anyway. PyMySQL sends no
+    ``BEGIN`` (only ``COMMIT``) but would send a statement each to switch autocommit on and
+    off; SQLite has no round trips.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        with engine.begin() as connection:
+            yield connection
 
 
 def read_study_attrs(

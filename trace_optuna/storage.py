@@ -88,6 +88,11 @@ RETRY_TIMEOUT_S = 600.0
 
 _logger = logging.getLogger(__name__)
 
+_TRIALS = models.TrialModel.__table__
+_PARAMS = models.TrialParamModel.__table__
+_HEARTBEATS = models.TrialHeartbeatModel.__table__
+_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)  # Optuna's check_trial_is_updatable
+
 MAX_STUDY_NAME_LENGTH = 512
 """Characters in a study name: Optuna's ``studies.study_name`` column is ``String(512)``
 (PostgreSQL and MySQL/MariaDB refuse longer names; SQLite and Redis would take them, but such a
@@ -920,6 +925,71 @@ class ResilientRDBStorage(RDBStorage):
         return rdb_read.read_trials(
             self.engine, study_id, states, included_trial_ids, trial_id_greater_than
         )
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: optuna.distributions.BaseDistribution,
+        previous_distribution: optuna.distributions.BaseDistribution | None,
+    ) -> None:
+        """Optuna's (called by its cache for each ``suggest_*``), in one statement once the
+        cache knows the parameter's distribution: the param's row inserted only if the trial
+        is not finished. Otherwise (the first suggest of a name in this process, a finished or
+        missing trial, the name already set) Optuna's own: its checks and its errors."""
+        if previous_distribution is not None:
+            optuna.distributions.check_distribution_compatibility(
+                previous_distribution, distribution
+            )
+            chosen = sqlalchemy.select(
+                _TRIALS.c.trial_id,
+                sqlalchemy.literal(param_name, sqlalchemy.String()),
+                sqlalchemy.literal(param_value_internal, sqlalchemy.Float()),
+                sqlalchemy.literal(
+                    optuna.distributions.distribution_to_json(distribution), sqlalchemy.Text()
+                ),
+            ).where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state.in_(_UNFINISHED))
+            insert = sqlalchemy.insert(_PARAMS).from_select(
+                ["trial_id", "param_name", "param_value", "distribution_json"], chosen
+            )
+            try:
+                with rdb_read.one_statement(self.engine) as connection:
+                    inserted = connection.execute(insert.execution_options(preserve_rowcount=True))
+                    if inserted.rowcount == 1:
+                        return
+            except sqlalchemy.exc.IntegrityError:
+                pass  # the name is set: Optuna's error
+        RDBStorage._set_trial_param(
+            self, trial_id, param_name, param_value_internal, distribution, previous_distribution
+        )
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's, in one statement: the running trials' heartbeats and the server's clock
+        read together, compared here as Optuna compares them (a trial without a heartbeat row
+        is skipped; its creation writes one)."""
+        assert self.heartbeat_interval is not None
+        grace = datetime.timedelta(
+            seconds=self.grace_period
+            if self.grace_period is not None
+            else 2 * self.heartbeat_interval
+        )
+        query = (
+            sqlalchemy.select(
+                _TRIALS.c.trial_id,
+                _HEARTBEATS.c.heartbeat,
+                sqlalchemy.func.now(type_=sqlalchemy.DateTime()),
+            )
+            .join(_HEARTBEATS, _HEARTBEATS.c.trial_id == _TRIALS.c.trial_id)
+            .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.RUNNING)
+            .order_by(_TRIALS.c.trial_id)
+        )
+        with rdb_read.one_statement(self.engine) as connection:
+            rows = connection.execute(query).all()
+        # As Optuna: PostgreSQL's now() is timezone-aware, the heartbeat column is not.
+        return [
+            trial_id for trial_id, beat, now in rows if now.replace(tzinfo=None) - beat > grace
+        ]
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         # Optuna reads a running trial (its cache keeps only finished ones) three times a

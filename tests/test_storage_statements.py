@@ -1,0 +1,127 @@
+"""ResilientRDBStorage's calls of a trial made in one statement each behave as Optuna's.
+
+Between hosts every statement is a round trip (issue 21): a suggest after the first of its name
+in a process and the stale-trial check before each trial are one statement. Each is compared
+with Optuna's own RDBStorage on the same database, on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import datetime
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+import pytest
+import sqlalchemy
+
+from trace_optuna.storage import ResilientRDBStorage
+from trace_optuna.storage import resolve_storage
+
+
+@pytest.fixture
+def storages(storage_url: str) -> Iterator[tuple[ResilientRDBStorage, RDBStorage]]:
+    if storage_url.startswith("redis"):
+        pytest.skip("an RDB storage's statements")
+    ours = resolve_storage(storage_url, heartbeat_interval=60, grace_period=120)
+    assert isinstance(ours, ResilientRDBStorage)
+    optunas = RDBStorage(storage_url, heartbeat_interval=60, grace_period=120)
+    yield ours, optunas
+    ours.engine.dispose()
+    optunas.engine.dispose()
+
+
+class Statements:
+    """The statements an engine sends (not the session settings of a new connection)."""
+
+    def __init__(self, engine: sqlalchemy.engine.Engine) -> None:
+        self.sent: list[str] = []
+        self.engine = engine
+        sqlalchemy.event.listen(engine, "before_cursor_execute", self._sent)
+
+    def _sent(self, connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SET", "SHOW", "BEGIN")):
+            self.sent.append(statement)
+
+    def close(self) -> None:
+        sqlalchemy.event.remove(self.engine, "before_cursor_execute", self._sent)
+
+
+def test_a_suggest_is_one_statement_and_stores_what_optunas_does(
+    storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
+) -> None:
+    ours, optunas = storages
+    study = optuna.create_study(study_name=study_name, storage=ours)
+    first = study.ask()
+    first.suggest_float("x", 0.0, 1.0)
+    first.suggest_int("n", 1, 10)
+    trial = study.ask()
+    cache = study._storage  # Optuna's per-process cache: it knows the distributions now
+    statements = Statements(ours.engine)
+    try:
+        x, n = 0.25, 7
+        cache.set_trial_param(trial._trial_id, "x", x, FloatDistribution(0.0, 1.0))
+        cache.set_trial_param(trial._trial_id, "n", n, IntDistribution(1, 10))
+        assert len(statements.sent) == 2
+    finally:
+        statements.close()
+    stored = RDBStorage.get_trial(optunas, trial._trial_id)
+    assert stored.params == {"x": x, "n": n}
+    assert stored.distributions == {
+        "x": FloatDistribution(0.0, 1.0),
+        "n": IntDistribution(1, 10),
+    }
+
+    # As Optuna: an incompatible distribution is an error, a name set again is ignored.
+    with pytest.raises(ValueError):
+        cache.set_trial_param(trial._trial_id, "x", 3.0, IntDistribution(1, 10))
+    cache.set_trial_param(trial._trial_id, "x", 0.5, FloatDistribution(0.0, 1.0))
+    optunas.set_trial_param(trial._trial_id, "x", 0.75, FloatDistribution(0.0, 1.0))
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        cache.set_trial_param(trial._trial_id, "x", 0.5, FloatDistribution(0.0, 1.0))
+    with pytest.raises(KeyError):
+        ours._set_trial_param(
+            trial._trial_id + 1000, "x", 0.5, FloatDistribution(0.0, 1.0), FloatDistribution(0, 1)
+        )
+    assert RDBStorage.get_trial(optunas, trial._trial_id).params == {"x": x, "n": n}
+
+
+def test_the_stale_check_is_one_statement_and_finds_what_optunas_does(
+    storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
+) -> None:
+    ours, optunas = storages
+    study = optuna.create_study(study_name=study_name, storage=ours)
+    other = optuna.create_study(study_name=f"{study_name}-other", storage=ours)
+    old, fresh, finished = study.ask(), study.ask(), study.ask()
+    other_old = other.ask()
+    study.tell(finished, 0.0)
+    waiting = study.enqueue_trial({})  # noqa: F841  (WAITING, no heartbeat)
+    heartbeats = models.TrialHeartbeatModel.__table__
+    with ours.engine.begin() as connection:
+        past = datetime.datetime(2000, 1, 1)
+        connection.execute(
+            sqlalchemy.update(heartbeats)
+            .where(
+                heartbeats.c.trial_id.in_([old._trial_id, finished._trial_id, other_old._trial_id])
+            )
+            .values(heartbeat=past)
+        )
+        # A running trial without a heartbeat row (Optuna's skips it, so does ours).
+        connection.execute(
+            sqlalchemy.delete(heartbeats).where(heartbeats.c.trial_id == fresh._trial_id)
+        )
+    statements = Statements(ours.engine)
+    try:
+        stale = ours._get_stale_trial_ids(study._study_id)
+        assert len(statements.sent) == 1
+    finally:
+        statements.close()
+    assert stale == [old._trial_id]
+    assert stale == RDBStorage._get_stale_trial_ids(optunas, study._study_id)
+    assert ours._get_stale_trial_ids(other._study_id) == [other_old._trial_id]
