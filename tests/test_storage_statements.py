@@ -125,3 +125,31 @@ def test_the_stale_check_is_one_statement_and_finds_what_optunas_does(
     assert stale == [old._trial_id]
     assert stale == RDBStorage._get_stale_trial_ids(optunas, study._study_id)
     assert ours._get_stale_trial_ids(other._study_id) == [other_old._trial_id]
+
+
+def test_a_trial_attribute_is_one_statement_and_stored_as_optunas(
+    storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
+) -> None:
+    ours, optunas = storages
+    study = optuna.create_study(study_name=study_name, storage=ours)
+    trial = study.ask()
+    statements = Statements(ours.engine)
+    try:
+        trial.set_user_attr("worker", {"host": "ü", "pid": 1})
+        trial.set_user_attr("worker", {"host": "h", "pid": 2})  # overwritten
+        ours.set_trial_system_attr(trial._trial_id, "system", [1, None])
+        upserts = 1 if ours.engine.dialect.name in ("postgresql", "sqlite") else 2
+        assert len(statements.sent) == 3 * upserts  # MySQL: Optuna's read and upsert
+    finally:
+        statements.close()
+    stored = RDBStorage.get_trial(optunas, trial._trial_id)
+    assert stored.user_attrs == {"worker": {"host": "h", "pid": 2}}
+    assert stored.system_attrs == {"system": [1, None]}
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        ours.set_trial_user_attr(trial._trial_id, "worker", 3)
+    with pytest.raises(UpdateFinishedTrialError):
+        ours.set_trial_system_attr(trial._trial_id, "system", 3)
+    with pytest.raises(KeyError):
+        ours.set_trial_user_attr(trial._trial_id + 1000, "worker", 3)
+    assert RDBStorage.get_trial(optunas, trial._trial_id).user_attrs["worker"]["pid"] == 2

@@ -45,10 +45,12 @@ import contextlib
 import copy
 import datetime
 import functools
+import json
 import logging
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -963,6 +965,49 @@ class ResilientRDBStorage(RDBStorage):
         RDBStorage._set_trial_param(
             self, trial_id, param_name, param_value_internal, distribution, previous_distribution
         )
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._upsert_trial_attr(
+            models.TrialUserAttributeModel.__table__, trial_id, key, value
+        ):
+            RDBStorage.set_trial_user_attr(self, trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._upsert_trial_attr(
+            models.TrialSystemAttributeModel.__table__, trial_id, key, value
+        ):
+            RDBStorage.set_trial_system_attr(self, trial_id, key, value)
+
+    def _upsert_trial_attr(self, table: Any, trial_id: int, key: str, value: Any) -> bool:
+        """Optuna's upsert of a trial's attribute in one statement on PostgreSQL and SQLite:
+        inserted (or overwritten) only if the trial is not finished. False when nothing was
+        written (a finished or missing trial: Optuna's own call then raises its error; MySQL,
+        whose ``INSERT ... SELECT`` cannot take Optuna's upsert: Optuna's own writes it)."""
+        from sqlalchemy.dialects import postgresql
+        from sqlalchemy.dialects import sqlite
+
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            upserting: Any = postgresql
+        elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+            upserting = sqlite
+        else:
+            return False
+        chosen = sqlalchemy.select(
+            _TRIALS.c.trial_id,
+            sqlalchemy.literal(key, sqlalchemy.String()),
+            sqlalchemy.literal(json.dumps(value), sqlalchemy.Text()),
+        ).where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state.in_(_UNFINISHED))
+        upsert: Any = upserting.insert(table).from_select(
+            ["trial_id", "key", "value_json"], chosen
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c.key],
+            set_={"value_json": upsert.excluded.value_json},
+        )
+        with rdb_read.one_statement(self.engine) as connection:
+            written = connection.execute(upsert.execution_options(preserve_rowcount=True))
+            return bool(written.rowcount == 1)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's, in one statement: the running trials' heartbeats and the server's clock
