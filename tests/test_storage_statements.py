@@ -17,6 +17,7 @@ from optuna.distributions import IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
+from optuna.trial import TrialState
 import pytest
 import sqlalchemy
 
@@ -153,3 +154,47 @@ def test_a_trial_attribute_is_one_statement_and_stored_as_optunas(
     with pytest.raises(KeyError):
         ours.set_trial_user_attr(trial._trial_id + 1000, "worker", 3)
     assert RDBStorage.get_trial(optunas, trial._trial_id).user_attrs["worker"]["pid"] == 2
+
+
+@pytest.mark.parametrize(
+    ("state", "values"),
+    [
+        (TrialState.COMPLETE, [0.5]),
+        (TrialState.COMPLETE, [float("inf"), float("-inf")]),
+        (TrialState.PRUNED, [1.5]),
+        (TrialState.FAIL, None),
+    ],
+)
+def test_finishing_a_trial_takes_one_statement_on_postgresql_and_stores_as_optuna(
+    storages: tuple[ResilientRDBStorage, RDBStorage],
+    study_name: str,
+    state: TrialState,
+    values: list[float] | None,
+) -> None:
+    ours, optunas = storages
+    directions = ["minimize"] * len(values or [0])
+    study = optuna.create_study(study_name=study_name, storage=ours, directions=directions)
+    trial, twin = study.ask(), study.ask()
+    statements = Statements(ours.engine)
+    try:
+        assert ours.set_trial_state_values(trial._trial_id, state, values)
+        writes = 1 if ours.engine.dialect.name == "postgresql" or not values else 2
+        assert len([s for s in statements.sent if "COMMIT" not in s.upper()]) == writes
+    finally:
+        statements.close()
+    assert RDBStorage.set_trial_state_values(optunas, twin._trial_id, state, values)
+    ours_trial = RDBStorage.get_trial(optunas, trial._trial_id)
+    optunas_trial = RDBStorage.get_trial(optunas, twin._trial_id)
+    assert (ours_trial.state, ours_trial.values) == (optunas_trial.state, optunas_trial.values)
+    assert ours_trial.datetime_complete is not None
+    assert optunas_trial.datetime_complete is not None
+    assert abs(
+        ours_trial.datetime_complete - optunas_trial.datetime_complete
+    ) < datetime.timedelta(
+        minutes=1
+    )  # both naive local time (a UTC slip would be hours off, or none here on UTC)
+    with pytest.raises(UpdateFinishedTrialError):
+        ours.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [2.0])
+    with pytest.raises(KeyError):
+        ours.set_trial_state_values(trial._trial_id + 1000, TrialState.COMPLETE, [2.0])
+    assert RDBStorage.get_trial(optunas, trial._trial_id).values == ours_trial.values

@@ -93,6 +93,7 @@ _logger = logging.getLogger(__name__)
 _TRIALS = models.TrialModel.__table__
 _PARAMS = models.TrialParamModel.__table__
 _HEARTBEATS = models.TrialHeartbeatModel.__table__
+_VALUES = models.TrialValueModel.__table__
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)  # Optuna's check_trial_is_updatable
 
 MAX_STUDY_NAME_LENGTH = 512
@@ -904,6 +905,8 @@ class ResilientRDBStorage(RDBStorage):
             try:
                 if state == TrialState.RUNNING and values is None and self.heartbeat_interval:
                     return self._start_waiting_trial(trial_id)
+                if state.is_finished() and self._finish(trial_id, state, values):
+                    return True
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
                 if attempts > 1 and state.is_finished():
@@ -915,6 +918,75 @@ class ResilientRDBStorage(RDBStorage):
         return call_with_retry(
             set_state, what=f"set_trial_state_values({state.name})", timeout=self.retry_timeout
         )
+
+    def _finish(self, trial_id: int, state: TrialState, values: Any) -> bool:
+        """Optuna's ``set_trial_state_values`` to a finished state in one statement on
+        PostgreSQL (the update of the trial's row, then its values' rows inserted from the
+        updated row), two in one transaction elsewhere: only an unfinished trial's row is
+        updated, which locks it as Optuna's ``FOR UPDATE`` does. False when nothing was
+        written (a finished or missing trial, values already stored): Optuna's own call then
+        does it or raises its error."""
+        update = (
+            sqlalchemy.update(_TRIALS)
+            .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state.in_(_UNFINISHED))
+            .values(
+                state=state,
+                # As Optuna's TrialModel stores datetime.now(): naive UTC.
+                datetime_complete=datetime.datetime.now(datetime.timezone.utc).replace(
+                    tzinfo=None
+                ),
+            )
+        )
+        rows = []
+        for objective, value in enumerate(values or ()):
+            stored, value_type = models.TrialValueModel.value_to_stored_repr(value)
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "objective": objective,
+                    "value": stored,
+                    "value_type": value_type,
+                }
+            )
+        try:
+            if self.engine.dialect.name == "postgresql" and rows:
+                updated = update.returning(_TRIALS.c.trial_id).cte("finished")
+                chosen = sqlalchemy.union_all(
+                    *(
+                        sqlalchemy.select(
+                            updated.c.trial_id,
+                            sqlalchemy.literal(row["objective"], sqlalchemy.Integer()),
+                            # Typed: in a UNION an untyped parameter (a NULL value) is text.
+                            sqlalchemy.cast(
+                                sqlalchemy.literal(row["value"]), _VALUES.c.value.type
+                            ),
+                            sqlalchemy.cast(
+                                sqlalchemy.literal(row["value_type"], _VALUES.c.value_type.type),
+                                _VALUES.c.value_type.type,
+                            ),
+                        )
+                        for row in rows
+                    )
+                )
+                insert = (
+                    sqlalchemy.insert(_VALUES)
+                    .from_select(["trial_id", "objective", "value", "value_type"], chosen)
+                    .add_cte(updated)
+                )
+                with rdb_read.one_statement(self.engine) as connection:
+                    written = connection.execute(insert.execution_options(preserve_rowcount=True))
+                    return bool(written.rowcount == len(rows))
+            with self.engine.begin() as connection:
+                updated_rows = connection.execute(
+                    update.execution_options(preserve_rowcount=True)
+                ).rowcount
+                if updated_rows != 1:
+                    return False  # nothing written
+                if rows:
+                    connection.execute(sqlalchemy.insert(_VALUES).values(rows))
+                return True
+        except sqlalchemy.exc.IntegrityError:
+            return False  # values stored before (the transaction rolled back): Optuna's
 
     def _get_trials(
         self,
