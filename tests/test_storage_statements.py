@@ -8,6 +8,7 @@ with Optuna's own RDBStorage on the same database, on SQLite, PostgreSQL and Mar
 from __future__ import annotations
 
 from collections.abc import Iterator
+import concurrent.futures
 import datetime
 from typing import Any
 
@@ -198,3 +199,43 @@ def test_finishing_a_trial_takes_one_statement_on_postgresql_and_stores_as_optun
     with pytest.raises(KeyError):
         ours.set_trial_state_values(trial._trial_id + 1000, TrialState.COMPLETE, [2.0])
     assert RDBStorage.get_trial(optunas, trial._trial_id).values == ours_trial.values
+
+
+def test_a_new_trial_is_two_statements_on_postgresql_numbered_and_beating(
+    storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str, storage_url: str
+) -> None:
+    ours, optunas = storages
+    study = optuna.create_study(study_name=study_name, storage=ours)
+    statements = Statements(ours.engine)
+    try:
+        created = ours._create_new_trial(study._study_id)
+        if ours.engine.dialect.name == "postgresql":
+            # The study's row locked, then the trial and its first heartbeat inserted.
+            assert len([s for s in statements.sent if "COMMIT" not in s.upper()]) == 2
+    finally:
+        statements.close()
+    stored = RDBStorage.get_trial(optunas, created._trial_id)
+    assert created.datetime_start is not None and stored.datetime_start is not None
+    # Local time, both (MySQL's DATETIME keeps whole seconds).
+    assert abs(created.datetime_start - stored.datetime_start) < datetime.timedelta(seconds=1)
+    created.datetime_start = stored.datetime_start
+    assert created == stored  # number, state, nothing else set
+    assert (stored.number, stored.state) == (0, TrialState.RUNNING)
+
+    # Workers creating trials at once: numbers 0..n-1, each once; every trial has its beat.
+    def create(count: int) -> list[int]:
+        worker = resolve_storage(storage_url, heartbeat_interval=60)
+        assert isinstance(worker, ResilientRDBStorage)
+        numbers = [worker._create_new_trial(study._study_id).number for _ in range(count)]
+        worker.engine.dispose()
+        return numbers
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        numbers = [n for batch in pool.map(create, [5] * 4) for n in batch]
+    assert sorted([0, *numbers]) == list(range(21))
+    heartbeats = models.TrialHeartbeatModel.__table__
+    with ours.engine.connect() as connection:
+        beating = connection.execute(sqlalchemy.select(heartbeats.c.trial_id)).scalars().all()
+    assert {trial._trial_id for trial in study.get_trials()} <= set(beating)
+    with pytest.raises(KeyError):
+        ours._create_new_trial(study._study_id + 1000)

@@ -90,6 +90,7 @@ RETRY_TIMEOUT_S = 600.0
 
 _logger = logging.getLogger(__name__)
 
+_STUDIES = models.StudyModel.__table__
 _TRIALS = models.TrialModel.__table__
 _PARAMS = models.TrialParamModel.__table__
 _HEARTBEATS = models.TrialHeartbeatModel.__table__
@@ -832,6 +833,8 @@ class ResilientRDBStorage(RDBStorage):
         five times over. Here the first failure goes to the retry layer, which retries it with
         backoff and logs it, like any other call (a deadlock included: it is transient).
         """
+        if template_trial is None and self.engine.dialect.name == "postgresql":
+            return self._create_running_trial(study_id)
         with _create_scoped_session(self.scoped_session) as session:
             # Optuna's lock: the next trial number is computed from the study's trials.
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
@@ -850,6 +853,78 @@ class ResilientRDBStorage(RDBStorage):
         return optuna.trial.FrozenTrial(
             number=number,
             state=state,
+            value=None,
+            datetime_start=started,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+
+    def _create_running_trial(self, study_id: int) -> FrozenTrial:
+        """Optuna's creation of a new RUNNING trial in two statements on PostgreSQL: the
+        study's row locked ``FOR UPDATE`` as Optuna does, then one statement that inserts the
+        trial numbered by the study's trials (counted after the lock, in the statement's own
+        snapshot) and its first heartbeat. Optuna's sends five (the lock, the insert, the count,
+        the number's update, the heartbeat)."""
+        started = datetime.datetime.now()
+        started_utc = started.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        number = (
+            sqlalchemy.select(sqlalchemy.func.count(_TRIALS.c.trial_id))
+            .where(_TRIALS.c.study_id == study_id)
+            .scalar_subquery()
+        )
+        created = (
+            sqlalchemy.insert(_TRIALS)
+            .from_select(
+                ["number", "study_id", "state", "datetime_start"],
+                sqlalchemy.select(
+                    number,
+                    sqlalchemy.literal(study_id, sqlalchemy.Integer()),
+                    sqlalchemy.cast(
+                        sqlalchemy.literal(TrialState.RUNNING, _TRIALS.c.state.type),
+                        _TRIALS.c.state.type,
+                    ),
+                    sqlalchemy.cast(
+                        sqlalchemy.literal(started_utc, sqlalchemy.DateTime()),
+                        sqlalchemy.DateTime(),
+                    ),
+                ),
+            )
+            .returning(_TRIALS.c.trial_id, _TRIALS.c.number)
+            .cte("created")
+        )
+        statement = sqlalchemy.select(created.c.trial_id, created.c.number)
+        if self.heartbeat_interval is not None:
+            # Its first heartbeat with it (see _get_prepared_new_trial).
+            beat = (
+                sqlalchemy.insert(_HEARTBEATS)
+                .from_select(
+                    ["trial_id", "heartbeat"],
+                    sqlalchemy.select(created.c.trial_id, sqlalchemy.func.current_timestamp()),
+                )
+                .cte("beat")
+            )
+            statement = statement.add_cte(beat)
+        with self.engine.begin() as connection:
+            locked = connection.execute(
+                sqlalchemy.select(_STUDIES.c.study_id)
+                .where(_STUDIES.c.study_id == study_id)
+                .with_for_update()
+            ).first()
+            if locked is None:
+                raise KeyError(models.NOT_FOUND_MSG)  # as models.StudyModel.find_or_raise_by_id
+            trial_id, trial_number = connection.execute(statement).one()
+        if self.heartbeat_interval is not None:
+            if len(self._first_beats) > 1000:  # trials asked outside optimize are never beaten
+                self._first_beats.clear()
+            self._first_beats[trial_id] = time.monotonic()
+        return optuna.trial.FrozenTrial(
+            number=trial_number,
+            state=TrialState.RUNNING,
             value=None,
             datetime_start=started,
             datetime_complete=None,
