@@ -1001,9 +1001,19 @@ class ResilientRDBStorage(RDBStorage):
         updated, which locks it as Optuna's ``FOR UPDATE`` does. False when nothing was
         written (a finished or missing trial, values already stored): Optuna's own call then
         does it or raises its error."""
+        chosen_row: Any = _TRIALS.c.trial_id == trial_id
+        if self.engine.dialect.name == "postgresql":
+            # Optuna's FOR UPDATE: an UPDATE of the state alone would not wait for a record
+            # being written (attribute_writes holds the row FOR KEY SHARE until it commits).
+            chosen_row = _TRIALS.c.trial_id == (
+                sqlalchemy.select(_TRIALS.c.trial_id)
+                .where(_TRIALS.c.trial_id == trial_id)
+                .with_for_update()
+                .scalar_subquery()
+            )
         update = (
             sqlalchemy.update(_TRIALS)
-            .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state.in_(_UNFINISHED))
+            .where(chosen_row, _TRIALS.c.state.in_(_UNFINISHED))
             .values(
                 state=state,
                 # As Optuna's TrialModel stores datetime.now(): naive UTC.
