@@ -239,3 +239,45 @@ def test_a_new_trial_is_two_statements_on_postgresql_numbered_and_beating(
     assert {trial._trial_id for trial in study.get_trials()} <= set(beating)
     with pytest.raises(KeyError):
         ours._create_new_trial(study._study_id + 1000)
+
+
+def test_a_record_waiting_on_a_tell_is_refused_once_the_trial_finished(
+    storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
+) -> None:
+    # The record's one statement selects the trial's row FOR KEY SHARE while unfinished: it
+    # waits for a tell holding the row, then sees the trial finished and writes nothing.
+    from trace_optuna.attribute_writes import write_trial_attrs
+
+    ours, optunas = storages
+    if ours.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's one-statement record")
+    study = optuna.create_study(study_name=study_name, storage=ours)
+    trial = study.ask()
+    trials = models.TrialModel.__table__
+    with optunas.engine.connect() as telling:
+        telling.execute(  # a tell in progress: the row locked FOR UPDATE, the state changed
+            sqlalchemy.select(trials.c.trial_id)
+            .where(trials.c.trial_id == trial._trial_id)
+            .with_for_update()
+        )
+        telling.execute(
+            sqlalchemy.update(trials)
+            .where(trials.c.trial_id == trial._trial_id)
+            .values(state=TrialState.COMPLETE)
+        )
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            writing = pool.submit(
+                write_trial_attrs,
+                ours,
+                trial._trial_id,
+                {"late": 1},
+                study_system_attrs={"late-note": 1},
+            )
+            with pytest.raises(concurrent.futures.TimeoutError):
+                writing.result(timeout=1.0)  # waiting on the row
+            telling.commit()
+            with pytest.raises(UpdateFinishedTrialError):
+                writing.result(timeout=30)
+    stored = RDBStorage.get_trial(optunas, trial._trial_id)
+    assert stored.state == TrialState.COMPLETE and stored.user_attrs == {}
+    assert "late-note" not in RDBStorage.get_study_system_attrs(optunas, study._study_id)
