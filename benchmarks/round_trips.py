@@ -8,7 +8,9 @@ SQLAlchemy sends on every engine:
 - **statements**: every statement executed (``before_cursor_execute``; ``executemany`` counts
   once);
 - **transactions**: COMMITs and ROLLBACKs (each one round trip; psycopg sends BEGIN with the
-  first statement of a transaction as one more round trip, counted in ``round trips``);
+  first statement of a transaction as one more round trip, counted in ``round trips``); on
+  PostgreSQL only those of a transaction psycopg opened (a connection in autocommit opens none:
+  its ``rollback()`` sends nothing);
 - **pings**: pool checkouts of an engine with ``pool_pre_ping`` (one round trip each; Optuna
   does not set it, trace_optuna pings only connections idle for 10 s, not counted).
 
@@ -31,6 +33,8 @@ import collections
 import dataclasses
 import os
 import sys
+import traceback
+from typing import Any
 import uuid
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -59,6 +63,7 @@ class Counter:
     def __init__(self) -> None:
         self.count = Count()
         self.shapes: collections.Counter[str] = collections.Counter()
+        self.callers: collections.Counter[str] = collections.Counter()
         self.active = False
         engine = sqlalchemy.engine.Engine
         sqlalchemy.event.listen(engine, "before_cursor_execute", self._statement)
@@ -70,9 +75,15 @@ class Counter:
         if self.active:
             self.count.statements += 1
             self.shapes[" ".join(statement.split())[:90]] += 1
+            self.callers[_caller()] += 1
 
-    def _transaction(self, *args: object) -> None:
+    def _transaction(self, conn: Any, *args: object) -> None:
         if self.active:
+            dbapi_connection = conn.connection.dbapi_connection
+            info = getattr(dbapi_connection, "info", None)
+            status = getattr(info, "transaction_status", None)
+            if status is not None and status == 0:  # psycopg: idle, no transaction to end
+                return
             self.count.transactions += 1
 
     def _checkout(self, dbapi_connection: object, record: object, proxy: object) -> None:
@@ -83,11 +94,41 @@ class Counter:
     def measure(self, run: object) -> Count:
         self.count, self.active = Count(), True
         self.shapes.clear()
+        self.callers.clear()
         try:
             run()  # type: ignore[operator]
         finally:
             self.active = False
         return self.count
+
+
+_PLUMBING = (
+    "sqlalchemy",
+    "/optuna/storages/",
+    "/trace_optuna/storage.py",
+    "/trace_optuna/rdb_read.py",
+    "/contextlib.py",
+    "/optuna/_experimental.py",
+    "/round_trips.py",
+)
+
+
+def _caller() -> str:
+    """Which storage method sent a statement, and who called it (the innermost frame outside
+    SQLAlchemy and the storage layers)."""
+    method = "?"
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename
+        if "/optuna/storages/" in path or "/trace_optuna/storage.py" in path:
+            if not frame.name.startswith("_") or frame.name in (
+                "_get_trials",
+                "_create_new_trial",
+            ):
+                method = frame.name
+        if not any(part in path for part in _PLUMBING):
+            where = path.split("site-packages/")[-1].rsplit("/", 2)
+            return f"{method} < {'/'.join(where[-2:])}:{frame.name}"
+    return method
 
 
 def _database(admin_url: str) -> tuple[str, sqlalchemy.Engine]:
@@ -112,6 +153,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--top", type=int, default=0, help="list trace_optuna's N most frequent statements"
+    )
+    parser.add_argument(
+        "--callers",
+        action="store_true",
+        help="list trace_optuna's statements by the storage method and caller that sent them",
     )
     args = parser.parse_args()
     if not args.storage:
@@ -139,6 +185,7 @@ def main() -> int:
         first = len(study.trials)
         trace = counter.measure(lambda: study.optimize(n_trials=args.trials))
         shapes = counter.shapes.most_common(args.top)
+        callers = counter.callers.most_common()
         trials = study.optuna.get_trials()[first:]
         storage = study.optuna._storage
         note_keys = [
@@ -203,6 +250,12 @@ def main() -> int:
         print("|---|---|")
         for shape, count_of in shapes:
             print(f"| `{shape}` | {count_of / n:.1f} |")
+    if args.callers:
+        print()
+        print("| trace_optuna storage method < caller | statements per trial |")
+        print("|---|---|")
+        for caller, count_of in callers:
+            print(f"| `{caller}` | {count_of / n:.1f} |")
     return 0
 
 

@@ -247,3 +247,40 @@ def test_study_attributes_read_what_optuna_reads(storage: RDBStorage, study_name
     assert json.dumps(ours, sort_keys=True) == json.dumps(optunas, sort_keys=True)
     assert optuna.load_study(study_name=study_name, storage=resilient).metric_names == ["score"]
     resilient.engine.dispose()
+
+
+def test_one_trial_reads_what_optuna_reads(storage: RDBStorage, study_name: str) -> None:
+    resilient = resolve_storage(storage.url, heartbeat_interval=None)
+    assert isinstance(resilient, ResilientRDBStorage)
+    ids = [trial._trial_id for study in fill(storage, study_name) for trial in study.get_trials()]
+    for trial_id in ids:
+        optunas = RDBStorage.get_trial(storage, trial_id)
+        assert_same([rdb_read.read_trial(storage.engine, trial_id)], [optunas])
+        assert_same([resilient.get_trial(trial_id)], [optunas])
+    with pytest.raises(KeyError):
+        RDBStorage.get_trial(storage, max(ids) + 1000)
+    with pytest.raises(KeyError):
+        rdb_read.read_trial(storage.engine, max(ids) + 1000)
+    resilient.engine.dispose()
+
+
+def test_a_read_is_one_statement(storage: RDBStorage, study_name: str) -> None:
+    # Between hosts each statement is a round trip: a read of trials or of a trial is one,
+    # however many child tables it reads (and one snapshot of them).
+    study = fill(storage, study_name)[0]
+    statements: list[str] = []
+
+    def count(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SET", "SHOW", "BEGIN")):
+            statements.append(statement)
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", count)
+    try:
+        trials = rdb_read.read_trials(storage.engine, study._study_id, None, set(), -1)
+        assert len(statements) == 1 and len(trials) > 5
+        rdb_read.read_trial(storage.engine, trials[0]._trial_id)
+        assert len(statements) == 2
+        assert rdb_read.read_trials(storage.engine, study._study_id, (), set(), -1) == []
+        assert len(statements) == 3
+    finally:
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", count)

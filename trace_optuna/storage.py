@@ -45,10 +45,12 @@ import contextlib
 import copy
 import datetime
 import functools
+import json
 import logging
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -87,6 +89,13 @@ MAX_RETRY = 3
 RETRY_TIMEOUT_S = 600.0
 
 _logger = logging.getLogger(__name__)
+
+_STUDIES = models.StudyModel.__table__
+_TRIALS = models.TrialModel.__table__
+_PARAMS = models.TrialParamModel.__table__
+_HEARTBEATS = models.TrialHeartbeatModel.__table__
+_VALUES = models.TrialValueModel.__table__
+_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)  # Optuna's check_trial_is_updatable
 
 MAX_STUDY_NAME_LENGTH = 512
 """Characters in a study name: Optuna's ``studies.study_name`` column is ``String(512)``
@@ -824,6 +833,8 @@ class ResilientRDBStorage(RDBStorage):
         five times over. Here the first failure goes to the retry layer, which retries it with
         backoff and logs it, like any other call (a deadlock included: it is transient).
         """
+        if template_trial is None and self.engine.dialect.name == "postgresql":
+            return self._create_running_trial(study_id)
         with _create_scoped_session(self.scoped_session) as session:
             # Optuna's lock: the next trial number is computed from the study's trials.
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
@@ -842,6 +853,78 @@ class ResilientRDBStorage(RDBStorage):
         return optuna.trial.FrozenTrial(
             number=number,
             state=state,
+            value=None,
+            datetime_start=started,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+
+    def _create_running_trial(self, study_id: int) -> FrozenTrial:
+        """Optuna's creation of a new RUNNING trial in two statements on PostgreSQL: the
+        study's row locked ``FOR UPDATE`` as Optuna does, then one statement that inserts the
+        trial numbered by the study's trials (counted after the lock, in the statement's own
+        snapshot) and its first heartbeat. Optuna's sends five (the lock, the insert, the count,
+        the number's update, the heartbeat)."""
+        started = datetime.datetime.now()
+        started_utc = started.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        number = (
+            sqlalchemy.select(sqlalchemy.func.count(_TRIALS.c.trial_id))
+            .where(_TRIALS.c.study_id == study_id)
+            .scalar_subquery()
+        )
+        created = (
+            sqlalchemy.insert(_TRIALS)
+            .from_select(
+                ["number", "study_id", "state", "datetime_start"],
+                sqlalchemy.select(
+                    number,
+                    sqlalchemy.literal(study_id, sqlalchemy.Integer()),
+                    sqlalchemy.cast(
+                        sqlalchemy.literal(TrialState.RUNNING, _TRIALS.c.state.type),
+                        _TRIALS.c.state.type,
+                    ),
+                    sqlalchemy.cast(
+                        sqlalchemy.literal(started_utc, sqlalchemy.DateTime()),
+                        sqlalchemy.DateTime(),
+                    ),
+                ),
+            )
+            .returning(_TRIALS.c.trial_id, _TRIALS.c.number)
+            .cte("created")
+        )
+        statement = sqlalchemy.select(created.c.trial_id, created.c.number)
+        if self.heartbeat_interval is not None:
+            # Its first heartbeat with it (see _get_prepared_new_trial).
+            beat = (
+                sqlalchemy.insert(_HEARTBEATS)
+                .from_select(
+                    ["trial_id", "heartbeat"],
+                    sqlalchemy.select(created.c.trial_id, sqlalchemy.func.current_timestamp()),
+                )
+                .cte("beat")
+            )
+            statement = statement.add_cte(beat)
+        with self.engine.begin() as connection:
+            locked = connection.execute(
+                sqlalchemy.select(_STUDIES.c.study_id)
+                .where(_STUDIES.c.study_id == study_id)
+                .with_for_update()
+            ).first()
+            if locked is None:
+                raise KeyError(models.NOT_FOUND_MSG)  # as models.StudyModel.find_or_raise_by_id
+            trial_id, trial_number = connection.execute(statement).one()
+        if self.heartbeat_interval is not None:
+            if len(self._first_beats) > 1000:  # trials asked outside optimize are never beaten
+                self._first_beats.clear()
+            self._first_beats[trial_id] = time.monotonic()
+        return optuna.trial.FrozenTrial(
+            number=trial_number,
+            state=TrialState.RUNNING,
             value=None,
             datetime_start=started,
             datetime_complete=None,
@@ -897,6 +980,8 @@ class ResilientRDBStorage(RDBStorage):
             try:
                 if state == TrialState.RUNNING and values is None and self.heartbeat_interval:
                     return self._start_waiting_trial(trial_id)
+                if state.is_finished() and self._finish(trial_id, state, values):
+                    return True
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except UpdateFinishedTrialError:
                 if attempts > 1 and state.is_finished():
@@ -909,6 +994,85 @@ class ResilientRDBStorage(RDBStorage):
             set_state, what=f"set_trial_state_values({state.name})", timeout=self.retry_timeout
         )
 
+    def _finish(self, trial_id: int, state: TrialState, values: Any) -> bool:
+        """Optuna's ``set_trial_state_values`` to a finished state in one statement on
+        PostgreSQL (the update of the trial's row, then its values' rows inserted from the
+        updated row), two in one transaction elsewhere: only an unfinished trial's row is
+        updated, which locks it as Optuna's ``FOR UPDATE`` does. False when nothing was
+        written (a finished or missing trial, values already stored): Optuna's own call then
+        does it or raises its error."""
+        chosen_row: Any = _TRIALS.c.trial_id == trial_id
+        if self.engine.dialect.name == "postgresql":
+            # Optuna's FOR UPDATE: an UPDATE of the state alone would not wait for a record
+            # being written (attribute_writes holds the row FOR KEY SHARE until it commits).
+            chosen_row = _TRIALS.c.trial_id == (
+                sqlalchemy.select(_TRIALS.c.trial_id)
+                .where(_TRIALS.c.trial_id == trial_id)
+                .with_for_update()
+                .scalar_subquery()
+            )
+        update = (
+            sqlalchemy.update(_TRIALS)
+            .where(chosen_row, _TRIALS.c.state.in_(_UNFINISHED))
+            .values(
+                state=state,
+                # As Optuna's TrialModel stores datetime.now(): naive UTC.
+                datetime_complete=datetime.datetime.now(datetime.timezone.utc).replace(
+                    tzinfo=None
+                ),
+            )
+        )
+        rows = []
+        for objective, value in enumerate(values or ()):
+            stored, value_type = models.TrialValueModel.value_to_stored_repr(value)
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "objective": objective,
+                    "value": stored,
+                    "value_type": value_type,
+                }
+            )
+        try:
+            if self.engine.dialect.name == "postgresql" and rows:
+                updated = update.returning(_TRIALS.c.trial_id).cte("finished")
+                chosen = sqlalchemy.union_all(
+                    *(
+                        sqlalchemy.select(
+                            updated.c.trial_id,
+                            sqlalchemy.literal(row["objective"], sqlalchemy.Integer()),
+                            # Typed: in a UNION an untyped parameter (a NULL value) is text.
+                            sqlalchemy.cast(
+                                sqlalchemy.literal(row["value"]), _VALUES.c.value.type
+                            ),
+                            sqlalchemy.cast(
+                                sqlalchemy.literal(row["value_type"], _VALUES.c.value_type.type),
+                                _VALUES.c.value_type.type,
+                            ),
+                        )
+                        for row in rows
+                    )
+                )
+                insert = (
+                    sqlalchemy.insert(_VALUES)
+                    .from_select(["trial_id", "objective", "value", "value_type"], chosen)
+                    .add_cte(updated)
+                )
+                with rdb_read.one_statement(self.engine) as connection:
+                    written = connection.execute(insert.execution_options(preserve_rowcount=True))
+                    return bool(written.rowcount == len(rows))
+            with self.engine.begin() as connection:
+                updated_rows = connection.execute(
+                    update.execution_options(preserve_rowcount=True)
+                ).rowcount
+                if updated_rows != 1:
+                    return False  # nothing written
+                if rows:
+                    connection.execute(sqlalchemy.insert(_VALUES).values(rows))
+                return True
+        except sqlalchemy.exc.IntegrityError:
+            return False  # values stored before (the transaction rolled back): Optuna's
+
     def _get_trials(
         self,
         study_id: int,
@@ -920,6 +1084,119 @@ class ResilientRDBStorage(RDBStorage):
         return rdb_read.read_trials(
             self.engine, study_id, states, included_trial_ids, trial_id_greater_than
         )
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: optuna.distributions.BaseDistribution,
+        previous_distribution: optuna.distributions.BaseDistribution | None,
+    ) -> None:
+        """Optuna's (called by its cache for each ``suggest_*``), in one statement once the
+        cache knows the parameter's distribution: the param's row inserted only if the trial
+        is not finished. Otherwise (the first suggest of a name in this process, a finished or
+        missing trial, the name already set) Optuna's own: its checks and its errors."""
+        if previous_distribution is not None:
+            optuna.distributions.check_distribution_compatibility(
+                previous_distribution, distribution
+            )
+            chosen = sqlalchemy.select(
+                _TRIALS.c.trial_id,
+                sqlalchemy.literal(param_name, sqlalchemy.String()),
+                sqlalchemy.literal(param_value_internal, sqlalchemy.Float()),
+                sqlalchemy.literal(
+                    optuna.distributions.distribution_to_json(distribution), sqlalchemy.Text()
+                ),
+            ).where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state.in_(_UNFINISHED))
+            insert = sqlalchemy.insert(_PARAMS).from_select(
+                ["trial_id", "param_name", "param_value", "distribution_json"], chosen
+            )
+            try:
+                with rdb_read.one_statement(self.engine) as connection:
+                    inserted = connection.execute(insert.execution_options(preserve_rowcount=True))
+                    if inserted.rowcount == 1:
+                        return
+            except sqlalchemy.exc.IntegrityError:
+                pass  # the name is set: Optuna's error
+        RDBStorage._set_trial_param(
+            self, trial_id, param_name, param_value_internal, distribution, previous_distribution
+        )
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._upsert_trial_attr(
+            models.TrialUserAttributeModel.__table__, trial_id, key, value
+        ):
+            RDBStorage.set_trial_user_attr(self, trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._upsert_trial_attr(
+            models.TrialSystemAttributeModel.__table__, trial_id, key, value
+        ):
+            RDBStorage.set_trial_system_attr(self, trial_id, key, value)
+
+    def _upsert_trial_attr(self, table: Any, trial_id: int, key: str, value: Any) -> bool:
+        """Optuna's upsert of a trial's attribute in one statement on PostgreSQL and SQLite:
+        inserted (or overwritten) only if the trial is not finished. False when nothing was
+        written (a finished or missing trial: Optuna's own call then raises its error; MySQL,
+        whose ``INSERT ... SELECT`` cannot take Optuna's upsert: Optuna's own writes it)."""
+        from sqlalchemy.dialects import postgresql
+        from sqlalchemy.dialects import sqlite
+
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            upserting: Any = postgresql
+        elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+            upserting = sqlite
+        else:
+            return False
+        chosen = sqlalchemy.select(
+            _TRIALS.c.trial_id,
+            sqlalchemy.literal(key, sqlalchemy.String()),
+            sqlalchemy.literal(json.dumps(value), sqlalchemy.Text()),
+        ).where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state.in_(_UNFINISHED))
+        upsert: Any = upserting.insert(table).from_select(
+            ["trial_id", "key", "value_json"], chosen
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c.key],
+            set_={"value_json": upsert.excluded.value_json},
+        )
+        with rdb_read.one_statement(self.engine) as connection:
+            written = connection.execute(upsert.execution_options(preserve_rowcount=True))
+            return bool(written.rowcount == 1)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's, in one statement: the running trials' heartbeats and the server's clock
+        read together, compared here as Optuna compares them (a trial without a heartbeat row
+        is skipped; its creation writes one)."""
+        assert self.heartbeat_interval is not None
+        grace = datetime.timedelta(
+            seconds=self.grace_period
+            if self.grace_period is not None
+            else 2 * self.heartbeat_interval
+        )
+        query = (
+            sqlalchemy.select(
+                _TRIALS.c.trial_id,
+                _HEARTBEATS.c.heartbeat,
+                sqlalchemy.func.now(type_=sqlalchemy.DateTime()),
+            )
+            .join(_HEARTBEATS, _HEARTBEATS.c.trial_id == _TRIALS.c.trial_id)
+            .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.RUNNING)
+            .order_by(_TRIALS.c.trial_id)
+        )
+        with rdb_read.one_statement(self.engine) as connection:
+            rows = connection.execute(query).all()
+        # As Optuna: PostgreSQL's now() is timezone-aware, the heartbeat column is not.
+        return [
+            trial_id for trial_id, beat, now in rows if now.replace(tzinfo=None) - beat > grace
+        ]
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        # Optuna reads a running trial (its cache keeps only finished ones) three times a
+        # trial, each time the trial row and five child tables: one statement here.
+        return rdb_read.read_trial(self.engine, trial_id)
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
         return rdb_read.read_study_attrs(self.engine, study_id, system=False)
