@@ -25,11 +25,12 @@ import sqlalchemy
 from trace_optuna.storage import ResilientRDBStorage
 from trace_optuna.storage import resolve_storage
 
+#: The RDB storages (Redis is a journal: none of these statements).
+RDB_KINDS = ["sqlite", "postgresql", "mysql"]
+
 
 @pytest.fixture
 def storages(storage_url: str) -> Iterator[tuple[ResilientRDBStorage, RDBStorage]]:
-    if storage_url.startswith("redis"):
-        pytest.skip("an RDB storage's statements")
     ours = resolve_storage(storage_url, heartbeat_interval=60, grace_period=120)
     assert isinstance(ours, ResilientRDBStorage)
     optunas = RDBStorage(storage_url, heartbeat_interval=60, grace_period=120)
@@ -54,6 +55,7 @@ class Statements:
         sqlalchemy.event.remove(self.engine, "before_cursor_execute", self._sent)
 
 
+@pytest.mark.parametrize("storage_url", RDB_KINDS, indirect=True)
 def test_a_suggest_is_one_statement_and_stores_what_optunas_does(
     storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
 ) -> None:
@@ -94,6 +96,7 @@ def test_a_suggest_is_one_statement_and_stores_what_optunas_does(
     assert RDBStorage.get_trial(optunas, trial._trial_id).params == {"x": x, "n": n}
 
 
+@pytest.mark.parametrize("storage_url", RDB_KINDS, indirect=True)
 def test_the_stale_check_is_one_statement_and_finds_what_optunas_does(
     storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
 ) -> None:
@@ -129,6 +132,7 @@ def test_the_stale_check_is_one_statement_and_finds_what_optunas_does(
     assert ours._get_stale_trial_ids(other._study_id) == [other_old._trial_id]
 
 
+@pytest.mark.parametrize("storage_url", RDB_KINDS, indirect=True)
 def test_a_trial_attribute_is_one_statement_and_stored_as_optunas(
     storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
 ) -> None:
@@ -166,6 +170,7 @@ def test_a_trial_attribute_is_one_statement_and_stored_as_optunas(
         (TrialState.FAIL, None),
     ],
 )
+@pytest.mark.parametrize("storage_url", RDB_KINDS, indirect=True)
 def test_finishing_a_trial_takes_one_statement_on_postgresql_and_stores_as_optuna(
     storages: tuple[ResilientRDBStorage, RDBStorage],
     study_name: str,
@@ -201,6 +206,7 @@ def test_finishing_a_trial_takes_one_statement_on_postgresql_and_stores_as_optun
     assert RDBStorage.get_trial(optunas, trial._trial_id).values == ours_trial.values
 
 
+@pytest.mark.parametrize("storage_url", RDB_KINDS, indirect=True)
 def test_a_new_trial_is_two_statements_on_postgresql_numbered_and_beating(
     storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str, storage_url: str
 ) -> None:
@@ -241,6 +247,7 @@ def test_a_new_trial_is_two_statements_on_postgresql_numbered_and_beating(
         ours._create_new_trial(study._study_id + 1000)
 
 
+@pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
 def test_a_record_waiting_on_a_tell_is_refused_once_the_trial_finished(
     storages: tuple[ResilientRDBStorage, RDBStorage], study_name: str
 ) -> None:
@@ -249,8 +256,6 @@ def test_a_record_waiting_on_a_tell_is_refused_once_the_trial_finished(
     from trace_optuna.attribute_writes import write_trial_attrs
 
     ours, optunas = storages
-    if ours.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL's one-statement record")
     study = optuna.create_study(study_name=study_name, storage=ours)
     trial = study.ask()
     trials = models.TrialModel.__table__
