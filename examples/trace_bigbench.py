@@ -249,6 +249,27 @@ def evaluate_dp(dp, examples):
 # ---- trace_optuna: learn_predict's loop body as evaluate ------------------------------------
 
 
+def grade(dp: Predict, example: dict[str, str]) -> tuple[object, str, bool]:
+    """The body of Trace's ``learn_predict`` loop for one example: the output node, Trace's
+    feedback, and whether the answer is right (an ``ExecutionError``'s node and message when
+    the program raised)."""
+    try:
+        response = dp.forward(example["question"])
+        correctness = eval_metric(example["answer"], response.data)
+        feedback = (
+            "The answer is correct! No need to change anything."
+            if correctness
+            else "The answer is wrong. We expect the output of your answer to be "
+            f'"{example["answer"]}". Please modify the prompt and relevant parts of the '
+            "program to help LLM produce the right answer."
+        )
+    except ExecutionError as e:
+        response = e.exception_node
+        feedback = response.data
+        correctness = False
+    return response, feedback, bool(correctness)
+
+
 def make_evaluate(feedback_style: str = "plain", examples: list[dict[str, str]] = TRAIN):
     """``evaluate(dp)`` over ``examples``; ``feedback_style`` as in the module's docstring."""
 
@@ -257,20 +278,7 @@ def make_evaluate(feedback_style: str = "plain", examples: list[dict[str, str]] 
         first_wrong = None
         for example in examples:
             GRAPH.clear()
-            try:
-                response = dp.forward(example["question"])
-                correctness = eval_metric(example["answer"], response.data)
-                feedback = (
-                    "The answer is correct! No need to change anything."
-                    if correctness
-                    else "The answer is wrong. We expect the output of your answer to be "
-                    f'"{example["answer"]}". Please modify the prompt and relevant parts of the '
-                    "program to help LLM produce the right answer."
-                )
-            except ExecutionError as e:
-                response = e.exception_node
-                feedback = response.data
-                correctness = False
+            response, feedback, correctness = grade(dp, example)
             cum_reward += correctness
             if not correctness and first_wrong is None:
                 first_wrong = (response, _with_directive(feedback, feedback_style, response.data))
@@ -297,20 +305,7 @@ def make_run(feedback_style: str = "plain"):
     """
 
     def run(dp: Predict, example: dict[str, str]) -> to.Evaluation:
-        try:
-            response = dp.forward(example["question"])
-            correctness = eval_metric(example["answer"], response.data)
-            feedback = (
-                "The answer is correct! No need to change anything."
-                if correctness
-                else "The answer is wrong. We expect the output of your answer to be "
-                f'"{example["answer"]}". Please modify the prompt and relevant parts of the '
-                "program to help LLM produce the right answer."
-            )
-        except ExecutionError as e:
-            response = e.exception_node
-            feedback = response.data
-            correctness = False
+        response, feedback, correctness = grade(dp, example)
         if not correctness:
             feedback = _with_directive(feedback, feedback_style, response.data)
         return to.Evaluation(score=float(correctness), feedback=feedback, output=response)

@@ -17,24 +17,10 @@ import trace_optuna as to
 from trace_optuna import records
 from trace_optuna.strategies import Proposal
 
+from support_budget import Replier  # isort: skip
+
 LLM = "simulated/feedback-follower"
 WORDS = ("order number", "tracking link")
-
-
-@trace.model
-class Replier:
-    """A greeting the replies start with; each example needs a phrase in the reply."""
-
-    def __init__(self) -> None:
-        self.greeting = trace.node("Hello.", trainable=True, description="the reply's text")
-
-    @trace.bundle()
-    def answer(self, greeting, topic):
-        """Reply about a topic."""
-        return greeting + " About " + topic
-
-    def reply(self, topic: str) -> Any:
-        return self.answer(self.greeting, topic)
 
 
 def examples(count: int = 20) -> list[dict[str, str]]:

@@ -60,6 +60,18 @@ _claims = sqlalchemy.Table(
 )
 
 
+def create_tables(metadata: sqlalchemy.MetaData, engine: sqlalchemy.engine.Engine) -> None:
+    """Create ``metadata``'s tables in ``engine``'s database unless they exist.
+
+    Workers starting together may race to create them: if one's ``CREATE`` fails because
+    another's won, checking again finds them.
+    """
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except sqlalchemy.exc.SQLAlchemyError:
+        metadata.create_all(engine, checkfirst=True)
+
+
 class _ClaimTable:
     """Where claims live: ``insert`` is atomic, ``replace`` a compare-and-set.
 
@@ -106,14 +118,9 @@ class _SQLClaims(_ClaimTable):
         self._ready = False
 
     def _create(self) -> None:
-        if self._ready:
-            return
-        try:
-            _metadata.create_all(self._engine, checkfirst=True)
-        except sqlalchemy.exc.SQLAlchemyError:
-            # Another worker created it at the same moment; checking again must now see it.
-            _metadata.create_all(self._engine, checkfirst=True)
-        self._ready = True
+        if not self._ready:
+            create_tables(_metadata, self._engine)
+            self._ready = True
 
     def _insert(self, study_id: int, snapshot_hash: str, trial_id: int) -> int:
         self._create()

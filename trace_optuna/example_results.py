@@ -81,6 +81,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
+from trace_optuna.coordination import create_tables
 from trace_optuna.coordination import shared_place
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.storage import call_with_retry
@@ -672,14 +673,9 @@ class _SQL(_Backend):
         self._ready = False
 
     def _create(self) -> None:
-        if self._ready:
-            return
-        try:
-            _metadata.create_all(self._engine, checkfirst=True)
-        except sqlalchemy.exc.SQLAlchemyError:
-            # Another worker created them at the same moment; checking again must see them.
-            _metadata.create_all(self._engine, checkfirst=True)
-        self._ready = True
+        if not self._ready:
+            create_tables(_metadata, self._engine)
+            self._ready = True
 
     def _exists(self) -> bool:
         """Whether the tables exist; reads create nothing (a report may read a study

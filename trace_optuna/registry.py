@@ -61,6 +61,7 @@ import sqlalchemy
 from sqlalchemy.dialects import mysql
 
 from trace_optuna import snapshots
+from trace_optuna.coordination import create_tables
 from trace_optuna.coordination import shared_place
 from trace_optuna.exceptions import ConfigurationError
 from trace_optuna.exceptions import RecordError
@@ -365,11 +366,7 @@ class _SQLLog(_Log):
 
     def _create(self) -> None:
         if not self._ready:
-            try:
-                _metadata.create_all(self._engine, checkfirst=True)
-            except sqlalchemy.exc.SQLAlchemyError:
-                # Another worker created it at the same moment; checking again must see it.
-                _metadata.create_all(self._engine, checkfirst=True)
+            create_tables(_metadata, self._engine)
             self._ready = True
 
     def _append(self, registry: str, number: int, record: str) -> bool:

@@ -748,6 +748,25 @@ def _first_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
+
+def _new_trial(
+    number: int, state: TrialState, started: datetime.datetime | None, trial_id: int
+) -> optuna.trial.FrozenTrial:
+    """A trial as just created: nothing set on it yet."""
+    return optuna.trial.FrozenTrial(
+        number=number,
+        state=state,
+        value=None,
+        datetime_start=started,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
+
 class ResilientRDBStorage(RDBStorage):
     """Optuna's RDBStorage whose calls survive a database restart.
 
@@ -850,19 +869,7 @@ class ResilientRDBStorage(RDBStorage):
             created.number, created.datetime_start = number, started
             created._trial_id = trial_id
             return created
-        return optuna.trial.FrozenTrial(
-            number=number,
-            state=state,
-            value=None,
-            datetime_start=started,
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=trial_id,
-        )
+        return _new_trial(number, state, started, trial_id)
 
     def _create_running_trial(self, study_id: int) -> FrozenTrial:
         """Optuna's creation of a new RUNNING trial in two statements on PostgreSQL: the
@@ -922,19 +929,7 @@ class ResilientRDBStorage(RDBStorage):
             if len(self._first_beats) > 1000:  # trials asked outside optimize are never beaten
                 self._first_beats.clear()
             self._first_beats[trial_id] = time.monotonic()
-        return optuna.trial.FrozenTrial(
-            number=trial_number,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=started,
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=trial_id,
-        )
+        return _new_trial(trial_number, TrialState.RUNNING, started, trial_id)
 
     def _get_prepared_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None, session: Any
