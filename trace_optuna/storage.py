@@ -748,7 +748,6 @@ def _first_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
-
 def _new_trial(
     number: int, state: TrialState, started: datetime.datetime | None, trial_id: int
 ) -> optuna.trial.FrozenTrial:
@@ -766,6 +765,7 @@ def _new_trial(
         intermediate_values={},
         trial_id=trial_id,
     )
+
 
 class ResilientRDBStorage(RDBStorage):
     """Optuna's RDBStorage whose calls survive a database restart.
