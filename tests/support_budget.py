@@ -71,6 +71,6 @@ def study(url: str, name: str, budget: to.Budget) -> to.TraceStudy:
     )
 
 
-def work(url: str, name: str, evaluations: int, n_trials: int) -> None:
+def work(url: str, name: str, llm_calls: int, n_trials: int) -> None:
     """A worker process: optimize until the study's budget stops it (or ``n_trials``)."""
-    study(url, name, to.Budget(evaluations=evaluations)).optimize(n_trials=n_trials)
+    study(url, name, to.Budget(llm_calls=llm_calls)).optimize(n_trials=n_trials)

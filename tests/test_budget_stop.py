@@ -12,6 +12,7 @@ import pytest
 
 import trace_optuna as to
 from trace_optuna import budget
+from trace_optuna import records
 from trace_optuna.storage import resolve_storage
 
 import support_budget  # isort: skip
@@ -101,10 +102,12 @@ def test_a_budget_option_that_breaks_a_rule_is_refused(options: dict[str, Any], 
 def test_three_workers_stop_together_within_one_trial_each_of_the_budget(
     storage_url: str, study_name: str
 ) -> None:
-    evaluations = 60
-    support_budget.study(storage_url, study_name, to.Budget(evaluations=evaluations))
+    # A budget of LLM calls: every step makes one, whether or not its candidate is new (a
+    # repeated candidate's examples are rows, so it would spend no evaluations).
+    llm_calls = 12
+    support_budget.study(storage_url, study_name, to.Budget(llm_calls=llm_calls))
     workers = [
-        _spawn.Process(target=support_budget.work, args=(storage_url, study_name, evaluations, 40))
+        _spawn.Process(target=support_budget.work, args=(storage_url, study_name, llm_calls, 40))
         for _ in range(3)
     ]
     for worker in workers:
@@ -118,11 +121,13 @@ def test_three_workers_stop_together_within_one_trial_each_of_the_budget(
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
 
     study = optuna.load_study(study_name=study_name, storage=resolve_storage(storage_url))
-    states = [trial.state for trial in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    states = [trial.state for trial in trials]
     assert len(states) < 3 * 40, "the budget did not stop the workers"
     assert TrialState.RUNNING not in states and TrialState.FAIL not in states
     assert TrialState.PRUNED in states
     spend = budget.spent(study)
-    # Each worker may be one trial into its share when another one spends the last of it.
-    assert evaluations <= spend.evaluations <= evaluations + 3 * support_budget.trial_share()
+    # Each worker may be one step into its share when another one spends the last of it.
+    most_per_step = max(trial.user_attrs.get(records.LLM, {}).get("calls", 0) for trial in trials)
+    assert llm_calls <= spend.llm_calls <= llm_calls + 3 * most_per_step
     assert budget.exhausted_record(study) is not None

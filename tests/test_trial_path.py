@@ -8,6 +8,8 @@ import dataclasses
 import os
 from pathlib import Path
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -51,14 +53,32 @@ class InterruptedOnce(CountingEvaluate):
         return super().__call__(agent)
 
 
+INTERRUPTED_RUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from test_trial_path import InterruptedOnce, greeter_study
+
+study = greeter_study(sys.argv[1], sys.argv[2], evaluate=InterruptedOnce(call=2), seed=0)
+study.optimize(n_trials=3)
+"""
+
+
 def test_an_interrupted_trial_keeps_its_record_and_is_rerun_on_resume(
     storage_url: str, study_name: str
 ) -> None:
-    # Call 1: the baseline. Call 2: trial 1's candidate, after its LLM call: Ctrl-C.
-    evaluate = InterruptedOnce(call=2)
-    study = greeter_study(storage_url, study_name, evaluate=evaluate, seed=0)
-    with pytest.raises(KeyboardInterrupt):
-        study.optimize(n_trials=3)
+    # Call 1: the baseline. Call 2: trial 1's candidate, after its LLM call: Ctrl-C. In a
+    # process of its own: a fresh process's simulated model proposes the same candidates
+    # whichever tests ran before (Trace's node names count every node a process made).
+    tests = str(Path(__file__).parent)
+    run = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_RUN, storage_url, study_name, tests],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path])},
+    )
+    assert "KeyboardInterrupt" in run.stderr, run.stderr[-2000:]
+    study = greeter_study(storage_url, study_name, seed=0, load_if_exists=True)
     interrupted = study.trials[1]
     assert interrupted.state == TrialState.FAIL
     record = study.record(1)
