@@ -54,7 +54,10 @@ class InterruptedOnce(CountingEvaluate):
 
 
 INTERRUPTED_RUN = """
-import sys
+import signal, sys
+# Ctrl-C raises KeyboardInterrupt, as in a terminal, even when this test was started as a
+# background job (whose shell makes it ignore SIGINT, which its children inherit).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[3])
 from test_trial_path import InterruptedOnce, greeter_study
 
