@@ -413,37 +413,25 @@ def test_workers_finishing_together_score_the_test_set_once(sqlite_url: str) -> 
     assert first.test_result is not None
     calls = len(run.calls)
     # A second worker whose trial leaves the best where it was: the stored score is its.
-    second = to.load_study(
-        storage=sqlite_url,
-        study_name=first.study_name,
-        agent=Replier,
-        evaluate=run,
-        llm=LLM,
-        trainset=splits()[0],
-        valset=splits()[1],
+    second = dataset_study(
+        sqlite_url,
+        run,
         testset=test,
-        minibatch_size=4,
-        seed=0,
-        figure_interval=None,
         strategies=Scripted([]),
+        study_name=first.study_name,
+        load_if_exists=True,
     )
     second.optimize(n_trials=1)
     assert not set(test.ids) & set(run.calls[calls:])
     # A new best whose test score another worker has claimed (it is still running it) is
     # left to that worker.
-    third = to.load_study(
-        storage=sqlite_url,
-        study_name=first.study_name,
-        agent=Replier,
-        evaluate=run,
-        llm=LLM,
-        trainset=splits()[0],
-        valset=splits()[1],
+    third = dataset_study(
+        sqlite_url,
+        run,
         testset=test,
-        minibatch_size=4,
-        seed=0,
-        figure_interval=None,
         strategies=Scripted(["", "", "Hello. order number tracking link"]),
+        study_name=first.study_name,
+        load_if_exists=True,
     )
     third.optimize(n_trials=1, callbacks=[_claim_test])
     assert first.best_trial.number == 3

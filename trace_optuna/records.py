@@ -259,14 +259,7 @@ RESERVED = frozenset(
         REGISTRY,
         PUBLISH,
         INTERRUPTED,
-        MINIBATCH,
-        MINIBATCH_SCORES,
-        MINIBATCH_FEEDBACK,
-        MINIBATCH_SCORE,
-        PARENT_MINIBATCH_SCORE,
-        ACCEPTED,
-        VALIDATED,
-        VALIDATION,
+        *DATASET_KEYS,
     }
 )
 
